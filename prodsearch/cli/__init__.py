@@ -1,0 +1,11 @@
+"""The ``prodsearch`` command line: a thin click layer over the Python API."""
+
+from prodsearch.cli import commands, demo  # noqa: F401  (registers the commands)
+from prodsearch.cli.app import cli
+
+
+def main() -> None:
+    cli(prog_name="prodsearch")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,132 @@
+"""``index``, ``query`` and ``eval``: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
+                                silent_option, workers_option)
+from prodsearch.errors import ProdsearchError
+from prodsearch.eval.evaluate import EvalReport, evaluate
+from prodsearch.indexer.build import BuildReport, build_index
+from prodsearch.indexer.product_index import ProductIndex, QueryResult
+from prodsearch.retrieval.embedder import DEFAULT_MODEL, MODELS
+
+MAX_LISTED = 20
+
+
+@cli.command()
+@click.argument("catalog", type=click.Path())
+@index_option
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3).")
+@batch_option
+@device_option
+@workers_option
+@silent_option
+def index(catalog, index_dir, model, batch_size, device, workers, silent):
+    """Build an index of the catalog photos in CATALOG.
+
+    CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
+    header image,sku[,name,category], image paths relative to the CSV.
+
+    \b
+    Example:
+        prodsearch index shop/catalog/ --index shop/idx
+    """
+    with Progress("Embedding", silent) as progress:
+        report = build_index(catalog, index_dir, model=model, batch_size=batch_size, device=device,
+                             num_workers=workers, progress=progress)
+    click.echo(format_build_report(report))
+
+
+def format_build_report(report: BuildReport) -> str:
+    lines = [f"Indexed {report.images} images of {report.skus} SKUs into {report.index_dir}"]
+    lines.append(f"  duplicates: {len(report.duplicates)} (identical files within a SKU, stored once)")
+    lines += [f"    {d.path} = {d.same_as}" for d in report.duplicates[:MAX_LISTED]]
+    if report.shared_across_skus:
+        lines.append(f"  warning: {report.shared_across_skus} images are identical files under different SKUs")
+    lines.append(f"  skipped: {len(report.skipped)}")
+    lines += [f"    {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
+    if len(report.skipped) > MAX_LISTED:
+        lines.append(f"    ... and {len(report.skipped) - MAX_LISTED} more")
+    lines.append(f"  speed: {report.images_per_second:.1f} images/s "
+                 f"({report.embed_seconds:.1f}s embedding, {report.seconds:.1f}s total)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path())
+@index_option
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="SKUs to list per photo.")
+@click.option("--model", default=None, help="Embedder to query with [default: the index's].")
+@device_option
+@json_option
+def query(photos, index_dir, top_k, model, device, as_json):
+    """Rank the catalog SKUs that PHOTO shows, best first.
+
+    \b
+    Example:
+        prodsearch query snapshot.jpg --index shop/idx --top-k 3
+    """
+    missing = [p for p in photos if not Path(p).is_file()]
+    if missing:
+        raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    product_index = ProductIndex.open(index_dir, model=model)
+    results = product_index.query(list(photos), top_k=top_k, device=device)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        click.echo("\n".join(format_query_result(r) for r in results))
+    failed = [r for r in results if r.error]
+    if failed:
+        raise ProdsearchError(f"{failed[0].path} is not a readable image ({failed[0].error})"
+                              + (f"; {len(failed) - 1} more photos failed" if len(failed) > 1 else ""))
+
+
+def format_query_result(result: QueryResult) -> str:
+    if result.error:
+        return f"{result.path}: {result.error}"
+    lines = [result.path]
+    width = max((len(m.sku) for m in result.matches), default=0)
+    for rank, m in enumerate(result.matches, start=1):
+        lines.append(f"  {rank}. {m.sku:<{width}}  {m.score:.3f}  {m.name}  ({m.image_path})")
+    return "\n".join(lines)
+
+
+@cli.command(name="eval")
+@click.argument("queries", type=click.Path())
+@index_option
+@batch_option
+@device_option
+@workers_option
+@silent_option
+@json_option
+def eval_(queries, index_dir, batch_size, device, workers, silent, as_json):
+    """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
+
+    QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
+    name or sku column is the ground truth.
+
+    \b
+    Example:
+        prodsearch eval shop/snapshots/ --index shop/idx --json
+    """
+    product_index = ProductIndex.open(index_dir)
+    with Progress("Evaluating", silent) as progress:
+        report = evaluate(queries, product_index, batch_size=batch_size, device=device,
+                          num_workers=workers, progress=progress)
+    click.echo(json.dumps(report.to_dict()) if as_json else format_eval_report(report))
+
+
+def format_eval_report(report: EvalReport) -> str:
+    lines = [f"n: {report.n}", f"top-1: {report.top1:.4f}", f"top-5: {report.top5:.4f}"]
+    if report.unknown_sku:
+        lines.append(f"queries of SKUs missing from the index: {report.unknown_sku} (counted as misses)")
+    lines.append(f"skipped: {len(report.skipped)}")
+    lines += [f"  {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
+    lines.append(f"speed: {report.images_per_second:.1f} images/s")
+    return "\n".join(lines)

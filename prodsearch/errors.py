@@ -1,0 +1,25 @@
+"""Domain errors: each message says what is wrong and what to do. The CLI prints them as 'Error: ...'."""
+
+
+class ProdsearchError(Exception):
+    """Base class of errors a user can fix; anything else is a bug."""
+
+
+class CatalogError(ProdsearchError):
+    """The catalog or query set given is missing, empty or in a format prodsearch does not read."""
+
+
+class IndexDirError(ProdsearchError):
+    """The index folder is missing, not an index, or damaged."""
+
+
+class ModelMismatchError(ProdsearchError):
+    """The index was built with another model than the one that would embed the queries."""
+
+
+class UnknownModelError(ProdsearchError, ValueError):
+    """A model name prodsearch does not know."""
+
+
+class DeviceError(ProdsearchError, ValueError):
+    """A device that is not available on this machine."""

@@ -1,0 +1,84 @@
+"""Top-k SKU accuracy of labelled customer photos against an index."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from prodsearch.eval.metrics import top_k_accuracy
+from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.sources import Skipped, read_listing
+from prodsearch.retrieval.embedding import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    path: str
+    truth: str
+    ranked: list[str]  # SKUs, best first
+    score: float  # similarity of the first SKU
+
+
+@dataclass
+class EvalReport:
+    n: int
+    top1: float
+    top5: float
+    skipped: list[Skipped] = field(default_factory=list)
+    unknown_sku: int = 0  # queries whose true SKU is not in the catalog (they count as misses)
+    seconds: float = 0.0
+    outcomes: list[QueryOutcome] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "top1": self.top1,
+            "top5": self.top5,
+            "skipped": len(self.skipped),
+            "unknown_sku": self.unknown_sku,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }
+
+
+def evaluate(
+    queries: str | os.PathLike,
+    index: ProductIndex,
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Embed every labelled query photo, rank SKUs, and score top-1 / top-5."""
+    listing = read_listing(queries)
+    items = listing.items
+    embedded = index.embed([it.path for it in items], batch_size=batch_size, device=device,
+                           num_workers=num_workers, progress=progress)
+    matches = index.search(embedded.vectors, top_k=5)
+    outcomes = [
+        QueryOutcome(str(items[p].path), items[p].sku, [m.sku for m in row], row[0].score if row else 0.0)
+        for p, row in zip(embedded.positions.tolist(), matches)
+    ]
+    skipped = list(listing.skipped) + [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
+    known = set(index.catalog.skus)
+    unknown = sum(o.truth not in known for o in outcomes)
+    if unknown:
+        log.warning("%d query photos belong to SKUs that are not in the index; they count as misses", unknown)
+    ranked, truth = [o.ranked for o in outcomes], [o.truth for o in outcomes]
+    return EvalReport(
+        n=len(outcomes),
+        top1=top_k_accuracy(ranked, truth, 1),
+        top5=top_k_accuracy(ranked, truth, 5),
+        skipped=skipped,
+        unknown_sku=unknown,
+        seconds=embedded.seconds,
+        outcomes=outcomes,
+    )

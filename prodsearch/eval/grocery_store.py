@@ -1,0 +1,79 @@
+"""The Grocery Store dataset (Klasson et al., WACV 2019) as prodsearch manifests.
+
+81 SKUs, one iconic catalog photo each, and phone photos split into train / val / test. Protocol A
+indexes the iconic photos only; protocol B indexes the iconic photos plus the train split.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from prodsearch.errors import CatalogError
+
+
+@dataclass(frozen=True)
+class GroceryManifests:
+    catalog_a: Path  # iconic photos
+    catalog_b: Path  # iconic + train split
+    val: Path
+    test: Path
+
+
+def _dataset_dir(root: Path) -> Path:
+    for candidate in (root, root / "dataset"):
+        if (candidate / "classes.csv").is_file():
+            return candidate
+    raise CatalogError(f"{root} is not the Grocery Store dataset (no dataset/classes.csv)")
+
+
+def _classes(dataset: Path) -> dict[int, dict]:
+    """Fine label -> sku, name, category (the folder path above the class, e.g. Fruit/Apple)."""
+    out = {}
+    with open(dataset / "classes.csv", newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if not row or not row[1].strip().isdigit():
+                continue
+            iconic = Path(row[4].strip().lstrip("/"))
+            out[int(row[1])] = {
+                "sku": row[0].strip(),
+                "name": row[0].strip().replace("-", " "),
+                "category": "/".join(iconic.parts[1:-2]),
+                "iconic": dataset / iconic,
+            }
+    return out
+
+
+def _split(dataset: Path, name: str, classes: dict[int, dict]) -> list[dict]:
+    rows = []
+    for line in (dataset / f"{name}.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            path, fine, _coarse = (part.strip() for part in line.split(","))
+            rows.append({**classes[int(fine)], "image": dataset / path})
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "sku", "name", "category"])
+        for r in rows:
+            writer.writerow([os.path.relpath(r["image"], path.parent), r["sku"], r["name"], r["category"]])
+    return path
+
+
+def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.PathLike) -> GroceryManifests:
+    """Write the CSV manifests of protocols A and B and of the val / test queries into ``out_dir``."""
+    dataset = _dataset_dir(Path(root))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = _classes(dataset)
+    iconic = [{**c, "image": c["iconic"]} for c in classes.values()]
+    return GroceryManifests(
+        catalog_a=_write(out / "catalog_a_iconic.csv", iconic),
+        catalog_b=_write(out / "catalog_b_iconic_train.csv", iconic + _split(dataset, "train", classes)),
+        val=_write(out / "queries_val.csv", _split(dataset, "val", classes)),
+        test=_write(out / "queries_test.csv", _split(dataset, "test", classes)),
+    )

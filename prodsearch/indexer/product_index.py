@@ -1,0 +1,152 @@
+"""An opened index folder: photos in, ranked SKUs out.
+
+Nearest catalog images are grouped by SKU and a SKU scores its best image's similarity, so a SKU
+with many catalog photos is not favoured over one with a single photo.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from prodsearch.errors import IndexDirError
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.manifest import CATALOG_DB, VECTORS, Manifest, check_model, read_manifest
+from prodsearch.indexer.vectors import read_vector_index, search
+from prodsearch.retrieval.embedder import Embedder, create_embedder, resolve_model_name
+from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Match:
+    sku: str
+    score: float
+    name: str
+    category: str | None
+    image_id: int
+    image_path: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    path: str
+    matches: list[Match]
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "error": self.error, "matches": [m.to_dict() for m in self.matches]}
+
+
+class ProductIndex:
+    """Open with :meth:`open`; search embeddings with :meth:`search` or photos with :meth:`query`."""
+
+    def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None):
+        """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors."""
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.embedder = embedder
+        self.catalog = CatalogDB(index_dir / CATALOG_DB)
+        self.vectors = read_vector_index(index_dir / VECTORS)
+        if self.vectors.ntotal != len(self.catalog.image_ids) or self.vectors.ntotal != manifest.vector_count:
+            raise IndexDirError(
+                f"{index_dir} is inconsistent ({self.vectors.ntotal} vectors, {len(self.catalog.image_ids)} "
+                f"catalog images, manifest says {manifest.vector_count}); rebuild it with prodsearch index"
+            )
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, *, model: str | None = None,
+             embedder: Embedder | None = None) -> "ProductIndex":
+        """Open an index, refusing it if its model differs from the one queries would be embedded with.
+
+        ``model`` defaults to the model named in the manifest; the embedder built from it must
+        reproduce the manifest's weights, embedding size and preprocessing exactly.
+        """
+        index_dir = Path(index_dir)
+        manifest = read_manifest(index_dir)
+        if embedder is None:
+            name = resolve_model_name(model) if model else manifest.model.name
+            built = manifest.model
+            same = name == built.name
+            embedder = create_embedder(name, embed_dim=built.embed_dim if same else None,
+                                       img_size=built.data_config["input_size"][-1] if same else None)
+        check_model(manifest, embedder.config, index_dir)
+        return cls(index_dir, manifest, embedder)
+
+    def __len__(self) -> int:
+        return self.vectors.ntotal
+
+    def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[Match]]:
+        """Rank SKUs for each query embedding (rows of ``queries``)."""
+        if len(queries) == 0 or len(self) == 0:
+            return [[] for _ in range(len(queries))]
+        ranked = self._rank_skus(queries, top_k)
+        image_ids = {i for row in ranked for _, _, i in row}
+        products = self.catalog.products({self.catalog.skus[c] for row in ranked for c, _, _ in row})
+        paths = self.catalog.image_paths(image_ids)
+        out = []
+        for row in ranked:
+            matches = []
+            for code, score, image_id in row:
+                sku = self.catalog.skus[code]
+                p = products[sku]
+                matches.append(Match(sku, float(score), p.name, p.category, int(image_id), paths[image_id]))
+            out.append(matches)
+        return out
+
+    def _rank_skus(self, queries: np.ndarray, top_k: int) -> list[list[tuple[int, float, int]]]:
+        """(sku code, best similarity, best image id) per query, best first, ``top_k`` distinct SKUs.
+
+        Searches a few images per wanted SKU and widens the search until enough distinct SKUs are
+        found, because one SKU's many photos can fill the nearest neighbours.
+        """
+        n_skus = len(self.catalog.skus)
+        want = min(top_k, n_skus)
+        k = min(len(self), max(4 * top_k, 32))
+        while True:
+            scores, ids = search(self.vectors, queries, k)
+            codes = self.catalog.sku_codes(ids)
+            ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
+            if k >= len(self) or all(len(row) >= want for row in ranked):
+                return ranked
+            k = min(len(self), k * 4)
+
+    def embed(self, paths: Sequence[str | os.PathLike], **kwargs) -> FileEmbeddings:
+        if self.embedder is None:
+            raise ValueError("this ProductIndex was opened without an embedder; use ProductIndex.open")
+        return embed_files(self.embedder, paths, **kwargs)
+
+    def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, **embed_kwargs) -> list[QueryResult]:
+        """Embed photos and rank SKUs for each; unreadable photos get an ``error`` instead of matches."""
+        embedded = self.embed(paths, **embed_kwargs)
+        ranked = dict(zip(embedded.positions.tolist(), self.search(embedded.vectors, top_k)))
+        return [
+            QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
+            for i, p in enumerate(paths)
+        ]
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def _first_per_sku(codes: np.ndarray, scores: np.ndarray, ids: np.ndarray, want: int) -> list[tuple[int, float, int]]:
+    """Keep each SKU's first (= best) hit, in rank order, until ``want`` SKUs."""
+    valid = codes >= 0
+    codes, scores, ids = codes[valid], scores[valid], ids[valid]
+    _, first = np.unique(codes, return_index=True)
+    first = np.sort(first)[:want]
+    return list(zip(codes[first].tolist(), scores[first].tolist(), ids[first].tolist()))
+
+
+def open_index(index_dir: str | os.PathLike, *, model: str | None = None) -> ProductIndex:
+    """Shortcut for :meth:`ProductIndex.open`."""
+    return ProductIndex.open(index_dir, model=model)

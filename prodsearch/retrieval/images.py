@@ -1,0 +1,71 @@
+"""Reading photos the way a phone or a shop system writes them: any mode, any orientation."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+class ImageLoadError(Exception):
+    """A file that cannot be used as a photo; the message is the reason shown to the user."""
+
+
+def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Open ``path`` as an upright RGB image.
+
+    ``min_side`` lets the JPEG decoder downscale by a power of two while keeping the short side
+    at least that long: a 12-megapixel phone photo then decodes several times faster.
+    """
+    try:
+        with warnings.catch_warnings():
+            # A decompression bomb is an attack or a broken file, never a product photo.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min_side and img.format == "JPEG":
+                    img.draft("RGB", (min_side, min_side))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except FileNotFoundError:
+        raise ImageLoadError("file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError("is a directory") from None
+    except UnidentifiedImageError:
+        size = os.path.getsize(path)
+        raise ImageLoadError("empty file" if size == 0 else "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"corrupt or truncated image: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is flattened onto white like a shop photo."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale 16-bit, 32-bit or float pixels to 0..255 (Pillow's own convert would clip them)."""
+    is_float = np.issubdtype(array.dtype, np.floating)
+    array = array.astype(np.float64)
+    peak = array.max(initial=0)
+    if is_float and peak <= 1.0:
+        top = 1.0
+    else:
+        top = 65535.0 if peak > 255 else 255.0
+    return np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,131 @@
+"""Every command through CliRunner, results checked through the API, errors as 'Error: ...' + exit 1."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prodsearch.cli import cli
+from prodsearch.indexer import ProductIndex
+
+from conftest import product_image, write_folder_catalog
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def run(runner, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_index_query_eval_end_to_end(runner, tmp_path, built_index):
+    catalog, queries = built_index["catalog"], built_index["queries"]
+    (catalog / "sku-0" / "broken.jpg").write_bytes(b"")
+    try:
+        result = run(runner, "index", catalog, "--index", tmp_path / "idx", "--silent")
+    finally:
+        (catalog / "sku-0" / "broken.jpg").unlink()
+    assert result.exit_code == 0, result.output
+    assert f"Indexed 7 images of 6 SKUs into {tmp_path / 'idx'}" in result.output
+    assert "skipped: 1" in result.output and "broken.jpg: empty file" in result.output
+    assert "images/s" in result.output
+    index = ProductIndex.open(tmp_path / "idx")
+    assert len(index) == 7 and index.manifest.skus == 6
+
+    photo = queries / "sku-3" / "q.jpg"
+    result = run(runner, "query", photo, "--index", tmp_path / "idx", "--top-k", 3)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == str(photo) and lines[1].lstrip().startswith("1. sku-3 ") and len(lines) == 4
+
+    result = run(runner, "query", photo, queries / "sku-1" / "q.jpg", "--index", tmp_path / "idx", "--json")
+    answers = json.loads(result.output)
+    assert [a["matches"][0]["sku"] for a in answers] == ["sku-3", "sku-1"]
+    assert set(answers[0]["matches"][0]) == {"sku", "score", "name", "category", "image_id", "image_path"}
+    assert answers[0]["matches"][0]["image_path"].endswith("sku-3_0.jpg")
+
+    result = run(runner, "eval", queries, "--index", tmp_path / "idx", "--json", "--silent")
+    report = json.loads(result.output)
+    assert (report["n"], report["top1"], report["top5"]) == (6, 1.0, 1.0)
+    result = run(runner, "eval", queries, "--index", tmp_path / "idx", "--silent")
+    assert "n: 6\ntop-1: 1.0000\ntop-5: 1.0000" in result.output
+
+
+def test_index_progress_bar_and_silent(runner, tmp_path):
+    catalog = write_folder_catalog(tmp_path / "cat", ["a", "b"])
+    noisy = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i1")])
+    silent = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i2"), "--silent"])
+    assert "Embedding" in noisy.output and "Embedding" not in silent.output
+
+
+def expect_error(result, message):
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == f"Error: {message}"
+    assert "Traceback" not in result.output
+
+
+def test_index_errors(runner, tmp_path):
+    expect_error(run(runner, "index", tmp_path / "nope", "--index", tmp_path / "idx"),
+                 f"{tmp_path / 'nope'} does not exist; expected a folder with one sub-folder per SKU "
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+    (tmp_path / "empty").mkdir()
+    expect_error(run(runner, "index", tmp_path / "empty", "--index", tmp_path / "idx"),
+                 f"no images found in {tmp_path / 'empty'}; expected a folder with one sub-folder per SKU "
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+    (tmp_path / "docs" / "sku").mkdir(parents=True)
+    (tmp_path / "docs" / "sku" / "a.txt").write_text("x")
+    result = run(runner, "index", tmp_path / "docs", "--index", tmp_path / "idx")
+    assert result.exit_code == 1 and result.output.startswith(f"Error: no images found in {tmp_path / 'docs'} (1 files skipped")
+    (tmp_path / "bad" / "sku").mkdir(parents=True)
+    (tmp_path / "bad" / "sku" / "a.jpg").write_bytes(b"")
+    expect_error(run(runner, "index", tmp_path / "bad", "--index", tmp_path / "idx", "--silent"),
+                 f"none of the 1 image files in {tmp_path / 'bad'} could be read; e.g. {tmp_path / 'bad' / 'sku' / 'a.jpg'}: empty file")
+    catalog = write_folder_catalog(tmp_path / "cat", ["a"])
+    expect_error(run(runner, "index", catalog, "--index", tmp_path / "idx", "--model", "vgg"),
+                 "unknown model 'vgg'; choose one of: efficientnet_b0, efficientnet_b1, efficientnet_b2, "
+                 "efficientnet_b3, tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2")
+
+
+def test_query_errors(runner, tmp_path, built_index):
+    idx = built_index["index"]
+    expect_error(run(runner, "query", tmp_path / "missing.jpg", "--index", idx),
+                 f"photo not found: {tmp_path / 'missing.jpg'}")
+    (tmp_path / "notes.jpg").write_text("shopping list")
+    expect_error(run(runner, "query", tmp_path / "notes.jpg", "--index", idx),
+                 f"{tmp_path / 'notes.jpg'} is not a readable image (not an image (unrecognised format))")
+    (tmp_path / "plain").mkdir()
+    product_image(1).save(tmp_path / "p.jpg")
+    expect_error(run(runner, "query", tmp_path / "p.jpg", "--index", tmp_path / "plain"),
+                 f"{tmp_path / 'plain'} is not a prodsearch index (no manifest.json); "
+                 f"build one with: prodsearch index CATALOG --index {tmp_path / 'plain'}")
+    result = run(runner, "query", tmp_path / "p.jpg", "--index", idx, "--model", "lite1")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: index {idx} was built with model tf_efficientnet_lite0 but this query would use tf_efficientnet_lite1")
+
+
+def test_eval_errors(runner, tmp_path, built_index):
+    expect_error(run(runner, "eval", tmp_path / "nope", "--index", built_index["index"]),
+                 f"{tmp_path / 'nope'} does not exist; expected a folder with one sub-folder per SKU "
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+    expect_error(run(runner, "eval", built_index["queries"], "--index", tmp_path / "nothing"),
+                 f"index folder {tmp_path / 'nothing'} does not exist; "
+                 f"build one with: prodsearch index CATALOG --index {tmp_path / 'nothing'}")
+
+
+def test_device_cuda_without_gpu(runner, tmp_path, built_index, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    expect_error(run(runner, "eval", built_index["queries"], "--index", built_index["index"], "--device", "cuda"),
+                 "--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+
+
+def test_demo_small(runner, tmp_path):
+    result = run(runner, "demo", "--dir", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "--silent")
+    assert result.exit_code == 0, result.output
+    assert "Generated 6 SKUs" in result.output
+    assert "Indexed 6 images of 6 SKUs" in result.output
+    assert "Customer snapshots: n=12  top-1 " in result.output
+    assert "Example query (true SKU: " in result.output and "  1. " in result.output
+    index = ProductIndex.open(tmp_path / "demo" / "index")
+    assert len(index) == 6

