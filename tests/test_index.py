@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -197,3 +198,18 @@ def test_rebuild_replaces_index_but_never_a_foreign_folder(tmp_path, embedder):
     with pytest.raises(IndexDirError, match="docs exists and is not a prodsearch index"):
         build_index(root, tmp_path / "docs", embedder=embedder)
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
+
+
+def test_catalog_lookups_of_many_ids_at_once(tmp_path):
+    """More distinct ids than SQLite binds in one statement are looked up in chunks."""
+    n = 5_000
+    images = [{"id": i, "sku": f"s{i % 50}", "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1}
+              for i in range(n)]
+    products = [{"sku": f"s{k}", "name": f"S{k}", "category": None} for k in range(50)]
+    vectors = np.eye(4, dtype=np.float32)[np.arange(n) % 4]
+    write_index_dir(tmp_path / "idx", EmbedderConfig("test", "none", 4, {}), products, images, vectors)
+    catalog = CatalogDB(tmp_path / "idx" / "catalog.db")
+    catalog.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # the limit of older SQLite builds
+    paths = catalog.image_paths(range(n))
+    assert len(paths) == n and paths[4_999] == "/c/4999.jpg"
+    assert catalog.products([f"s{k}" for k in range(50)])["s7"].name == "S7"

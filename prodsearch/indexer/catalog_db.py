@@ -16,6 +16,9 @@ import numpy as np
 import sqlite_utils
 
 
+_CHUNK = 500  # values per "in (...)" list
+
+
 @dataclass(frozen=True)
 class Product:
     sku: str
@@ -58,20 +61,19 @@ class CatalogDB:
         return np.where(self.image_ids[pos] == ids, self.image_sku_codes[pos], -1)
 
     def products(self, skus: Iterable[str]) -> dict[str, Product]:
-        skus = list(set(skus))
-        if not skus:
-            return {}
-        rows = self.db.execute(
-            f"select sku, name, category from products where sku in ({','.join('?' * len(skus))})", skus
-        ).fetchall()
+        rows = self._select_in("select sku, name, category from products where sku in ({})", set(skus))
         return {r[0]: Product(*r) for r in rows}
 
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
-        ids = [int(i) for i in set(ids)]
-        if not ids:
-            return {}
-        rows = self.db.execute(f"select id, path from images where id in ({','.join('?' * len(ids))})", ids).fetchall()
-        return dict(rows)
+        return dict(self._select_in("select id, path from images where id in ({})", {int(i) for i in ids}))
+
+    def _select_in(self, sql: str, values: set) -> list[tuple]:
+        """Run ``sql`` with its ``in ({})`` list filled in chunks (SQLite caps bound parameters)."""
+        values, rows = sorted(values), []
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start:start + _CHUNK]
+            rows += self.db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
 
     def counts(self) -> tuple[int, int]:
         """(products, images)."""
