@@ -64,3 +64,12 @@ def test_markdown_table():
         "| A    | 0.302 | 47.1  |",
         "| B    | 1.000 | 5     |",
     ]
+
+
+def test_even_and_odd_class_halves(tmp_path):
+    root = fake_dataset(tmp_path / "gs")
+    even = write_grocery_store_manifests(root, tmp_path / "out", classes="even")
+    odd = write_grocery_store_manifests(root, tmp_path / "out", classes="odd")
+    assert {it.sku for it in read_listing(even.catalog_b).items} == {"Granny-Smith"}
+    assert {it.sku for it in read_listing(odd.test).items} == {"Oatly-Oat-Milk"}
+    assert even.catalog_b.name == "catalog_b_iconic_train_even.csv"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from prodsearch.eval.metrics import top_k_accuracy
 from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import Skipped, read_listing
-from prodsearch.retrieval.embedding import Progress
+from prodsearch.indexer.sources import Item, Skipped, read_listing
+from prodsearch.retrieval.embedding import FileEmbeddings, Progress
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,20 @@ def evaluate(
     items = listing.items
     embedded = index.embed([it.path for it in items], batch_size=batch_size, device=device,
                            num_workers=num_workers, progress=progress)
+    report = score_embedded(items, embedded, index)
+    report.skipped[:0] = listing.skipped
+    return report
+
+
+def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex) -> EvalReport:
+    """Score already-embedded query photos against ``index`` (one embedding pass can serve several
+    indexes built with the same model)."""
     matches = index.search(embedded.vectors, top_k=5)
     outcomes = [
         QueryOutcome(str(items[p].path), items[p].sku, [m.sku for m in row], row[0].score if row else 0.0)
         for p, row in zip(embedded.positions.tolist(), matches)
     ]
-    skipped = list(listing.skipped) + [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
+    skipped = [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
     known = set(index.catalog.skus)
     unknown = sum(o.truth not in known for o in outcomes)
     if unknown:

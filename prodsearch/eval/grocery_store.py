@@ -47,11 +47,13 @@ def _classes(dataset: Path) -> dict[int, dict]:
 
 
 def _split(dataset: Path, name: str, classes: dict[int, dict]) -> list[dict]:
+    """The photos of one split whose class is in ``classes``."""
     rows = []
     for line in (dataset / f"{name}.txt").read_text(encoding="utf-8").splitlines():
         if line.strip():
             path, fine, _coarse = (part.strip() for part in line.split(","))
-            rows.append({**classes[int(fine)], "image": dataset / path})
+            if int(fine) in classes:
+                rows.append({**classes[int(fine)], "image": dataset / path})
     return rows
 
 
@@ -64,16 +66,27 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.PathLike) -> GroceryManifests:
-    """Write the CSV manifests of protocols A and B and of the val / test queries into ``out_dir``."""
+CLASS_SUBSETS = ("all", "even", "odd")
+
+
+def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.PathLike,
+                                  classes: str = "all") -> GroceryManifests:
+    """Write the CSV manifests of protocols A and B and of the val / test queries into ``out_dir``.
+
+    ``classes="even"`` / ``"odd"`` keep only the SKUs with even / odd class ids: training on one
+    half and testing on the other measures how the embedder does on products it never saw.
+    """
+    if classes not in CLASS_SUBSETS:
+        raise ValueError(f"classes must be one of {CLASS_SUBSETS}")
     dataset = _dataset_dir(Path(root))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    classes = _classes(dataset)
-    iconic = [{**c, "image": c["iconic"]} for c in classes.values()]
+    kept = {k: v for k, v in _classes(dataset).items() if classes == "all" or k % 2 == (classes == "odd")}
+    suffix = "" if classes == "all" else f"_{classes}"
+    iconic = [{**c, "image": c["iconic"]} for c in kept.values()]
     return GroceryManifests(
-        catalog_a=_write(out / "catalog_a_iconic.csv", iconic),
-        catalog_b=_write(out / "catalog_b_iconic_train.csv", iconic + _split(dataset, "train", classes)),
-        val=_write(out / "queries_val.csv", _split(dataset, "val", classes)),
-        test=_write(out / "queries_test.csv", _split(dataset, "test", classes)),
+        catalog_a=_write(out / f"catalog_a_iconic{suffix}.csv", iconic),
+        catalog_b=_write(out / f"catalog_b_iconic_train{suffix}.csv", iconic + _split(dataset, "train", kept)),
+        val=_write(out / f"queries_val{suffix}.csv", _split(dataset, "val", kept)),
+        test=_write(out / f"queries_test{suffix}.csv", _split(dataset, "test", kept)),
     )

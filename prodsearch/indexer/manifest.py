@@ -95,14 +95,14 @@ def read_manifest(index_dir: str | os.PathLike) -> Manifest:
 
 def check_model(manifest: Manifest, config: EmbedderConfig, index_dir: str | os.PathLike) -> None:
     """Refuse to compare vectors from different models: their similarities mean nothing."""
-    built, now = manifest.model.to_dict(), config.to_dict()
+    built, now = manifest.model.identity(), config.identity()
     diffs = [key for key in built if built[key] != now.get(key)]
     if diffs:
         detail = "; ".join(f"{key}: index has {built[key]!r}, query would use {now.get(key)!r}" for key in diffs)
         raise ModelMismatchError(
-            f"index {index_dir} was built with model {manifest.model.name} but this query would use "
-            f"{config.name} ({detail}); query with --model {manifest.model.name}, or rebuild the index "
-            f"with the model you want: prodsearch index CATALOG --index {index_dir} --model {config.name}"
+            f"index {index_dir} was built with model {manifest.model.label} but this query would use "
+            f"{config.label} ({detail}); query with --model {manifest.model.label}, or rebuild the index "
+            f"with the model you want: prodsearch index CATALOG --index {index_dir} --model {config.label}"
         )
 
 

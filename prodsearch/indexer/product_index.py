@@ -18,7 +18,7 @@ from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.manifest import CATALOG_DB, VECTORS, Manifest, check_model, read_manifest
 from prodsearch.indexer.vectors import read_vector_index, search
-from prodsearch.retrieval.embedder import Embedder, create_embedder, resolve_model_name
+from prodsearch.retrieval.embedder import Embedder, create_embedder
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,7 @@ class ProductIndex:
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
         if embedder is None:
-            name = resolve_model_name(model) if model else manifest.model.name
-            built = manifest.model
-            same = name == built.name
-            embedder = create_embedder(name, embed_dim=built.embed_dim if same else None,
-                                       img_size=built.data_config["input_size"][-1] if same else None)
+            embedder = _embedder_for(manifest, model, index_dir)
         check_model(manifest, embedder.config, index_dir)
         return cls(index_dir, manifest, embedder)
 
@@ -136,6 +132,20 @@ class ProductIndex:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def _embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
+    """The embedder queries would use: ``model`` if given, else the one the manifest names."""
+    built = manifest.model
+    if model:
+        return create_embedder(model)
+    if built.source:
+        if not Path(built.source).is_file():
+            raise IndexDirError(f"index {index_dir} was built with the checkpoint {built.source}, which is "
+                                "not there any more; pass its new path with --model PATH")
+        return create_embedder(built.source)
+    return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
+                           img_size=built.data_config["input_size"][-1])
 
 
 def _first_per_sku(codes: np.ndarray, scores: np.ndarray, ids: np.ndarray, want: int) -> list[tuple[int, float, int]]:

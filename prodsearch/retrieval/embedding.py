@@ -69,7 +69,7 @@ def _collate(items):
     return torch.stack([it[0] for it in good]), [it[1] for it in good], [it[2] for it in good], failures
 
 
-def _worker_init(_worker_id: int) -> None:
+def decode_worker_init(_worker_id: int) -> None:
     # Workers only decode; one thread each leaves the cores to the model.
     torch.set_num_threads(1)
 
@@ -93,15 +93,20 @@ def embed_files(
     device: str | torch.device = "auto",
     num_workers: int | None = None,
     progress: Progress | None = None,
+    pooled: bool = False,
 ) -> FileEmbeddings:
-    """Embed image files in order; ``progress(done, total)`` is called after each batch."""
+    """Embed image files in order; ``progress(done, total)`` is called after each batch.
+
+    ``pooled`` returns the backbone's pooled features instead (before the head, not normalised),
+    which is what training with a frozen backbone caches.
+    """
     device = resolve_device(device)
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = batch_size or default_batch_size(device, embedder.data_config["input_size"][-1])
     num_workers = default_num_workers(len(paths)) if num_workers is None else num_workers
     model = prepare(embedder, device)
     loader = DataLoader(
         _ImageFiles(paths, embedder.data_config), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
+        collate_fn=_collate, worker_init_fn=decode_worker_init, pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
     vectors, positions, sizes, failures, done = [], [], [], {}, 0
@@ -110,7 +115,7 @@ def embed_files(
         for batch, idx, batch_sizes, batch_failures in loader:
             failures.update(batch_failures)
             if batch is not None:
-                vectors.append(_run(model, batch, device))
+                vectors.append(_run(model, batch, device, pooled))
                 positions.extend(idx)
                 sizes.extend(batch_sizes)
             done += len(idx) + len(batch_failures)
@@ -138,6 +143,7 @@ def embed_pil(embedder: Embedder, images: Sequence[Image.Image], *, device: str 
         return _run(model, torch.stack([transform(to_rgb(img)) for img in images]), device)
 
 
-def _run(model: Embedder, batch: torch.Tensor, device: torch.device) -> np.ndarray:
+def _run(model: Embedder, batch: torch.Tensor, device: torch.device, pooled: bool = False) -> np.ndarray:
     batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    return model(batch).float().cpu().numpy()
+    out = model.pool(model.forward_features(batch)) if pooled else model(batch)
+    return out.float().cpu().numpy()

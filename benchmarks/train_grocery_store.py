@@ -1,0 +1,124 @@
+"""The Products-10K ablation on Grocery Store: does each training trick earn its place?
+
+Rows, as in the paper's Table 1: ImageNet zero-shot; trained at 224; trained at 448;
++ balanced-subset finetune; + accuracy-loss finetune. Each is scored on the test split under
+protocol A (catalog = iconic photos) and B (iconic + train photos). Then the unseen-SKU check:
+train on the even class ids only and score the odd ones (never seen) against zero-shot.
+
+Training data = train split + iconic photos; validation = val split (monitoring only); the test split
+is used for nothing but the final scores.
+
+    python benchmarks/train_grocery_store.py --preset cpu     # fits a 2-core CPU (about 1.5 h)
+    python benchmarks/train_grocery_store.py --preset gpu     # the paper's recipe, for a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from prodsearch.eval.evaluate import score_embedded
+from prodsearch.eval.grocery_store import GroceryManifests, write_grocery_store_manifests
+from prodsearch.eval.report import markdown_table
+from prodsearch.indexer.build import build_index
+from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.sources import read_listing
+from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
+
+# Settings that fit. CPU: the stem and first 4 of lite0's 7 stages stay frozen (2x faster
+# training), fewer epochs. GPU: the whole network, the paper's schedule scaled to this dataset.
+PRESETS = {
+    "cpu": dict(model="tf_efficientnet_lite0", frozen_stages=4, epochs=10, lr_steps=(7,), batch_size=32,
+                accumulate=2, balanced_epochs=2, accuracy_epochs=2),
+    "gpu": dict(model="tf_efficientnet_lite0", frozen_stages=0, epochs=30, lr_steps=(20, 25), batch_size=64,
+                accumulate=1, balanced_epochs=3, accuracy_epochs=3),
+}
+
+
+def score(model: str, manifests: GroceryManifests, work: Path, device: str) -> dict[str, float]:
+    """Test top-1 / top-5 under protocols A and B; the test photos are embedded once for both."""
+    embedder = create_embedder(model)
+    indexes = {}
+    for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
+        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
+        indexes[protocol] = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
+    items = read_listing(manifests.test).items
+    embedded = indexes["A"].embed([it.path for it in items], device=device)
+    out = {}
+    for protocol, index in indexes.items():
+        report = score_embedded(items, embedded, index)
+        out |= {f"{protocol} top-1": report.top1, f"{protocol} top-5": report.top5}
+    out["queries"] = len(items)
+    return out
+
+
+def run_training(config: TrainConfig) -> tuple[Path, float]:
+    start = time.perf_counter()
+    result = train(config)
+    return Path(result.out), (time.perf_counter() - start) / 60
+
+
+def ablation(manifests: GroceryManifests, out: Path, preset: dict, device: str) -> list[dict]:
+    base = TrainConfig(train=str(manifests.catalog_b), val=str(manifests.val), out="", device=device, **preset)
+    rows = [{"row": "ImageNet zero-shot (224)", "train min": 0.0,
+             **score(preset["model"], manifests, out / "zero-shot", device)}]
+    low = replace(base, out=str(out / "train-224"), img_size=224, resize=256, balanced_epochs=0, accuracy_epochs=0)
+    run, minutes = run_training(low)
+    rows.append({"row": "trained at 224", "train min": minutes, **score(str(run / "model.pt"), manifests, run, device)})
+    high = replace(base, out=str(out / "train-448"), img_size=448, resize=512)
+    run, minutes = run_training(high)
+    for stage, name in (("main", "trained at 448"), ("balanced", "+ balanced finetune"),
+                        ("accuracy", "+ accuracy loss")):
+        rows.append({"row": name, "train min": minutes if stage == "main" else 0.0,
+                     **score(str(run / f"model-{stage}.pt"), manifests, run / stage, device)})
+    return rows
+
+
+def unseen(dataset: Path, out: Path, preset: dict, device: str) -> list[dict]:
+    """Train on even class ids, score the odd ones: products the embedder never saw."""
+    even = write_grocery_store_manifests(dataset, out / "manifests", classes="even")
+    odd = write_grocery_store_manifests(dataset, out / "manifests", classes="odd")
+    config = TrainConfig(train=str(even.catalog_b), val=str(even.val), out=str(out / "train-even-224"),
+                         device=device, **{**preset, "balanced_epochs": 0, "accuracy_epochs": 0})
+    run, minutes = run_training(config)
+    return [
+        {"row": "odd SKUs, ImageNet zero-shot", "train min": 0.0, **score(preset["model"], odd, out / "odd-zero", device)},
+        {"row": "odd SKUs, trained on even SKUs (224)", "train min": minutes,
+         **score(str(run / "model.pt"), odd, run, device)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "train-grocery-store")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", choices=["ablation", "unseen"], default=None, help="run one of the two parts")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("faiss", "prodsearch.retrieval.embedding", "prodsearch.retrieval.weights", "prodsearch.indexer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    preset = PRESETS[args.preset]
+    manifests = write_grocery_store_manifests(args.dataset, args.out / "manifests")
+    columns = ["row", "A top-1", "A top-5", "B top-1", "B top-5", "queries", "train min"]
+    results = {"preset": args.preset, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}}
+    if args.only in (None, "ablation"):
+        results["ablation"] = ablation(manifests, args.out, preset, args.device)
+        print(markdown_table(results["ablation"], columns), flush=True)
+    if args.only in (None, "unseen"):
+        results["unseen"] = unseen(args.dataset, args.out, preset, args.device)
+        print("\n" + markdown_table(results["unseen"], columns))
+    (args.out / f"results-{args.preset}.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Training losses, composed from pytorch-metric-learning by name.
+
+A classification loss on the embedding (ArcFace, SubCenterArcFace, CosFace, normalised softmax, or
+plain softmax cross-entropy) holds the classification head over the training SKUs; a pair-based
+metric loss with its miner shapes the neighbourhoods retrieval uses. :class:`AccuracyLoss` is the
+Products-10K paper's finetuning loss, ``1 - mean softmax probability of the true class``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses, miners
+from torch import nn
+
+CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
+METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
+
+
+class AccuracyLoss(nn.Module):
+    """L_acc = 1 - sum(softmax(logits) * onehot(y)) / N: optimises top-1 accuracy more directly
+    than cross-entropy (Products-10K paper, eq. 1)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)
+        return 1.0 - probs.gather(1, labels.view(-1, 1)).sum() / len(labels)
+
+
+class SoftmaxLoss(nn.Module):
+    """Plain softmax cross-entropy through a linear classifier on the embedding."""
+
+    def __init__(self, num_classes: int, embedding_size: int):
+        super().__init__()
+        self.classifier = nn.Linear(embedding_size, num_classes)
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.classifier(embeddings)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.get_logits(embeddings), labels)
+
+
+def create_classification_loss(name: str, num_classes: int, embedding_size: int) -> nn.Module | None:
+    """A loss whose weights are the classification head; it offers ``get_logits(embeddings)``."""
+    if name == "none":
+        return None
+    factories = {
+        "arcface": lambda: losses.ArcFaceLoss(num_classes, embedding_size),
+        "subcenter_arcface": lambda: losses.SubCenterArcFaceLoss(num_classes, embedding_size),
+        "cosface": lambda: losses.CosFaceLoss(num_classes, embedding_size),
+        "normalized_softmax": lambda: losses.NormalizedSoftmaxLoss(num_classes, embedding_size),
+        "softmax": lambda: SoftmaxLoss(num_classes, embedding_size),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown classification loss {name!r}; choose one of {', '.join(CLASSIFICATION_LOSSES)}")
+    return factories[name]()
+
+
+def create_metric_loss(name: str) -> tuple[nn.Module | None, nn.Module | None]:
+    """A pair-based loss and the miner that picks its informative pairs."""
+    if name == "none":
+        return None, None
+    factories = {
+        "multisimilarity": lambda: (losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()),
+        "triplet": lambda: (losses.TripletMarginLoss(margin=0.1), miners.TripletMarginMiner(margin=0.1)),
+        "contrastive": lambda: (losses.ContrastiveLoss(), miners.PairMarginMiner()),
+    }
+    if name not in factories:
+        raise ValueError(f"unknown metric loss {name!r}; choose one of {', '.join(METRIC_LOSSES)}")
+    return factories[name]()
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    parts: dict[str, float]
+
+
+class RetrievalLoss(nn.Module):
+    """``w_cls * classification(emb, y) + w_metric * metric(emb, y, miner(emb, y))``, or, in the
+    accuracy finetune, ``AccuracyLoss(classification logits, y)``."""
+
+    def __init__(self, classification: nn.Module | None, metric: nn.Module | None, miner: nn.Module | None,
+                 classification_weight: float = 1.0, metric_weight: float = 1.0):
+        super().__init__()
+        if classification is None and metric is None:
+            raise ValueError("at least one of the classification and metric losses is needed")
+        self.classification, self.metric, self.miner = classification, metric, miner
+        self.classification_weight, self.metric_weight = classification_weight, metric_weight
+        self.accuracy = AccuracyLoss()
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.classification is None:
+            raise ValueError("logits need a classification loss (its weights are the classifier)")
+        return self.classification.get_logits(embeddings.float())
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, accuracy_only: bool = False) -> LossParts:
+        embeddings = embeddings.float()  # margin losses are unstable in half precision
+        if accuracy_only:
+            acc = self.accuracy(self.logits(embeddings), labels)
+            return LossParts(acc, {"accuracy": float(acc.detach())})
+        total, parts = embeddings.new_zeros(()), {}
+        if self.classification is not None:
+            cls = self.classification(embeddings, labels)
+            total, parts["classification"] = total + self.classification_weight * cls, float(cls.detach())
+        if self.metric is not None:
+            pairs = self.miner(embeddings, labels) if self.miner is not None else None
+            metric = self.metric(embeddings, labels, pairs)
+            total, parts["metric"] = total + self.metric_weight * metric, float(metric.detach())
+        return LossParts(total, parts)

@@ -1,0 +1,375 @@
+"""Training the embedder with the Products-10K tricks, each a switch so an ablation can run.
+
+Stages, in order: ``main`` (the full training set), ``balanced`` (at most 5 images per SKU) and
+``accuracy`` (the accuracy loss on the balanced subset). Every epoch writes ``last.pt`` (weights,
+losses, optimizer: what ``resume`` needs); each stage's end writes ``model-<stage>.pt``; the end
+writes ``model.pt``, the trained embedder that ``prodsearch index --model`` takes, and
+``config.json`` / ``history.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch.utils.data import DataLoader, TensorDataset
+
+from prodsearch.errors import ProdsearchError
+from prodsearch.indexer.sources import read_listing
+from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
+from prodsearch.retrieval.device import resolve_device
+from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, create_embedder
+from prodsearch.retrieval.embedding import decode_worker_init, default_num_workers, embed_files
+from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
+from prodsearch.retrieval.preprocess import decode_min_side
+from prodsearch.retrieval.train_data import (AugmentedImages, LabelledSet, balanced_subset, collate_labelled,
+                                             train_transform)
+
+log = logging.getLogger(__name__)
+
+STAGES = ("main", "balanced", "accuracy")
+Progress = Callable[[dict[str, Any]], None]
+
+
+class TrainingError(ProdsearchError):
+    """A training set or configuration that cannot be trained on."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved as ``config.json`` and inside each checkpoint."""
+
+    train: str
+    out: str
+    val: str | None = None
+    model: str = DEFAULT_MODEL
+    embed_dim: int = 512
+    img_size: int = 224  # random crop in training, centre crop at evaluation (paper: 448)
+    resize: int = 256  # short side before cropping (paper: 512)
+    epochs: int = 10
+    lr_steps: tuple[int, ...] = (20, 40, 60)  # epochs after which learning rates are multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    lr_head: float = 3e-4  # new layers: embedding head and classifier
+    lr_backbone: float = 3e-5  # pretrained backbone
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    accumulate: int = 2  # optimizer step every N batches: batch 32 x 2 emulates the paper's 64
+    m_per_class: int = 4  # images per SKU in a batch (MPerClassSampler), so the metric loss has positives
+    classification_loss: str = "arcface"
+    metric_loss: str = "multisimilarity"
+    classification_weight: float = 1.0
+    metric_weight: float = 1.0
+    balanced_epochs: int = 0  # balanced-subset finetune
+    balanced_max_per_class: int = 5
+    accuracy_epochs: int = 0  # accuracy-loss finetune on the balanced subset (paper: 2-3)
+    finetune_lr_scale: float = 0.1  # finetune stages run at the base learning rates times this
+    frozen_stages: int = 0  # the stem and this many backbone stages are not trained (cheaper on CPU)
+    freeze_backbone: bool = False  # cache pooled backbone features once and train only the heads
+    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics (small batches)
+    amp: str = "auto"  # CUDA mixed precision: auto (bf16 where supported, else fp16) or off
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_steps"] = list(self.lr_steps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["lr_steps"] = tuple(kwargs.get("lr_steps", ()))
+        return cls(**kwargs)
+
+    def stage_epochs(self) -> list[int]:
+        return [self.epochs, self.balanced_epochs, self.accuracy_epochs]
+
+
+@dataclass
+class EpochRecord:
+    stage: str
+    epoch: int
+    loss: float
+    parts: dict[str, float]
+    images: int
+    seconds: float
+    lr_head: float
+    lr_backbone: float
+    val_top1: float | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_path: Path
+    classes: list[str]
+    history: list[EpochRecord] = field(default_factory=list)
+    best_path: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, numpy (MPerClassSampler draws from it) and torch (workers derive from it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(base: float, epoch: int, steps: tuple[int, ...], gamma: float) -> float:
+    """Step decay: ``base * gamma ** (number of steps passed)``, a pure function of the epoch so a
+    resumed run continues on the same schedule."""
+    return base * gamma ** sum(epoch >= s for s in steps)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, progress: Progress | None):
+        self.config, self.progress = config, progress
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        self.data = LabelledSet.from_items(read_listing(config.train).items)
+        if len(self.data.classes) < 2:
+            raise TrainingError(f"{config.train} has {len(self.data.classes)} SKU; training needs at least 2")
+        self.val = LabelledSet.from_items(read_listing(config.val).items, self.data.classes) if config.val else None
+        self._check_batching()
+        self.embedder = self._create_embedder()
+        self.loss = RetrievalLoss(
+            create_classification_loss(config.classification_loss, len(self.data.classes), self.embedder.embed_dim),
+            *create_metric_loss(config.metric_loss), config.classification_weight, config.metric_weight,
+        ).to(self.device)
+        if config.accuracy_epochs and self.loss.classification is None:
+            raise TrainingError("the accuracy-loss finetune needs a classification loss (--classification-loss)")
+        self._freeze()
+        self.balanced = balanced_subset(self.data.labels, config.balanced_max_per_class, config.seed)
+        self.features = self._cache_features() if config.freeze_backbone else None
+        self.history: list[EpochRecord] = []
+        self.best_val: float | None = None
+        self.autocast, self.scaler = self._mixed_precision()
+
+    def _check_batching(self) -> None:
+        c = self.config
+        if c.batch_size % c.m_per_class or c.m_per_class * len(self.data.classes) < c.batch_size:
+            raise TrainingError(
+                f"--batch-size {c.batch_size} must be a multiple of --m-per-class {c.m_per_class} and at most "
+                f"{c.m_per_class} x {len(self.data.classes)} SKUs")
+
+    def _create_embedder(self) -> Embedder:
+        c = self.config
+        embedder = create_embedder(c.model, embed_dim=c.embed_dim, img_size=c.img_size, crop_pct=c.img_size / c.resize)
+        if not embedder.config.head:
+            raise TrainingError(f"{c.model} has no embedding head to train; train from a model name")
+        return embedder.to(self.device, memory_format=torch.channels_last)
+
+    def _freeze(self) -> None:
+        """Frozen parts get no gradients, so autograd neither stores nor back-propagates through them."""
+        backbone = self.embedder.backbone
+        frozen = list(backbone.parameters()) if self.config.freeze_backbone else [
+            p for m in [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.config.frozen_stages]]
+            for p in m.parameters()]
+        for p in frozen:
+            p.requires_grad_(False)
+
+    def set_train_mode(self) -> None:
+        self.embedder.train()
+        self.loss.train()
+        backbone = self.embedder.backbone
+        if self.config.freeze_backbone:
+            backbone.eval()
+        else:
+            for m in [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.config.frozen_stages]]:
+                m.eval()
+            if self.config.freeze_bn:
+                for m in backbone.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+
+    def _mixed_precision(self):
+        if self.device.type != "cuda" or self.config.amp == "off":
+            return contextlib.nullcontext, None
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+    def _cache_features(self) -> dict[str, torch.Tensor]:
+        """Pooled backbone features of every training (and validation) image, computed once."""
+        sets = {"train": self.data, **({"val": self.val} if self.val else {})}
+        cached = {}
+        for name, data in sets.items():
+            result = embed_files(self.embedder, data.paths, device=self.device, pooled=True,
+                                 num_workers=self.config.workers)
+            if result.failures:
+                raise TrainingError(f"{len(result.failures)} {name} images could not be read, e.g. "
+                                    f"{data.paths[next(iter(result.failures))]}")
+            cached[name] = torch.from_numpy(result.vectors)
+            log.info("cached %d %s features (%.1f img/s)", len(result.vectors), name, result.images_per_second)
+        return cached
+
+    def optimizer(self, stage: int) -> torch.optim.Optimizer:
+        c = self.config
+        scale = 1.0 if stage == 0 else c.finetune_lr_scale
+        backbone = [p for p in self.embedder.backbone.parameters() if p.requires_grad]
+        head = list(self.embedder.proj.parameters()) + list(self.loss.parameters())
+        groups = [{"params": head, "lr": c.lr_head * scale, "base_lr": c.lr_head * scale, "name": "head"}]
+        if backbone:
+            groups.append({"params": backbone, "lr": c.lr_backbone * scale, "base_lr": c.lr_backbone * scale,
+                           "name": "backbone"})
+        return torch.optim.Adam(groups, weight_decay=c.weight_decay)
+
+    def loader(self, indices: np.ndarray, seed: int) -> DataLoader:
+        c = self.config
+        labels = self.data.labels[indices]
+        sampler = MPerClassSampler(labels, c.m_per_class, c.batch_size,
+                                   length_before_new_iter=max(len(indices), c.batch_size))
+        if self.features is not None:
+            dataset = TensorDataset(self.features["train"][indices], torch.from_numpy(labels))
+            return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True)
+        cfg = self.embedder.data_config
+        transform = train_transform(c.img_size, c.resize, cfg["mean"], cfg["std"])
+        dataset = AugmentedImages(self.data.subset(indices), transform, decode_min_side(cfg))
+        workers = default_num_workers(len(indices)) if c.workers is None else c.workers
+        return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                          collate_fn=collate_labelled, worker_init_fn=decode_worker_init,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.features is not None:
+            return self.embedder.embed_pooled(x)
+        return self.embedder(x.contiguous(memory_format=torch.channels_last))
+
+    def run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer) -> EpochRecord:
+        c = self.config
+        seed = c.seed * 1_000_003 + stage * 1_009 + epoch
+        seed_everything(seed)
+        steps_passed = epoch if stage == 0 else 0
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(group["base_lr"], steps_passed, c.lr_steps if stage == 0 else (), c.lr_gamma)
+        self.set_train_mode()
+        loader = self.loader(np.arange(len(self.data)) if stage == 0 else self.balanced, seed)
+        total, parts_sum, images, start, batches = 0.0, {}, 0, time.perf_counter(), 0
+        optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(loader):
+            if batch is None:
+                continue
+            x, y = batch
+            with self.autocast():
+                embeddings = self.embed(x)
+            out = self.loss(embeddings, y.to(self.device), accuracy_only=STAGES[stage] == "accuracy")
+            self._backward(out.total / c.accumulate)
+            if (step + 1) % c.accumulate == 0:
+                self._step(optimizer)
+            total += float(out.total.detach())
+            for k, v in out.parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            images, batches = images + len(y), batches + 1
+            if self.progress:
+                self.progress({"stage": STAGES[stage], "epoch": epoch + 1, "step": step + 1, "steps": len(loader),
+                               "loss": total / batches, "images_per_second": images / (time.perf_counter() - start)})
+        if batches % c.accumulate:
+            self._step(optimizer)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        return EpochRecord(STAGES[stage], epoch + 1, total / max(batches, 1),
+                           {k: v / max(batches, 1) for k, v in parts_sum.items()}, images,
+                           time.perf_counter() - start, lrs["head"], lrs.get("backbone", 0.0), self.validate())
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def _step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Top-1 SKU classification accuracy on the validation set (never the test set)."""
+        if self.val is None or self.loss.classification is None or not len(self.val):
+            return None
+        self.embedder.eval()
+        if self.features is not None:
+            embeddings = self.embedder.embed_pooled(self.features["val"].to(self.device))
+            labels = torch.from_numpy(self.val.labels)
+        else:
+            result = embed_files(self.embedder, self.val.paths, device=self.device, num_workers=self.config.workers)
+            embeddings = torch.from_numpy(result.vectors).to(self.device)
+            labels = torch.from_numpy(self.val.labels[result.positions])
+        predicted = self.loss.logits(embeddings).argmax(dim=1).cpu()
+        return float((predicted == labels).float().mean())
+
+    def save(self, path: Path, stage: int, epoch: int, optimizer: torch.optim.Optimizer | None) -> Path:
+        extra = {"classes": self.data.classes, "config": self.config.to_dict(),
+                 "history": [asdict(r) for r in self.history], "stage": stage, "epoch": epoch}
+        if optimizer is not None:
+            extra |= {"optimizer": optimizer.state_dict(), "loss_state": self.loss.state_dict()}
+        return save_checkpoint(path, self.embedder, **extra)
+
+    def restore(self, payload: dict[str, Any]) -> tuple[int, int, dict | None]:
+        """Load a ``last.pt``; return where to continue (stage, epoch) and the optimizer state."""
+        self.embedder.load_state_dict(payload["state_dict"])
+        self.loss.load_state_dict(payload["loss_state"])
+        self.history = [EpochRecord(**r) for r in payload["history"]]
+        vals = [r.val_top1 for r in self.history if r.val_top1 is not None]
+        self.best_val = max(vals) if vals else None
+        stage, epoch = int(payload["stage"]), int(payload["epoch"])
+        if epoch + 1 < self.config.stage_epochs()[stage]:
+            return stage, epoch + 1, payload["optimizer"]
+        return stage + 1, 0, None
+
+
+def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Run (or, from a ``last.pt``, continue) a training run; return where the model was written.
+
+    With ``resume`` the run's saved configuration is used, not ``config``, except where the
+    model runs (``device``, ``workers``).
+    """
+    payload = None
+    if resume:
+        payload = load_checkpoint(resume)
+        if "optimizer" not in payload:
+            raise TrainingError(f"{resume} holds a finished model, not a run to resume: resume from last.pt")
+        config = TrainConfig.from_dict({**payload["config"], "device": config.device, "workers": config.workers})
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    trainer = Trainer(config, progress)
+    start_stage, start_epoch, optimizer_state = trainer.restore(payload) if payload else (0, 0, None)
+    best_path = out / "best.pt" if payload and (out / "best.pt").is_file() else None
+    for stage, epochs in enumerate(config.stage_epochs()):
+        if stage < start_stage or not epochs:
+            continue
+        optimizer = trainer.optimizer(stage)
+        if optimizer_state is not None and stage == start_stage:
+            optimizer.load_state_dict(optimizer_state)
+        for epoch in range(start_epoch if stage == start_stage else 0, epochs):
+            record = trainer.run_epoch(stage, epoch, optimizer)
+            trainer.history.append(record)
+            log.info("%s epoch %d/%d: loss %.4f %s, %.1f img/s%s", record.stage, record.epoch, epochs, record.loss,
+                     record.parts, record.images_per_second,
+                     f", val top-1 {record.val_top1:.4f}" if record.val_top1 is not None else "")
+            trainer.save(out / "last.pt", stage, epoch, optimizer)
+            if record.val_top1 is not None and (trainer.best_val is None or record.val_top1 > trainer.best_val):
+                trainer.best_val = record.val_top1
+                best_path = trainer.save(out / "best.pt", stage, epoch, None)
+        trainer.save(out / f"model-{STAGES[stage]}.pt", stage, epochs - 1, None)  # each stage's result, for ablations
+    final_stage = max((s for s, e in enumerate(config.stage_epochs()) if e), default=0)
+    model_path = trainer.save(out / "model.pt", final_stage, config.stage_epochs()[final_stage] - 1, None)
+    (out / "history.json").write_text(json.dumps([asdict(r) for r in trainer.history], indent=2) + "\n")
+    return TrainResult(out, model_path, trainer.data.classes, trainer.history, best_path)
