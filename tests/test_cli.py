@@ -32,7 +32,7 @@ def test_index_query_eval_end_to_end(runner, tmp_path, built_index):
     assert "skipped: 1" in result.output and "broken.jpg: empty file" in result.output
     assert "images/s" in result.output
     index = ProductIndex.open(tmp_path / "idx")
-    assert len(index) == 7 and index.manifest.skus == 6
+    assert len(index) == 7 and len(index.skus) == 6
 
     photo = queries / "sku-3" / "q.jpg"
     result = run(runner, "query", photo, "--index", tmp_path / "idx", "--top-k", 3)
@@ -109,6 +109,9 @@ def test_eval_errors(runner, tmp_path, built_index):
     expect_error(run(runner, "eval", tmp_path / "nope", "--index", built_index["index"]),
                  f"{tmp_path / 'nope'} does not exist; expected a folder with one sub-folder per SKU "
                  "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+    result = run(runner, "eval", built_index["queries"], "--index", built_index["index"], "--model", "lite1")
+    assert result.exit_code == 1
+    assert "was built with model tf_efficientnet_lite0 but this query would use tf_efficientnet_lite1" in result.output
     expect_error(run(runner, "eval", built_index["queries"], "--index", tmp_path / "nothing"),
                  f"index folder {tmp_path / 'nothing'} does not exist; "
                  f"build one with: prodsearch index CATALOG --index {tmp_path / 'nothing'}")

@@ -9,9 +9,9 @@ import pytest
 
 from prodsearch.errors import CatalogError, IndexDirError, ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
-from prodsearch.indexer.build import write_index_dir
+from prodsearch.indexer.build import create_index_dir
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.manifest import read_manifest
+from prodsearch.indexer.manifest import Manifest, read_manifest
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
 from prodsearch.retrieval.embedder import EmbedderConfig
 
@@ -37,6 +37,19 @@ def test_faiss_search_equals_brute_force():
     assert np.allclose(scores, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
 
 
+def image_rows(owners):
+    return [{"sku": s, "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1, "size": 1, "mtime": 0.0}
+            for i, s in enumerate(owners)]
+
+
+def write_vectors_index(index_dir, owners, vectors, products=None):
+    """An index folder straight from vectors: image i (id i) belongs to SKU owners[i]."""
+    products = products or [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
+    config = EmbedderConfig("test", "none", vectors.shape[1], {"input_size": [3, 8, 8]})
+    create_index_dir(index_dir, Manifest(config, "", "test"), products, image_rows(owners), vectors)
+    return ProductIndex(index_dir, read_manifest(index_dir))
+
+
 def synthetic_index(tmp_path, rng, dim=16):
     """An index of random vectors: 30 SKUs with 1-5 images, plus one SKU with 200 near-copies."""
     skus = [f"s{i:02d}" for i in range(30)]
@@ -44,12 +57,7 @@ def synthetic_index(tmp_path, rng, dim=16):
     vectors = clustered_vectors(len(owners), dim, rng)
     vectors[-200:] = vectors[-200] + 0.01 * rng.normal(size=(200, dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    images = [{"id": 10 + i, "sku": s, "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1}
-              for i, s in enumerate(owners)]
-    products = [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
-    config = EmbedderConfig("test", "none", dim, {"input_size": [3, 8, 8]})
-    write_index_dir(tmp_path / "idx", config, products, images, vectors)
-    return ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx")), vectors, owners
+    return write_vectors_index(tmp_path / "idx", owners, vectors), vectors, owners
 
 
 def plain_sku_ranking(query, vectors, owners, top_k):
@@ -70,7 +78,7 @@ def test_sku_ranking_equals_plain_loop(tmp_path, top_k):
         assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-5)
         best = matches[0]
         assert best.name == best.sku.upper() and best.category == "Cat/Sub"
-        assert owners[best.image_id - 10] == best.sku and best.image_path == f"/c/{best.image_id - 10}.jpg"
+        assert owners[best.image_id] == best.sku and best.image_path == f"/c/{best.image_id}.jpg"
 
 
 def test_top_k_larger_than_catalog(tmp_path):
@@ -90,7 +98,7 @@ def test_build_dedups_within_sku_and_reports(tmp_path, embedder):
     rows = list(db.db["images"].rows)
     assert len(rows) == 7 and len({(r["sku"], r["md5"]) for r in rows}) == 7
     assert all(r["width"] == 96 and r["height"] == 96 for r in rows)
-    assert db.counts() == (3, 7)
+    assert db.counts() == {"products": 3, "images": 7, "vectors": 7}
 
 
 def test_build_from_csv_keeps_names_and_categories(tmp_path, embedder):
@@ -147,7 +155,7 @@ def test_manifest_records_model_and_preprocessing(built_index, embedder):
     assert data["model"]["data_config"]["input_size"] == [3, 224, 224]
     assert data["model"]["data_config"]["mean"] == [0.5, 0.5, 0.5]
     assert data["embed_dim"] == 1280
-    assert data["vector_index"] == {"type": "IndexFlatIP", "metric": "inner_product", "count": 7}
+    assert data["vector_index"] == {"type": "IndexFlatIP", "metric": "inner_product"}
     assert data["prodsearch_version"]
 
 
@@ -175,24 +183,29 @@ def test_not_an_index(tmp_path):
 
 def test_incomplete_and_inconsistent_indexes(built_index, tmp_path):
     copy = shutil.copytree(built_index["index"], tmp_path / "a")
-    (copy / "vectors.faiss").unlink()
-    with pytest.raises(IndexDirError, match=r"incomplete \(vectors.faiss is missing\)"):
+    for snapshot in copy.glob("vectors-*.faiss"):
+        snapshot.unlink()
+    with pytest.raises(IndexDirError, match=r"has no readable vector snapshot; rebuild it with"):
         ProductIndex.open(copy)
     copy = shutil.copytree(built_index["index"], tmp_path / "b")
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["vector_index"]["count"] = 99
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexDirError, match=r"inconsistent \(7 vectors, 7 catalog images, manifest says 99\)"):
+    db = CatalogDB(copy / "catalog.db")
+    with db.db.atomic():  # delete a row behind the change log's back
+        db.db.execute("delete from images where id = 0")
+    db.close()
+    with pytest.raises(IndexDirError, match=r"inconsistent \(7 vectors for 6 catalog images\)"):
         ProductIndex.open(copy)
 
 
-def test_rebuild_replaces_index_but_never_a_foreign_folder(tmp_path, embedder):
+def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, embedder):
     root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
     build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
     write_folder_catalog(root, ["c"])
     assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
-    assert read_manifest(tmp_path / "idx").skus == 3
+    assert ProductIndex.open(tmp_path / "idx").skus == ["a", "b", "c"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(IndexDirError, match=r"holds an index built with model tf_efficientnet_lite0 .*"
+                                            r"not tf_efficientnet_lite1 .*remove the folder or choose another --index"):
+        build_index(root, tmp_path / "idx", model="lite1", num_workers=0)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.tex").write_text("precious")
     with pytest.raises(IndexDirError, match="docs exists and is not a prodsearch index"):
@@ -203,11 +216,9 @@ def test_rebuild_replaces_index_but_never_a_foreign_folder(tmp_path, embedder):
 def test_catalog_lookups_of_many_ids_at_once(tmp_path):
     """More distinct ids than SQLite binds in one statement are looked up in chunks."""
     n = 5_000
-    images = [{"id": i, "sku": f"s{i % 50}", "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1}
-              for i in range(n)]
+    owners = [f"s{i % 50}" for i in range(n)]
     products = [{"sku": f"s{k}", "name": f"S{k}", "category": None} for k in range(50)]
-    vectors = np.eye(4, dtype=np.float32)[np.arange(n) % 4]
-    write_index_dir(tmp_path / "idx", EmbedderConfig("test", "none", 4, {}), products, images, vectors)
+    write_vectors_index(tmp_path / "idx", owners, np.eye(4, dtype=np.float32)[np.arange(n) % 4], products)
     catalog = CatalogDB(tmp_path / "idx" / "catalog.db")
     catalog.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # the limit of older SQLite builds
     paths = catalog.image_paths(range(n))

@@ -128,7 +128,7 @@ def test_checkpoint_built_index_refuses_other_models(shop, tmp_path):
     build_index(shop.catalog_csv, tmp_path / "idx", model=str(model_path), num_workers=0)
     index = ProductIndex.open(tmp_path / "idx")  # the manifest names the checkpoint
     assert index.embedder.config.source == str(model_path.resolve())
-    assert index.query([shop.queries_dir / index.catalog.skus[0] / f"{index.catalog.skus[0]}_0.jpg"])[0].matches
+    assert index.query([shop.queries_dir / index.skus[0] / f"{index.skus[0]}_0.jpg"])[0].matches
     for other in ("tf_efficientnet_lite0", str(other_path)):
         with pytest.raises(ModelMismatchError, match="weights: index has 'checkpoint:"):
             ProductIndex.open(tmp_path / "idx", model=other)

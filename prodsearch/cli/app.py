@@ -81,4 +81,8 @@ batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=
 workers_option = click.option("--workers", type=click.IntRange(min=0), default=None,
                               help="Image-decoding worker processes [default: up to 4, 0 for few files].")
 silent_option = click.option("--silent", is_flag=True, help="Hide progress bars.")
+query_model_option = click.option("--model", default=None,
+                                  help="Embedder (name or checkpoint) to embed photos with [default: the index's].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+wait_option = click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                           help="Seconds to wait for another process writing to the index.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
-                                silent_option, workers_option)
+                                query_model_option, silent_option, wait_option, workers_option)
 from prodsearch.errors import ProdsearchError
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
@@ -22,12 +22,13 @@ MAX_LISTED = 20
 @click.argument("catalog", type=click.Path())
 @index_option
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3).")
+              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), or a checkpoint (.pt) from 'prodsearch train'.")
 @batch_option
 @device_option
 @workers_option
+@wait_option
 @silent_option
-def index(catalog, index_dir, model, batch_size, device, workers, silent):
+def index(catalog, index_dir, model, batch_size, device, workers, wait, silent):
     """Build an index of the catalog photos in CATALOG.
 
     CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
@@ -39,7 +40,7 @@ def index(catalog, index_dir, model, batch_size, device, workers, silent):
     """
     with Progress("Embedding", silent) as progress:
         report = build_index(catalog, index_dir, model=model, batch_size=batch_size, device=device,
-                             num_workers=workers, progress=progress)
+                             num_workers=workers, progress=progress, wait=wait)
     click.echo(format_build_report(report))
 
 
@@ -62,7 +63,7 @@ def format_build_report(report: BuildReport) -> str:
 @click.argument("photos", nargs=-1, required=True, type=click.Path())
 @index_option
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="SKUs to list per photo.")
-@click.option("--model", default=None, help="Embedder to query with [default: the index's].")
+@query_model_option
 @device_option
 @json_option
 def query(photos, index_dir, top_k, model, device, as_json):
@@ -100,12 +101,13 @@ def format_query_result(result: QueryResult) -> str:
 @cli.command(name="eval")
 @click.argument("queries", type=click.Path())
 @index_option
+@query_model_option
 @batch_option
 @device_option
 @workers_option
 @silent_option
 @json_option
-def eval_(queries, index_dir, batch_size, device, workers, silent, as_json):
+def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_json):
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
@@ -115,7 +117,7 @@ def eval_(queries, index_dir, batch_size, device, workers, silent, as_json):
     Example:
         prodsearch eval shop/snapshots/ --index shop/idx --json
     """
-    product_index = ProductIndex.open(index_dir)
+    product_index = ProductIndex.open(index_dir, model=model)
     with Progress("Evaluating", silent) as progress:
         report = evaluate(queries, product_index, batch_size=batch_size, device=device,
                           num_workers=workers, progress=progress)

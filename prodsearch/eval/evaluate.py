@@ -77,7 +77,7 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
         for p, row in zip(embedded.positions.tolist(), matches)
     ]
     skipped = [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
-    known = set(index.catalog.skus)
+    known = set(index.skus)
     unknown = sum(o.truth not in known for o in outcomes)
     if unknown:
         log.warning("%d query photos belong to SKUs that are not in the index; they count as misses", unknown)

@@ -1,8 +1,12 @@
-"""Building an index folder from a catalog: hash, de-duplicate, embed, write, publish."""
+"""``index``: build an index folder from a catalog, or rebuild an existing one in place.
+
+A new folder is assembled under a temporary name beside its destination and renamed into place.
+An existing index is rebuilt under the writer lock in one transaction: readers see the old
+catalog until the new one is complete.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -12,23 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import CatalogError
-from prodsearch.indexer.catalog_db import create_catalog_db
-from prodsearch.indexer.manifest import CATALOG_DB, VECTORS, Manifest, check_target, publish, staging_dir, write_manifest
-from prodsearch.indexer.sources import Item, Skipped, read_listing
-from prodsearch.indexer.vectors import add_vectors, create_vector_index, index_type_name, write_vector_index
+from prodsearch.errors import CatalogError, IndexDirError
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, product_rows, scan
+from prodsearch.indexer.manifest import (Manifest, check_target, is_index_dir, publish_new,
+                                         read_manifest, staging_dir, write_manifest)
+from prodsearch.indexer.sources import Skipped, read_listing
+from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
+from prodsearch.indexer.vectors import index_type_name, write_vector_index
+from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig, create_embedder
-from prodsearch.retrieval.embedding import Progress, embed_files
+from prodsearch.retrieval.embedding import Progress
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    path: str
-    same_as: str
-    sku: str
 
 
 @dataclass
@@ -47,49 +47,6 @@ class BuildReport:
         return self.images / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _dedupe(items: list[Item], skipped: list[Skipped]) -> tuple[list[Item], list[str], list[Duplicate], int]:
-    """Keep the first of identical files within a SKU; count files shared between SKUs."""
-    unique, hashes, duplicates = [], [], []
-    first: dict[tuple[str, str], Item] = {}
-    skus_of_hash: dict[str, set[str]] = {}
-    for item in items:
-        try:
-            digest = file_md5(item.path)
-        except OSError as exc:
-            skipped.append(Skipped(str(item.path), f"cannot read file: {exc.strerror or exc}"))
-            continue
-        key = (item.sku, digest)
-        if key in first:
-            duplicates.append(Duplicate(str(item.path), str(first[key].path), item.sku))
-            continue
-        first[key] = item
-        skus_of_hash.setdefault(digest, set()).add(item.sku)
-        unique.append(item)
-        hashes.append(digest)
-    shared = sum(1 for d in hashes if len(skus_of_hash[d]) > 1)
-    return unique, hashes, duplicates, shared
-
-
-def _products(items: list[Item]) -> list[dict]:
-    """One row per SKU; the first non-empty name and category given for a SKU win."""
-    products: dict[str, dict] = {}
-    for item in items:
-        row = products.setdefault(item.sku, {"sku": item.sku, "name": None, "category": None})
-        row["name"] = row["name"] or item.name
-        row["category"] = row["category"] or item.category
-    for row in products.values():
-        row["name"] = row["name"] or row["sku"]
-    return list(products.values())
-
-
 def build_index(
     catalog: str | os.PathLike,
     index_dir: str | os.PathLike,
@@ -101,58 +58,82 @@ def build_index(
     device: str = "auto",
     num_workers: int | None = None,
     progress: Progress | None = None,
+    wait: float = 0.0,
 ) -> BuildReport:
-    """Index every readable image of ``catalog`` into ``index_dir`` (replacing an older index there)."""
+    """Index every readable image of ``catalog`` into ``index_dir``.
+
+    An existing index there is rebuilt from the catalog if it uses the same model; an index built
+    with another model is refused rather than silently replaced.
+    """
     start = time.perf_counter()
     index_dir = Path(index_dir)
     check_target(index_dir)
     listing = read_listing(catalog)
-    skipped = list(listing.skipped)
-    items, hashes, duplicates, shared = _dedupe(listing.items, skipped)
     embedder = embedder or create_embedder(model)
-
-    result = embed_files(embedder, [it.path for it in items], batch_size=batch_size, device=device,
+    existing = is_index_dir(index_dir)
+    if existing:
+        _check_same_model(index_dir, embedder.config)
+    scanned = scan(listing)
+    embedded = embed_new(embedder, scanned, list(scanned.files), batch_size=batch_size, device=device,
                          num_workers=num_workers, progress=progress)
-    for pos, reason in sorted(result.failures.items()):
-        skipped.append(Skipped(str(items[pos].path), reason))
-    kept = [items[p] for p in result.positions]
-    if not kept:
+    skipped = scanned.skipped + embedded.skipped
+    if not embedded.images:
         example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
         raise CatalogError(f"none of the {len(skipped)} image files in {catalog} could be read{example}")
-
-    images = [
-        {"id": i, "sku": it.sku, "path": str(it.path), "md5": hashes[p], "width": int(w), "height": int(h)}
-        for i, (it, p, (w, h)) in enumerate(zip(kept, result.positions, result.sizes))
-    ]
-    write_index_dir(index_dir, embedder.config, _products(kept), images, result.vectors,
-                    catalog_source=str(listing.source), index_type=index_type)
-    report = BuildReport(index_dir, len({it.sku for it in kept}), len(kept), duplicates, shared, skipped,
-                         time.perf_counter() - start, result.seconds)
+    products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images])
+    if existing:
+        _replace(index_dir, products, embedded, wait)
+    else:
+        manifest = Manifest(embedder.config, "", str(listing.source))
+        create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type)
+    report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
+                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
 
 
-def write_index_dir(
+def _check_same_model(index_dir: Path, config: EmbedderConfig) -> None:
+    built = read_manifest(index_dir).model
+    if built.identity() != config.identity():
+        raise IndexDirError(
+            f"{index_dir} holds an index built with model {built.label} ({built.weights}); 'index' rebuilds "
+            f"an index only with the same model, not {config.label} ({config.weights}): remove the folder "
+            "or choose another --index")
+
+
+def _replace(index_dir: Path, products: list[dict], embedded: Embedded, wait: float) -> None:
+    with IndexWriter(index_dir, "index", wait=wait) as writer:
+        old_ids = [row["id"] for row in writer.db.image_rows()]
+        writer.commit(products=products, images=embedded.images, vectors=embedded.vectors, remove=old_ids,
+                      snapshot=True)
+    log.info("rebuilt the index at %s in place", index_dir)
+
+
+def create_index_dir(
     index_dir: str | os.PathLike,
-    config: EmbedderConfig,
+    manifest: Manifest,
     products: list[dict],
     images: list[dict],
     vectors: np.ndarray,
-    *,
-    catalog_source: str = "",
     index_type: str = "auto",
 ) -> None:
-    """Write a complete index folder from catalog rows and their vectors (row i of ``vectors`` is
-    ``images[i]``), staged beside ``index_dir`` and renamed into place."""
+    """Write a complete new index folder (row i of ``vectors`` belongs to ``images[i]``), assembled
+    beside ``index_dir`` and renamed into place."""
     index_dir = Path(index_dir)
-    index = create_vector_index(config.embed_dim, len(images), index_type)
-    add_vectors(index, vectors, np.array([img["id"] for img in images], dtype=np.int64))
     staged = staging_dir(index_dir)
     try:
-        create_catalog_db(staged / CATALOG_DB, products, images)
-        write_vector_index(index, staged / VECTORS)
-        write_manifest(staged, Manifest(config, index_type_name(index), index.ntotal, len(products), catalog_source))
-        publish(staged, index_dir)
+        db = CatalogDB(staged / CATALOG_DB, create=True)
+        with db.db.atomic():
+            db.upsert_products(products)
+            db.add_images(images, vectors, generation=1)
+            db.set_generation(1)
+        index = rebuild_vectors(db, manifest.model.embed_dim, index_type)
+        write_vector_index(index, snapshot_path(staged, 1))
+        with db.db.atomic():
+            db.mark_snapshot(1)
+        db.close()
+        write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source))
+        publish_new(staged, index_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

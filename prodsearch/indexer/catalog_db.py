@@ -1,22 +1,25 @@
-"""The catalog database (SQLite through sqlite-utils): products and their images.
+"""The catalog database (SQLite through sqlite-utils): the source of truth of an index.
 
-Vector ids in the FAISS index are ``images.id``; this is where an id becomes a SKU, a name and a
-file path.
+It holds the products, their images, every image's embedding, and a log of the changes made since
+the last FAISS snapshot was written. Each write is one SQLite transaction, so the catalog and the
+vectors it describes change together or not at all; in WAL mode readers keep a consistent snapshot
+while a writer works. The FAISS files beside it are derived from it (see :mod:`.store`).
+
+Image ids are never reused (``meta.next_id``), so a change log of ids is unambiguous.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import sqlite_utils
 
-
-_CHUNK = 500  # values per "in (...)" list
+_CHUNK = 500  # values per "in (...)" list: SQLite caps bound parameters per statement
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -26,58 +29,156 @@ class Product:
     category: str | None
 
 
-def create_catalog_db(path: str | os.PathLike, products: Iterable[dict], images: Iterable[dict]) -> None:
-    """Write a new catalog database: products(sku, name, category), images(id, sku, path, md5, width, height)."""
-    db = sqlite_utils.Database(path)
-    db["products"].create({"sku": str, "name": str, "category": str}, pk="sku")
-    db["images"].create(
-        {"id": int, "sku": str, "path": str, "md5": str, "width": int, "height": int},
-        pk="id", foreign_keys=[("sku", "products", "sku")],
-    )
-    db["images"].create_index(["sku", "md5"], unique=True)
-    db["products"].insert_all(products)
-    db["images"].insert_all(images)
-    db.conn.commit()
-    db.close()
+@dataclass(frozen=True)
+class State:
+    generation: int  # bumped by every committed write
+    snapshot: int  # the generation the newest FAISS snapshot file reflects
+    next_id: int
 
 
 class CatalogDB:
-    """Read-only view of a catalog database, with the id -> SKU map held in memory for ranking."""
+    """A connection to ``catalog.db``. Readers call :meth:`begin_snapshot` to see one generation
+    throughout; writers group changes in ``with db.atomic():``."""
 
-    def __init__(self, path: str | os.PathLike):
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
+    def __init__(self, path: str | os.PathLike, *, create: bool = False):
+        path = Path(path)
+        if not create and not path.is_file():
+            raise FileNotFoundError(path)
+        self.path = path
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        if create:
+            self._create_schema()
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = FULL")
+        db["products"].create({"sku": str, "name": str, "category": str}, pk="sku")
+        db["images"].create(
+            {"id": int, "sku": str, "path": str, "md5": str, "width": int, "height": int, "size": int, "mtime": float},
+            pk="id", foreign_keys=[("sku", "products", "sku")],
+        )
+        db["images"].create_index(["sku", "md5"], unique=True)
+        db["images"].create_index(["path"])
+        db["vectors"].create({"id": int, "vector": bytes}, pk="id")
+        db["changes"].create({"generation": int, "image_id": int, "op": str})
+        db["changes"].create_index(["generation"])
+        db["meta"].create({"key": str, "value": int}, pk="key")
+        db["meta"].insert_all([{"key": k, "value": v} for k, v in
+                               (("schema", SCHEMA_VERSION), ("generation", 0), ("snapshot", 0), ("next_id", 0))])
+
+    # ------------------------------------------------------------------ reading
+
+    def begin_snapshot(self) -> None:
+        """Start a read transaction: until :meth:`end_snapshot`, every read sees one generation."""
+        if not self.db.conn.in_transaction:
+            self.db.execute("BEGIN")
+            self.db.execute("SELECT 1 FROM meta LIMIT 1")  # WAL snapshots are taken at the first read
+
+    def end_snapshot(self) -> None:
+        if self.db.conn.in_transaction:
+            self.db.conn.rollback()
+
+    def state(self) -> State:
+        meta = dict(self.db.execute("select key, value from meta").fetchall())
+        return State(meta["generation"], meta["snapshot"], meta["next_id"])
+
+    def image_skus(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(image ids sorted, SKUs sorted, SKU code of each image): what ranking needs in memory."""
         rows = self.db.execute("select id, sku from images order by id").fetchall()
-        self.image_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self.skus = sorted({r[1] for r in rows})
-        code = {sku: i for i, sku in enumerate(self.skus)}
-        self.image_sku_codes = np.fromiter((code[r[1]] for r in rows), dtype=np.int64, count=len(rows))
-
-    def sku_codes(self, ids: np.ndarray) -> np.ndarray:
-        """SKU code (index into ``self.skus``) of each image id; -1 where the id is unknown."""
-        if len(self.image_ids) == 0:
-            return np.full(np.shape(ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.image_ids, ids).clip(0, len(self.image_ids) - 1)
-        return np.where(self.image_ids[pos] == ids, self.image_sku_codes[pos], -1)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        skus = sorted({r[1] for r in rows})
+        code = {sku: i for i, sku in enumerate(skus)}
+        return ids, skus, np.fromiter((code[r[1]] for r in rows), dtype=np.int64, count=len(rows))
 
     def products(self, skus: Iterable[str]) -> dict[str, Product]:
-        rows = self._select_in("select sku, name, category from products where sku in ({})", set(skus))
+        rows = self._run_in("select sku, name, category from products where sku in ({})", set(skus))
         return {r[0]: Product(*r) for r in rows}
 
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
-        return dict(self._select_in("select id, path from images where id in ({})", {int(i) for i in ids}))
+        return dict(self._run_in("select id, path from images where id in ({})", {int(i) for i in ids}))
 
-    def _select_in(self, sql: str, values: set) -> list[tuple]:
-        """Run ``sql`` with its ``in ({})`` list filled in chunks (SQLite caps bound parameters)."""
+    def image_rows(self) -> list[dict]:
+        return list(self.db["images"].rows)
+
+    def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """The stored embeddings of ``ids``, in that order."""
+        found = dict(self._run_in("select id, vector from vectors where id in ({})", {int(i) for i in ids}))
+        out = np.empty((len(ids), dim), dtype=np.float32)
+        for row, i in enumerate(ids):
+            out[row] = np.frombuffer(found[int(i)], dtype=np.float32)
+        return out
+
+    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every image, for writing a full FAISS snapshot."""
+        rows = self.db.execute("select id, vector from vectors order by id").fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return ids, vecs
+
+    def changes_since(self, generation: int) -> tuple[list[int], list[int]]:
+        """Net (added, removed) image ids after ``generation``: what a snapshot must catch up on."""
+        rows = self.db.execute("select image_id, op from changes where generation > ?", [generation]).fetchall()
+        added = {i for i, op in rows if op == "add"}
+        removed = {i for i, op in rows if op == "remove"}
+        return sorted(added - removed), sorted(removed - added)
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.db[name].count for name in ("products", "images", "vectors")}
+
+    def _run_in(self, sql: str, values: set) -> list[tuple]:
+        """Run ``sql`` with its ``in ({})`` list filled in chunks; return the rows it selects."""
         values, rows = sorted(values), []
         for start in range(0, len(values), _CHUNK):
             chunk = values[start:start + _CHUNK]
             rows += self.db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
         return rows
 
-    def counts(self) -> tuple[int, int]:
-        """(products, images)."""
-        return self.db["products"].count, self.db["images"].count
+    # ------------------------------------------------------------------ writing (inside db.atomic())
+
+    def upsert_products(self, products: Iterable[dict]) -> None:
+        self.db["products"].upsert_all(products, pk="sku")
+
+    def add_images(self, images: list[dict], vectors: np.ndarray, generation: int) -> list[int]:
+        """Insert images (without ids) and their vectors; return the ids given to them."""
+        start = self.state().next_id
+        ids = list(range(start, start + len(images)))
+        self.db["images"].insert_all({**img, "id": i} for img, i in zip(images, ids))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.db["vectors"].insert_all({"id": i, "vector": v.tobytes()} for i, v in zip(ids, vectors))
+        self.db["changes"].insert_all({"generation": generation, "image_id": i, "op": "add"} for i in ids)
+        self._set("next_id", start + len(images))
+        return ids
+
+    def remove_images(self, ids: Iterable[int], generation: int) -> None:
+        ids = {int(i) for i in ids}
+        self._run_in("delete from vectors where id in ({})", ids)
+        self._run_in("delete from images where id in ({})", ids)
+        self.db["changes"].insert_all({"generation": generation, "image_id": i, "op": "remove"} for i in sorted(ids))
+
+    def update_paths(self, paths: dict[int, str]) -> None:
+        """New file paths of images whose file moved (same SKU and content)."""
+        self.db.conn.executemany("update images set path = ? where id = ?", [(p, i) for i, p in paths.items()])
+
+    def remove_orphan_products(self) -> list[str]:
+        """Delete products left without images; return their SKUs."""
+        orphans = [r[0] for r in self.db.execute(
+            "select sku from products where sku not in (select distinct sku from images)").fetchall()]
+        self._run_in("delete from products where sku in ({})", set(orphans))
+        return orphans
+
+    def set_generation(self, generation: int) -> None:
+        self._set("generation", generation)
+
+    def mark_snapshot(self, generation: int) -> None:
+        """Record that a FAISS snapshot of ``generation`` exists; its change log is no longer needed."""
+        self._set("snapshot", generation)
+        self.db.execute("delete from changes where generation <= ?", [generation])
+
+    def _set(self, key: str, value: int) -> None:
+        self.db.execute("update meta set value = ? where key = ?", [value, key])
 
     def close(self) -> None:
+        self.end_snapshot()
         self.db.close()

@@ -1,8 +1,9 @@
 """The index folder: the contract between ``index`` and ``query``/``eval``.
 
-An index folder holds ``catalog.db`` (SQLite), ``vectors.faiss`` and ``manifest.json`` naming the
-model and its preprocessing. A folder is written under a temporary name beside its destination and
-renamed into place, so readers see the old index or the new one, never half of one.
+An index folder holds ``manifest.json`` naming the model and its preprocessing, ``catalog.db``
+(SQLite: products, images, vectors) and ``vectors-<generation>.faiss`` (see :mod:`.store`). A new
+folder is assembled under a temporary name beside its destination and renamed into place, so it
+appears whole or not at all; later writes go through :class:`~prodsearch.indexer.writer.IndexWriter`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,23 +19,24 @@ from typing import Any
 
 from prodsearch import __version__
 from prodsearch.errors import IndexDirError, ModelMismatchError
+from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.retrieval.embedder import EmbedderConfig
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-CATALOG_DB = "catalog.db"
-VECTORS = "vectors.faiss"
 FORMAT = "prodsearch-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: catalog.db holds the vectors; FAISS snapshots are derived from it
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """What an index is, fixed when it is created: the model and its preprocessing, the vector index
+    type. What it holds (counts, generation) changes with every write and lives in the catalog
+    database; ``prodsearch info`` shows both."""
+
     model: EmbedderConfig
     index_type: str
-    vector_count: int
-    skus: int
     catalog_source: str
     prodsearch_version: str = __version__
     created: str = ""
@@ -48,8 +49,8 @@ class Manifest:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.model.to_dict(),
             "embed_dim": self.model.embed_dim,
-            "vector_index": {"type": self.index_type, "metric": "inner_product", "count": self.vector_count},
-            "catalog": {"source": self.catalog_source, "skus": self.skus},
+            "vector_index": {"type": self.index_type, "metric": "inner_product"},
+            "catalog": {"source": self.catalog_source},
         }
 
     @classmethod
@@ -57,8 +58,6 @@ class Manifest:
         return cls(
             model=EmbedderConfig.from_dict(d["model"]),
             index_type=d["vector_index"]["type"],
-            vector_count=int(d["vector_index"]["count"]),
-            skus=int(d["catalog"]["skus"]),
             catalog_source=d["catalog"]["source"],
             prodsearch_version=d["prodsearch_version"],
             created=d.get("created", ""),
@@ -72,24 +71,26 @@ def write_manifest(index_dir: Path, manifest: Manifest) -> None:
 def read_manifest(index_dir: str | os.PathLike) -> Manifest:
     """Read and validate an index folder's manifest; raise :class:`IndexDirError` saying what to do."""
     index_dir = Path(index_dir)
-    hint = f"build one with: prodsearch index CATALOG --index {index_dir}"
+    rebuild = f"rebuild the index: prodsearch index CATALOG --index {index_dir}"
     if not index_dir.is_dir():
-        raise IndexDirError(f"index folder {index_dir} does not exist; {hint}")
+        raise IndexDirError(f"index folder {index_dir} does not exist; build one with: prodsearch index CATALOG --index {index_dir}")
     path = index_dir / MANIFEST
     if not path.is_file():
-        raise IndexDirError(f"{index_dir} is not a prodsearch index (no {MANIFEST}); {hint}")
+        raise IndexDirError(f"{index_dir} is not a prodsearch index (no {MANIFEST}); build one with: prodsearch index CATALOG --index {index_dir}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
             raise ValueError("not a prodsearch manifest")
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        version = int(data.get("format_version", 0))
+        if version > FORMAT_VERSION:
             raise IndexDirError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
+        if version < FORMAT_VERSION:
+            raise IndexDirError(f"{index_dir} was written by an older prodsearch ({data.get('prodsearch_version')}); {rebuild}")
         manifest = Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise IndexDirError(f"{path} is damaged ({exc}); rebuild the index: prodsearch index CATALOG --index {index_dir}") from None
-    for name in (CATALOG_DB, VECTORS):
-        if not (index_dir / name).is_file():
-            raise IndexDirError(f"{index_dir} is incomplete ({name} is missing); rebuild the index: prodsearch index CATALOG --index {index_dir}")
+        raise IndexDirError(f"{path} is damaged ({exc}); {rebuild}") from None
+    if not (index_dir / CATALOG_DB).is_file():
+        raise IndexDirError(f"{index_dir} is incomplete ({CATALOG_DB} is missing); {rebuild}")
     return manifest
 
 
@@ -126,14 +127,10 @@ def staging_dir(index_dir: Path) -> Path:
     return path
 
 
-def publish(staged: Path, index_dir: Path) -> None:
-    """Move a complete staged index into place, replacing an older index at that path."""
-    check_target(index_dir)
-    old = None
-    if index_dir.exists():
-        old = index_dir.parent / f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(index_dir, old)
-    os.replace(staged, index_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        log.info("replaced the previous index at %s", index_dir)
+def publish_new(staged: Path, index_dir: Path) -> None:
+    """Move a complete staged index to ``index_dir``, which must not hold anything yet: one
+    atomic rename, so the folder appears whole or not at all."""
+    try:
+        os.rename(staged, index_dir)  # replaces an empty folder; fails on a non-empty one
+    except OSError:
+        raise IndexDirError(f"{index_dir} was created by another process meanwhile; choose another --index") from None

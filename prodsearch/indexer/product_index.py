@@ -16,12 +16,15 @@ import numpy as np
 
 from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.manifest import CATALOG_DB, VECTORS, Manifest, check_model, read_manifest
-from prodsearch.indexer.vectors import read_vector_index, search
+from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
+from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
+from prodsearch.indexer.vectors import search
 from prodsearch.retrieval.embedder import Embedder, create_embedder
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 
 log = logging.getLogger(__name__)
+
+MAX_OPEN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,11 @@ class QueryResult:
 
 
 class ProductIndex:
-    """Open with :meth:`open`; search embeddings with :meth:`search` or photos with :meth:`query`."""
+    """Open with :meth:`open`; search embeddings with :meth:`search` or photos with :meth:`query`.
+
+    It sees the index as it was when opened (one SQLite read snapshot for its lifetime), however
+    writers change it meanwhile; open it again to see their changes.
+    """
 
     def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None):
         """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors."""
@@ -56,12 +63,27 @@ class ProductIndex:
         self.manifest = manifest
         self.embedder = embedder
         self.catalog = CatalogDB(index_dir / CATALOG_DB)
-        self.vectors = read_vector_index(index_dir / VECTORS)
-        if self.vectors.ntotal != len(self.catalog.image_ids) or self.vectors.ntotal != manifest.vector_count:
+        self.vectors = self._load_snapshot()
+        self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
+        if self.vectors.ntotal != len(self.image_ids):
             raise IndexDirError(
-                f"{index_dir} is inconsistent ({self.vectors.ntotal} vectors, {len(self.catalog.image_ids)} "
-                f"catalog images, manifest says {manifest.vector_count}); rebuild it with prodsearch index"
-            )
+                f"{index_dir} is inconsistent ({self.vectors.ntotal} vectors for {len(self.image_ids)} catalog "
+                f"images); rebuild it with: prodsearch index CATALOG --index {index_dir}")
+
+    def _load_snapshot(self):
+        """The vectors of the generation the catalog shows; a writer may replace the snapshot file
+        between reading the catalog and the file, then the read starts again."""
+        for _ in range(MAX_OPEN_ATTEMPTS):
+            self.catalog.begin_snapshot()
+            state = self.catalog.state()
+            if snapshot_path(self.index_dir, state.snapshot).is_file():
+                try:
+                    return load_vectors(self.index_dir, self.catalog, self.manifest.model.embed_dim)
+                except RuntimeError:  # faiss: the file vanished while being read
+                    pass
+            self.catalog.end_snapshot()
+        raise IndexDirError(f"{self.index_dir} has no readable vector snapshot; rebuild it with: "
+                            f"prodsearch index CATALOG --index {self.index_dir}")
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, model: str | None = None,
@@ -74,9 +96,16 @@ class ProductIndex:
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
         if embedder is None:
-            embedder = _embedder_for(manifest, model, index_dir)
+            embedder = embedder_for(manifest, model, index_dir)
         check_model(manifest, embedder.config, index_dir)
         return cls(index_dir, manifest, embedder)
+
+    def sku_codes(self, ids: np.ndarray) -> np.ndarray:
+        """SKU code (index into ``self.skus``) of each image id; -1 where the id is unknown."""
+        if len(self.image_ids) == 0:
+            return np.full(np.shape(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.image_ids, ids).clip(0, len(self.image_ids) - 1)
+        return np.where(self.image_ids[pos] == ids, self._image_sku_codes[pos], -1)
 
     def __len__(self) -> int:
         return self.vectors.ntotal
@@ -87,13 +116,13 @@ class ProductIndex:
             return [[] for _ in range(len(queries))]
         ranked = self._rank_skus(queries, top_k)
         image_ids = {i for row in ranked for _, _, i in row}
-        products = self.catalog.products({self.catalog.skus[c] for row in ranked for c, _, _ in row})
+        products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
         paths = self.catalog.image_paths(image_ids)
         out = []
         for row in ranked:
             matches = []
             for code, score, image_id in row:
-                sku = self.catalog.skus[code]
+                sku = self.skus[code]
                 p = products[sku]
                 matches.append(Match(sku, float(score), p.name, p.category, int(image_id), paths[image_id]))
             out.append(matches)
@@ -105,12 +134,12 @@ class ProductIndex:
         Searches a few images per wanted SKU and widens the search until enough distinct SKUs are
         found, because one SKU's many photos can fill the nearest neighbours.
         """
-        n_skus = len(self.catalog.skus)
+        n_skus = len(self.skus)
         want = min(top_k, n_skus)
         k = min(len(self), max(4 * top_k, 32))
         while True:
             scores, ids = search(self.vectors, queries, k)
-            codes = self.catalog.sku_codes(ids)
+            codes = self.sku_codes(ids)
             ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
             if k >= len(self) or all(len(row) >= want for row in ranked):
                 return ranked
@@ -134,7 +163,7 @@ class ProductIndex:
         self.catalog.close()
 
 
-def _embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
+def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
     """The embedder queries would use: ``model`` if given, else the one the manifest names."""
     built = manifest.model
     if model:

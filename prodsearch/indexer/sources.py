@@ -71,6 +71,7 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 def _read_folder(root: Path) -> Listing:
     listing = Listing(root.resolve(), "folder")
+    sku_folders: dict[str, str] = {}  # casefolded name -> the spelling taken
     for path in sorted(root.rglob("*")):
         if path.is_dir() or _is_hidden(path, root):
             continue
@@ -79,11 +80,24 @@ def _read_folder(root: Path) -> Listing:
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 listing.skipped.append(Skipped(str(path), "not inside a SKU folder (catalog/<sku>/image.jpg)"))
             continue  # README files and the like beside the SKU folders are not catalog content
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            listing.skipped.append(Skipped(str(path), f"unsupported file type {path.suffix or '(none)'}"))
+        reason = _folder_file_problem(path, root, rel.parts[0], sku_folders)
+        if reason:
+            listing.skipped.append(Skipped(str(path), reason))
             continue
         listing.items.append(Item(path.resolve(), rel.parts[0]))
     return listing
+
+
+def _folder_file_problem(path: Path, root: Path, sku: str, sku_folders: dict[str, str]) -> str | None:
+    """Why a file of a folder catalog cannot be used, or None."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"unsupported file type {path.suffix or '(none)'}"
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return f"symlink to {path.resolve()}, outside the catalog folder"
+    taken = sku_folders.setdefault(sku.casefold(), sku)
+    if taken != sku:
+        return f"SKU folder {sku!r} differs from {taken!r} only in case; merge or rename one of them"
+    return None
 
 
 def _read_csv(csv_path: Path) -> Listing:

@@ -34,13 +34,34 @@ def add_vectors(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> Non
     index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
 
 
+def remove_vectors(index: faiss.Index, ids: np.ndarray) -> bool:
+    """Remove ``ids`` in place; ``False`` where the index type cannot delete (graph indexes such as
+    HNSW), and the caller rebuilds it from the stored vectors instead (compaction)."""
+    try:
+        index.remove_ids(np.asarray(ids, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+def vector_ids(index: faiss.Index) -> np.ndarray:
+    """The ids stored in an id-mapped index."""
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (similarities, ids), best first; id -1 pads rows when the index holds fewer than k."""
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def write_vector_index(index: faiss.Index, path: str | os.PathLike) -> None:
-    faiss.write_index(index, os.fspath(path))
+    """Write ``index`` durably: to a temporary name, flushed to disk, then renamed into place."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    faiss.write_index(index, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_vector_index(path: str | os.PathLike) -> faiss.Index:

@@ -137,6 +137,9 @@ def learning_rate(base: float, epoch: int, steps: tuple[int, ...], gamma: float)
 
 
 class Trainer:
+    """One training run's state: data, embedder, losses, frozen parts, cached features, history.
+    :func:`train` drives it stage by stage and epoch by epoch."""
+
     def __init__(self, config: TrainConfig, progress: Progress | None):
         self.config, self.progress = config, progress
         self.device = resolve_device(config.device)
@@ -174,28 +177,27 @@ class Trainer:
             raise TrainingError(f"{c.model} has no embedding head to train; train from a model name")
         return embedder.to(self.device, memory_format=torch.channels_last)
 
-    def _freeze(self) -> None:
-        """Frozen parts get no gradients, so autograd neither stores nor back-propagates through them."""
-        backbone = self.embedder.backbone
-        frozen = list(backbone.parameters()) if self.config.freeze_backbone else [
-            p for m in [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.config.frozen_stages]]
-            for p in m.parameters()]
-        for p in frozen:
-            p.requires_grad_(False)
-
-    def set_train_mode(self) -> None:
-        self.embedder.train()
-        self.loss.train()
+    def _frozen_modules(self) -> list[torch.nn.Module]:
         backbone = self.embedder.backbone
         if self.config.freeze_backbone:
-            backbone.eval()
-        else:
-            for m in [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.config.frozen_stages]]:
-                m.eval()
-            if self.config.freeze_bn:
-                for m in backbone.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.eval()
+            return [backbone]
+        return [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.config.frozen_stages]]
+
+    def _freeze(self) -> None:
+        """Frozen parts get no gradients, so autograd neither stores nor back-propagates through them."""
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    def set_train_mode(self) -> None:
+        """Train mode, except frozen parts and (``freeze_bn``) the backbone's BatchNorm statistics."""
+        self.embedder.train()
+        self.loss.train()
+        for module in self._frozen_modules():
+            module.eval()
+        if self.config.freeze_bn:
+            for module in self.embedder.backbone.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def _mixed_precision(self):
         if self.device.type != "cuda" or self.config.amp == "off":
@@ -255,9 +257,9 @@ class Trainer:
         c = self.config
         seed = c.seed * 1_000_003 + stage * 1_009 + epoch
         seed_everything(seed)
-        steps_passed = epoch if stage == 0 else 0
+        lr_steps = c.lr_steps if stage == 0 else ()  # finetune stages run at a constant rate
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(group["base_lr"], steps_passed, c.lr_steps if stage == 0 else (), c.lr_gamma)
+            group["lr"] = learning_rate(group["base_lr"], epoch, lr_steps, c.lr_gamma)
         self.set_train_mode()
         loader = self.loader(np.arange(len(self.data)) if stage == 0 else self.balanced, seed)
         total, parts_sum, images, start, batches = 0.0, {}, 0, time.perf_counter(), 0

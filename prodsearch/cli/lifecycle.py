@@ -1,0 +1,131 @@
+"""``add``, ``remove``, ``update`` and ``info``: keep an index in step with a changing catalog."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
+                                query_model_option, silent_option, wait_option, workers_option)
+from prodsearch.cli.commands import MAX_LISTED
+from prodsearch.errors import ProdsearchError
+from prodsearch.indexer.info import IndexInfo, index_info
+from prodsearch.indexer.lifecycle import ChangeReport, add_to_index, remove_from_index, update_index
+
+def catalog_command(name: str, operation, help_text: str):
+    """``add`` and ``update`` share their options and output."""
+
+    @cli.command(name=name, help=help_text)
+    @click.argument("catalog", type=click.Path())
+    @index_option
+    @query_model_option
+    @batch_option
+    @device_option
+    @workers_option
+    @wait_option
+    @silent_option
+    def command(catalog, index_dir, model, batch_size, device, workers, wait, silent):
+        with Progress("Embedding", silent) as progress:
+            report = operation(catalog, index_dir, model=model, batch_size=batch_size, device=device,
+                               num_workers=workers, progress=progress, wait=wait)
+        click.echo(format_change_report(report, name))
+
+    return command
+
+
+catalog_command("add", add_to_index, """Add the new SKUs and new photos of CATALOG to an index.
+
+    Only photos the index does not hold (by SKU and MD5) are embedded; running the same add again
+    changes nothing. Nothing is removed: use 'update' to mirror a catalog exactly.
+
+    \b
+    Example:
+        prodsearch add shop/new-arrivals/ --index shop/idx
+    """)
+
+catalog_command("update", update_index, """Make an index match CATALOG exactly.
+
+    Adds new photos, removes photos that disappeared from the catalog, re-embeds files whose content
+    changed, and refreshes product names and categories.
+
+    \b
+    Example:
+        prodsearch update shop/catalog.csv --index shop/idx
+    """)
+
+
+def format_change_report(report: ChangeReport, verb: str) -> str:
+    if report.generation is None:
+        head = f"Nothing to {verb}: {report.index_dir} already matches ({report.unchanged} images unchanged)"
+    else:
+        head = (f"Updated {report.index_dir}: {report.added} images added, {report.removed} removed, "
+                f"{report.changed} changed (re-embedded), {report.unchanged} unchanged")
+    lines = [head]
+    if report.new_skus:
+        lines.append(f"  new SKUs: {len(report.new_skus)} ({', '.join(report.new_skus[:MAX_LISTED])}"
+                     f"{', ...' if len(report.new_skus) > MAX_LISTED else ''})")
+    if report.removed_skus:
+        lines.append(f"  removed SKUs: {len(report.removed_skus)} ({', '.join(report.removed_skus[:MAX_LISTED])})")
+    if report.duplicates:
+        lines.append(f"  duplicates: {len(report.duplicates)} (identical files within a SKU, stored once)")
+    lines.append(f"  skipped: {len(report.skipped)}")
+    lines += [f"    {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
+    if len(report.skipped) > MAX_LISTED:
+        lines.append(f"    ... and {len(report.skipped) - MAX_LISTED} more")
+    if report.added:
+        lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.seconds:.1f}s total)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@index_option
+@click.option("--sku", "skus", multiple=True, help="A SKU to remove with all its photos (repeatable).")
+@click.option("--image", "images", multiple=True, type=int, help="An image id to remove (repeatable).")
+@wait_option
+def remove(index_dir, skus, images, wait):
+    """Remove products (--sku) or single photos (--image) from an index.
+
+    Image ids are shown by 'prodsearch query --json'. Unknown SKUs or ids are an error and then
+    nothing is removed.
+
+    \b
+    Example:
+        prodsearch remove --index shop/idx --sku milk-3pct --sku milk-1pct
+    """
+    report = remove_from_index(index_dir, skus=skus, image_ids=images, wait=wait)
+    click.echo(f"Removed {report.removed} images from {report.index_dir}"
+               + (f"; SKUs gone: {', '.join(report.removed_skus)}" if report.removed_skus else ""))
+
+
+@cli.command()
+@index_option
+@json_option
+def info(index_dir, as_json):
+    """Describe an index: SKUs, images, vectors, model, index type, size on disk, consistency.
+
+    Exits with status 1 if the catalog and the vector index disagree.
+
+    \b
+    Example:
+        prodsearch info --index shop/idx --json
+    """
+    result = index_info(index_dir)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_info(result))
+    if not result.consistent:
+        raise ProdsearchError(f"{index_dir} is inconsistent: {'; '.join(result.problems)}; "
+                              f"rebuild it with: prodsearch index CATALOG --index {index_dir}")
+
+
+def format_info(info: IndexInfo) -> str:
+    lines = [
+        f"index:      {info.index_dir}",
+        f"model:      {info.model} ({info.weights}), {info.embed_dim}-d, {info.input_size} px",
+        f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
+        f"{info.pending_changes} changes since the snapshot)",
+        f"catalog:    {info.skus} SKUs, {info.images} images",
+        f"disk:       {info.size_bytes / 1e6:.1f} MB ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in info.files.items())})",
+        f"consistent: {'yes' if info.consistent else 'NO'}",
+    ]
+    lines += [f"  problem: {p}" for p in info.problems]
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""Failure injection for the crash tests: with ``PRODSEARCH_CRASH_AT=<name>`` in the environment the
+process kills itself (SIGKILL, like ``kill -9``) when it reaches that point of a write."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_ENV = "PRODSEARCH_CRASH_AT"
+POINTS = ("before-commit", "inside-commit", "after-commit", "snapshot-written", "after-snapshot")
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,84 @@
+"""``info``: what an index holds, what it costs on disk, and whether it is consistent."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.manifest import read_manifest
+from prodsearch.indexer.store import CATALOG_DB, load_vectors
+from prodsearch.indexer.vectors import vector_ids
+
+
+@dataclass
+class IndexInfo:
+    index_dir: str
+    model: str
+    weights: str
+    embed_dim: int
+    input_size: int
+    index_type: str
+    skus: int
+    images: int
+    vectors: int
+    generation: int
+    snapshot: int
+    pending_changes: int  # logged since the FAISS snapshot; applied when the index is opened
+    files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self.files.values())
+
+    @property
+    def consistent(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "size_bytes": self.size_bytes, "consistent": self.consistent}
+
+
+def index_info(index_dir: str | os.PathLike) -> IndexInfo:
+    """Describe an index and check that every vector has a catalog row and vice versa. It reports
+    what it finds rather than failing, so it can say what is wrong with a damaged index."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    model = manifest.model
+    db = CatalogDB(index_dir / CATALOG_DB)
+    try:
+        db.begin_snapshot()
+        state, counts, problems = db.state(), db.counts(), []
+        image_ids = _ids(db, "images")
+        try:
+            vectors = load_vectors(index_dir, db, model.embed_dim)
+            faiss_ids, ntotal = np.sort(vector_ids(vectors)), vectors.ntotal
+        except (RuntimeError, OSError) as exc:
+            problems.append(f"the vector snapshot cannot be read ({exc})")
+            faiss_ids, ntotal = np.zeros(0, dtype=np.int64), 0
+        if not np.array_equal(faiss_ids, image_ids):
+            problems.append(f"the vector index has {len(np.setdiff1d(faiss_ids, image_ids))} vectors without a "
+                            f"catalog image and {len(np.setdiff1d(image_ids, faiss_ids))} images without a vector")
+        if not np.array_equal(_ids(db, "vectors"), image_ids):
+            problems.append("the stored vectors do not match the catalog images")
+        orphans = db.db.execute("select count(*) from products where sku not in (select sku from images)").fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} products without images")
+        check = db.db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            problems.append(f"SQLite integrity check: {check}")
+        pending = db.db.execute("select count(*) from changes where generation > ?", [state.snapshot]).fetchone()[0]
+    finally:
+        db.close()
+    files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name != ".lock"}
+    return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),
+                     manifest.index_type, counts["products"], counts["images"], ntotal, state.generation,
+                     state.snapshot, pending, files, problems)
+
+
+def _ids(db: CatalogDB, table: str) -> np.ndarray:
+    return np.array([r[0] for r in db.db.execute(f"select id from {table} order by id").fetchall()], dtype=np.int64)

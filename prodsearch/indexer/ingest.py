@@ -1,0 +1,123 @@
+"""From a catalog listing to catalog rows and vectors: hash, de-duplicate, compare, embed.
+
+Shared by ``index`` (everything is new), ``add`` (what the index lacks) and ``update`` (what
+changed). Files are identified by SKU and MD5, so the same photo under another name is not embedded
+twice and an edited photo under the same name is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prodsearch.indexer.sources import Item, Listing, Skipped
+from prodsearch.retrieval.embedder import Embedder
+from prodsearch.retrieval.embedding import Progress, embed_files
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    path: str
+    same_as: str
+    sku: str
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    md5: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class Scan:
+    """A listing's readable files, keyed by (SKU, MD5), with what was left out and why."""
+
+    files: dict[tuple[str, str], Item] = field(default_factory=dict)
+    info: dict[tuple[str, str], FileInfo] = field(default_factory=dict)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    shared_across_skus: int = 0  # files whose bytes appear under more than one SKU
+
+
+@dataclass
+class Embedded:
+    """New catalog rows (without ids) and their vectors, row for row."""
+
+    images: list[dict] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan(listing: Listing, known: dict[str, FileInfo] | None = None) -> Scan:
+    """Hash every file (reusing ``known`` hashes of paths whose size and mtime did not change) and
+    keep the first of identical files within a SKU."""
+    known = known or {}
+    result = Scan(skipped=list(listing.skipped))
+    skus_of_hash: dict[str, set[str]] = {}
+    for item in listing.items:
+        try:
+            stat = item.path.stat()
+            cached = known.get(str(item.path))
+            same = cached is not None and (cached.size, cached.mtime) == (stat.st_size, stat.st_mtime)
+            digest = cached.md5 if same else file_md5(item.path)
+        except OSError as exc:
+            result.skipped.append(Skipped(str(item.path), f"cannot read file: {exc.strerror or exc}"))
+            continue
+        key = (item.sku, digest)
+        if key in result.files:
+            result.duplicates.append(Duplicate(str(item.path), str(result.files[key].path), item.sku))
+            continue
+        result.files[key] = item
+        result.info[key] = FileInfo(digest, stat.st_size, stat.st_mtime)
+        skus_of_hash.setdefault(digest, set()).add(item.sku)
+    result.shared_across_skus = sum(1 for _, d in result.files if len(skus_of_hash[d]) > 1)
+    return result
+
+
+def product_rows(items: list[Item]) -> list[dict]:
+    """One row per SKU; the first non-empty name and category given for a SKU win."""
+    products: dict[str, dict] = {}
+    for item in items:
+        row = products.setdefault(item.sku, {"sku": item.sku, "name": None, "category": None})
+        row["name"] = row["name"] or item.name
+        row["category"] = row["category"] or item.category
+    for row in products.values():
+        row["name"] = row["name"] or row["sku"]
+    return list(products.values())
+
+
+def embed_new(
+    embedder: Embedder,
+    scanned: Scan,
+    keys: list[tuple[str, str]],
+    *,
+    batch_size: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+) -> Embedded:
+    """Embed the files of ``keys``; unreadable ones are skipped with their reason."""
+    items = [scanned.files[k] for k in keys]
+    result = embed_files(embedder, [it.path for it in items], batch_size=batch_size, device=device,
+                         num_workers=num_workers, progress=progress)
+    images = []
+    for pos, (w, h) in zip(result.positions.tolist(), result.sizes.tolist()):
+        info = scanned.info[keys[pos]]
+        images.append({"sku": items[pos].sku, "path": str(items[pos].path), "md5": info.md5, "width": int(w),
+                       "height": int(h), "size": info.size, "mtime": info.mtime})
+    skipped = [Skipped(str(items[p].path), reason) for p, reason in sorted(result.failures.items())]
+    return Embedded(images, result.vectors, skipped, result.seconds)
+

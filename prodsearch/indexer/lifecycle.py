@@ -1,0 +1,154 @@
+"""A catalog changes every day: ``add``, ``remove`` and ``update`` an index without rebuilding it.
+
+Each operation embeds only what is new, then commits everything it changes in one transaction
+under the writer lock (see :mod:`.writer`), so the index is always the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from prodsearch.errors import ProdsearchError
+from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, product_rows, scan
+from prodsearch.indexer.manifest import check_model, read_manifest
+from prodsearch.indexer.product_index import embedder_for
+from prodsearch.indexer.sources import Skipped, read_listing
+from prodsearch.indexer.writer import IndexWriter
+from prodsearch.retrieval.embedding import Progress
+
+log = logging.getLogger(__name__)
+
+
+class NotInIndexError(ProdsearchError):
+    """A SKU or image id asked for is not in the index."""
+
+
+@dataclass
+class ChangeReport:
+    index_dir: Path
+    added: int = 0  # images embedded and added
+    removed: int = 0
+    changed: int = 0  # files whose content changed under the same path: re-embedded (counted here only)
+    unchanged: int = 0
+    new_skus: list[str] = field(default_factory=list)
+    removed_skus: list[str] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    generation: int | None = None  # None: nothing to change, nothing written
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+def add_to_index(
+    catalog: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+    wait: float = 0.0,
+) -> ChangeReport:
+    """Add the catalog's new SKUs and new images of known SKUs; what the index holds is skipped
+    without embedding, so running the same add twice changes nothing."""
+    return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size,
+                 device=device, num_workers=num_workers, progress=progress, wait=wait)
+
+
+def update_index(
+    catalog: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: Progress | None = None,
+    wait: float = 0.0,
+) -> ChangeReport:
+    """Make the index match the catalog exactly: add what is new, remove what disappeared, re-embed
+    files whose content changed, refresh product names and categories."""
+    return _sync(catalog, index_dir, "update", model=model, remove_missing=True, batch_size=batch_size,
+                 device=device, num_workers=num_workers, progress=progress, wait=wait)
+
+
+def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait: float, **embed_kwargs) -> ChangeReport:
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    embedder = embedder_for(manifest, model, index_dir)
+    check_model(manifest, embedder.config, index_dir)
+    listing = read_listing(catalog)
+    with IndexWriter(index_dir, command, wait=wait) as writer:
+        rows = writer.db.image_rows()
+        held = {(r["sku"], r["md5"]): r for r in rows}
+        scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
+        new_keys = [k for k in scanned.files if k not in held]
+        embedded = embed_new(embedder, scanned, new_keys, **embed_kwargs)
+        gone = [r for key, r in held.items() if key not in scanned.files] if remove_missing else []
+        known_skus = {r["sku"] for r in rows}
+        if remove_missing:  # the catalog is the truth, names and categories included
+            products = product_rows(list(scanned.files.values()))
+        else:  # new SKUs only: an add never rewrites what the index says of known products
+            products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images
+                                     if img["sku"] not in known_skus])
+        gone_paths = {r["path"] for r in gone}
+        report = ChangeReport(
+            index_dir, added=len(embedded.images), removed=len(gone),
+            changed=sum(img["path"] in gone_paths for img in embedded.images),
+            unchanged=len(scanned.files) - len(new_keys),
+            new_skus=sorted({img["sku"] for img in embedded.images} - known_skus),
+            duplicates=scanned.duplicates, skipped=scanned.skipped + embedded.skipped,
+            embed_seconds=embedded.seconds)
+        moved = {held[k]["id"]: str(item.path) for k, item in scanned.files.items()
+                 if k in held and held[k]["path"] != str(item.path)} if remove_missing else {}
+        if embedded.images or gone or moved or (remove_missing and _metadata_changed(writer, products)):
+            commit = writer.commit(products=products, images=embedded.images, vectors=embedded.vectors,
+                                   remove=[r["id"] for r in gone], moved=moved)
+            report.generation, report.removed_skus = commit.generation, commit.removed_skus
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _metadata_changed(writer: IndexWriter, products: list[dict]) -> bool:
+    held = writer.db.products(p["sku"] for p in products)
+    return any((held[p["sku"]].name, held[p["sku"]].category) != (p["name"], p["category"])
+               for p in products if p["sku"] in held)
+
+
+def remove_from_index(
+    index_dir: str | os.PathLike,
+    *,
+    skus: Iterable[str] = (),
+    image_ids: Iterable[int] = (),
+    wait: float = 0.0,
+) -> ChangeReport:
+    """Remove whole products and/or single images; all or nothing: unknown SKUs or ids are an
+    error and nothing is removed."""
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    skus, image_ids = list(dict.fromkeys(skus)), list(dict.fromkeys(int(i) for i in image_ids))
+    if not skus and not image_ids:
+        raise ProdsearchError("nothing to remove: name SKUs with --sku or image ids with --image")
+    with IndexWriter(index_dir, "remove", wait=wait) as writer:
+        rows = writer.db.image_rows()
+        held_skus, held_ids = {r["sku"] for r in rows}, {r["id"] for r in rows}
+        missing = [f"SKU {s!r}" for s in skus if s not in held_skus] + [f"image {i}" for i in image_ids if i not in held_ids]
+        if missing:
+            raise NotInIndexError(f"not in the index {index_dir}: {', '.join(missing[:10])}"
+                                  f"{' and more' if len(missing) > 10 else ''}; nothing was removed")
+        wanted = set(skus)
+        ids = sorted({r["id"] for r in rows if r["sku"] in wanted} | set(image_ids))
+        commit = writer.commit(remove=ids)
+    return ChangeReport(index_dir, removed=len(ids), removed_skus=commit.removed_skus,
+                        generation=commit.generation, seconds=time.perf_counter() - start)

@@ -1,0 +1,87 @@
+"""Exclusive, crash-safe writes to an index folder.
+
+``with IndexWriter(index_dir, "add") as w: w.commit(...)`` takes the writer lock, applies all
+changes in one SQLite transaction (catalog rows, vectors and the change log together), and writes
+a new FAISS snapshot when the log has grown long enough. Readers never wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.failpoints import crash_point
+from prodsearch.indexer.lock import WriterLock
+from prodsearch.indexer.manifest import Manifest, read_manifest
+from prodsearch.indexer.store import CATALOG_DB, load_vectors, needs_snapshot, remove_stale_files, write_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Commit:
+    generation: int
+    added_ids: list[int] = field(default_factory=list)
+    removed_skus: list[str] = field(default_factory=list)
+
+
+class IndexWriter:
+    """The writer lock and a read-write catalog connection for the duration of a ``with`` block;
+    files a crashed writer left are cleared on entry."""
+
+    def __init__(self, index_dir: str | os.PathLike, command: str, *, wait: float = 0.0):
+        self.index_dir = Path(index_dir)
+        self.lock = WriterLock(self.index_dir, command, wait)
+        self.manifest: Manifest = read_manifest(self.index_dir)
+        self.db: CatalogDB | None = None
+
+    def __enter__(self) -> "IndexWriter":
+        self.lock.__enter__()
+        try:
+            self.db = CatalogDB(self.index_dir / CATALOG_DB)
+            remove_stale_files(self.index_dir, keep=self.db.state().snapshot)
+        except BaseException:
+            self.lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.db is not None:
+            self.db.close()
+        self.lock.__exit__(*exc)
+
+    def commit(self, *, products: Iterable[dict] = (), images: list[dict] | None = None,
+               vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,
+               snapshot: bool = False) -> Commit:
+        """Apply removals, product upserts, new images and moved files' paths atomically, as the next
+        generation; write a FAISS snapshot if asked or if the change log has grown long."""
+        db = self.db
+        crash_point("before-commit")
+        with db.db.atomic():
+            generation = db.state().generation + 1
+            remove = list(remove)
+            if remove:
+                db.remove_images(remove, generation)
+            products = list(products)
+            if products:
+                db.upsert_products(products)
+            added = db.add_images(images, vectors, generation) if images else []
+            if moved:
+                db.update_paths(moved)
+            orphans = db.remove_orphan_products()
+            db.set_generation(generation)
+            crash_point("inside-commit")
+        crash_point("after-commit")
+        count = db.counts()["images"]
+        if snapshot or needs_snapshot(db, count):
+            index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim)
+            write_snapshot(self.index_dir, db, index)
+            crash_point("after-snapshot")
+        log.info("generation %d: +%d images, -%d images", generation, len(added), len(remove))
+        return Commit(generation, added, orphans)

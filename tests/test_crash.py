@@ -1,0 +1,87 @@
+"""kill -9 in the middle of ``prodsearch add``: the index is the old one or the new one, and works.
+
+Each failure point kills the writer exactly there (``PRODSEARCH_CRASH_AT``); the random kills land
+wherever the process happens to be, mostly while it embeds.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prodsearch.indexer import ProductIndex, build_index
+from prodsearch.indexer.failpoints import CRASH_ENV, POINTS
+from prodsearch.indexer.info import index_info
+from prodsearch.retrieval import create_embedder
+
+from conftest import write_folder_catalog
+
+START, NEW = 20, 200
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    catalog = write_folder_catalog(root / "catalog", [f"s{i}" for i in range(10)], per_sku=2)
+    build_index(catalog, root / "idx", embedder=create_embedder(img_size=64), num_workers=0)
+    new = write_folder_catalog(root / "new", [f"n{i}" for i in range(40)], per_sku=NEW // 40, seed0=500)
+    return root / "idx", new
+
+
+def start_add(index_dir, catalog, **env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "prodsearch", "add", str(catalog), "--index", str(index_dir), "--silent", "--workers", "0"],
+        env={**os.environ, "PRODSEARCH_SNAPSHOT_CHANGES": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def assert_old_or_new_and_working(index_dir, catalog):
+    info = index_info(index_dir)
+    assert info.consistent, info.problems
+    assert info.images in (START, START + NEW)
+    index = ProductIndex.open(index_dir)
+    assert index.query([catalog / "n3" / "n3_0.jpg"], num_workers=0)[0].matches
+    index.close()
+    return info.images
+
+
+def finish_and_check(index_dir, catalog):
+    """After a crash, the next writer completes the job."""
+    proc = start_add(index_dir, catalog)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    info = index_info(index_dir)
+    assert info.consistent and info.images == START + NEW
+    assert not [p for p in index_dir.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_point_of_a_write(pristine, tmp_path, point):
+    index_dir, catalog = pristine
+    idx = shutil.copytree(index_dir, tmp_path / "idx")
+    proc = start_add(idx, catalog, **{CRASH_ENV: point})
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    images = assert_old_or_new_and_working(idx, catalog)
+    assert images == (START if point in ("before-commit", "inside-commit") else START + NEW)
+    finish_and_check(idx, catalog)
+
+
+def test_kill_at_random_moments(pristine, tmp_path):
+    index_dir, catalog = pristine
+    idx = shutil.copytree(index_dir, tmp_path / "timing")
+    started = time.monotonic()
+    start_add(idx, catalog).communicate(timeout=300)
+    duration = time.monotonic() - started
+    for i, fraction in enumerate((0.4, 0.75, 0.95)):
+        idx = shutil.copytree(index_dir, tmp_path / f"idx{i}")
+        proc = start_add(idx, catalog)
+        time.sleep(duration * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert_old_or_new_and_working(idx, catalog)
+    finish_and_check(idx, catalog)

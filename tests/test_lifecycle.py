@@ -1,0 +1,241 @@
+"""add / remove / update / info: each operation, idempotence, consistency after each, the lock,
+readers during writes, and removal for index types that cannot delete."""
+
+import json
+import shutil
+import threading
+import time
+
+import faiss
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prodsearch.cli import cli
+from prodsearch.errors import ModelMismatchError
+from prodsearch.indexer import ProductIndex, build_index
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.info import index_info
+from prodsearch.indexer.lifecycle import NotInIndexError, add_to_index, remove_from_index, update_index
+from prodsearch.indexer.lock import IndexBusyError, WriterLock
+from prodsearch.indexer.store import snapshot_path
+from prodsearch.indexer.vectors import add_vectors
+from prodsearch.retrieval import create_embedder
+
+from conftest import product_image, write_csv, write_folder_catalog
+
+SMALL = 64  # px: the lifecycle does not depend on resolution, and tests stay fast
+
+
+@pytest.fixture(scope="module")
+def small_embedder():
+    return create_embedder(img_size=SMALL)
+
+
+@pytest.fixture
+def shop(tmp_path, small_embedder):
+    """A catalog folder (skus a, b, c; 2 photos each) and its index."""
+    catalog = write_folder_catalog(tmp_path / "catalog", ["a", "b", "c"], per_sku=2)
+    build_index(catalog, tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    return catalog, tmp_path / "idx"
+
+
+def assert_consistent(index_dir, images=None, skus=None):
+    info = index_info(index_dir)
+    assert info.consistent, info.problems
+    assert info.vectors == info.images
+    if images is not None:
+        assert info.images == images
+    if skus is not None:
+        assert info.skus == skus
+    return info
+
+
+def test_add_new_skus_and_photos_then_again_is_a_no_op(shop):
+    catalog, idx = shop
+    write_folder_catalog(catalog, ["d"], per_sku=2, seed0=50)
+    product_image(777).save(catalog / "a" / "new.jpg")
+    report = add_to_index(catalog, idx, num_workers=0)
+    assert (report.added, report.unchanged, report.removed, report.new_skus) == (3, 6, 0, ["d"])
+    assert_consistent(idx, images=9, skus=4)
+    again = add_to_index(catalog, idx, num_workers=0)
+    assert (again.added, again.generation) == (0, None)
+    assert_consistent(idx, images=9)
+    assert ProductIndex.open(idx).query([catalog / "d" / "d_0.jpg"])[0].matches[0].sku == "d"
+
+
+def test_add_never_removes_and_keeps_known_names(tmp_path, small_embedder):
+    product_image(1).save(tmp_path / "1.png")
+    product_image(2).save(tmp_path / "2.png")
+    csv_path = write_csv(tmp_path / "c.csv", [{"image": "1.png", "sku": "M", "name": "Milk 3%", "category": "Dairy"}])
+    build_index(csv_path, tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    other = write_csv(tmp_path / "d.csv", [{"image": "2.png", "sku": "M", "name": "", "category": ""}])
+    assert add_to_index(other, tmp_path / "idx", num_workers=0).added == 1
+    assert CatalogDB(tmp_path / "idx" / "catalog.db").products(["M"])["M"].name == "Milk 3%"
+    assert_consistent(tmp_path / "idx", images=2)
+
+
+def test_remove_skus_and_images(shop):
+    catalog, idx = shop
+    report = remove_from_index(idx, skus=["a"])
+    assert (report.removed, report.removed_skus) == (2, ["a"])
+    assert_consistent(idx, images=4, skus=2)
+    some_id = ProductIndex.open(idx).image_ids[0]
+    report = remove_from_index(idx, image_ids=[int(some_id)])
+    assert report.removed == 1
+    assert_consistent(idx, images=3, skus=2)
+    index = ProductIndex.open(idx)
+    assert "a" not in index.skus and some_id not in index.image_ids
+    assert index.query([catalog / "a" / "a_0.jpg"])[0].matches[0].sku != "a"
+
+
+def test_remove_unknown_is_refused_and_removes_nothing(shop):
+    _, idx = shop
+    with pytest.raises(NotInIndexError, match=r"not in the index .*: SKU 'zzz', image 9999; nothing was removed"):
+        remove_from_index(idx, skus=["a", "zzz"], image_ids=[9999])
+    assert_consistent(idx, images=6, skus=3)
+
+
+def test_update_mirrors_the_catalog(shop):
+    catalog, idx = shop
+    (catalog / "b" / "b_0.jpg").unlink()  # disappeared
+    product_image(900).save(catalog / "c" / "c_0.jpg")  # changed content, same path
+    write_folder_catalog(catalog, ["e"], per_sku=1, seed0=60)  # new
+    shutil.move(catalog / "a" / "a_1.jpg", catalog / "a" / "renamed.jpg")  # moved: same content
+    report = update_index(catalog, idx, num_workers=0)
+    assert (report.added, report.removed, report.changed, report.unchanged) == (2, 2, 1, 4)
+    assert report.new_skus == ["e"]
+    assert_consistent(idx, images=6, skus=4)
+    paths = {r["path"] for r in CatalogDB(idx / "catalog.db").image_rows()}
+    assert str((catalog / "a" / "renamed.jpg").resolve()) in paths
+    assert update_index(catalog, idx, num_workers=0).generation is None  # nothing left to do
+
+
+def test_update_refreshes_names_and_drops_emptied_skus(tmp_path, small_embedder):
+    for i in range(3):
+        product_image(i).save(tmp_path / f"{i}.png")
+    rows = [{"image": f"{i}.png", "sku": f"S{i}", "name": f"Old {i}", "category": "X"} for i in range(3)]
+    build_index(write_csv(tmp_path / "c.csv", rows), tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    rows = [{**rows[0], "name": "New 0"}, rows[1]]
+    report = update_index(write_csv(tmp_path / "c.csv", rows), tmp_path / "idx", num_workers=0)
+    assert (report.removed, report.removed_skus) == (1, ["S2"])
+    products = CatalogDB(tmp_path / "idx" / "catalog.db").products(["S0", "S2"])
+    assert products["S0"].name == "New 0" and "S2" not in products
+    assert_consistent(tmp_path / "idx", images=2, skus=2)
+
+
+def test_info(shop):
+    _, idx = shop
+    info = assert_consistent(idx, images=6, skus=3)
+    assert (info.model, info.embed_dim, info.input_size, info.index_type) == ("tf_efficientnet_lite0", 1280, SMALL, "IndexFlatIP")
+    assert info.size_bytes > 6 * 1280 * 4 and "catalog.db" in info.files
+    result = CliRunner().invoke(cli, ["info", "--index", str(idx), "--json"])
+    data = json.loads(result.output)
+    assert (data["skus"], data["images"], data["vectors"], data["consistent"]) == (3, 6, 6, True)
+    text = CliRunner().invoke(cli, ["info", "--index", str(idx)]).output
+    assert "catalog:    3 SKUs, 6 images" in text and "consistent: yes" in text
+
+
+def test_info_reports_inconsistency(shop):
+    _, idx = shop
+    db = CatalogDB(idx / "catalog.db")
+    with db.db.atomic():  # a vector without its catalog row, behind the change log's back
+        db.db.execute("delete from images where id = (select min(id) from images)")
+    db.close()
+    info = index_info(idx)
+    assert not info.consistent
+    assert info.problems == ["the vector index has 1 vectors without a catalog image and 0 images without a vector",
+                             "the stored vectors do not match the catalog images"]
+    result = CliRunner().invoke(cli, ["info", "--index", str(idx)])
+    assert result.exit_code == 1 and "consistent: NO" in result.output
+    assert result.output.splitlines()[-1].startswith(f"Error: {idx} is inconsistent: the vector index has 1 vectors")
+
+
+def test_snapshots_are_compacted(shop, monkeypatch):
+    catalog, idx = shop
+    monkeypatch.setenv("PRODSEARCH_SNAPSHOT_CHANGES", "2")
+    write_folder_catalog(catalog, ["d"], per_sku=2, seed0=50)
+    add_to_index(catalog, idx, num_workers=0)
+    info = assert_consistent(idx, images=8)
+    assert (info.generation, info.snapshot, info.pending_changes) == (2, 2, 0)
+    assert sorted(p.name for p in idx.glob("vectors-*.faiss")) == ["vectors-00000002.faiss"]
+
+
+def test_removal_where_the_index_type_cannot_delete(shop):
+    """A graph index (HNSW) has no remove_ids: opening rebuilds it from the stored vectors."""
+    catalog, idx = shop
+    db = CatalogDB(idx / "catalog.db")
+    ids, vectors = db.all_vectors(1280)
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(1280, 16, faiss.METRIC_INNER_PRODUCT))
+    add_vectors(hnsw, vectors, ids)
+    faiss.write_index(hnsw, str(snapshot_path(idx, db.state().snapshot)))
+    db.close()
+    with pytest.raises(RuntimeError):
+        hnsw.remove_ids(np.array([0], dtype=np.int64))
+    remove_from_index(idx, skus=["b"])
+    assert_consistent(idx, images=4, skus=2)
+    assert ProductIndex.open(idx).query([catalog / "c" / "c_0.jpg"])[0].matches[0].sku == "c"
+
+
+def test_other_model_is_refused(shop):
+    catalog, idx = shop
+    with pytest.raises(ModelMismatchError, match="built with model tf_efficientnet_lite0 but this query would use tf_efficientnet_lite1"):
+        add_to_index(catalog, idx, model="lite1")
+    result = CliRunner().invoke(cli, ["add", str(catalog), "--index", str(idx), "--model", "lite1"])
+    assert result.exit_code == 1 and "Error: index" in result.output
+
+
+def test_a_second_writer_is_refused_or_waits(shop):
+    catalog, idx = shop
+    write_folder_catalog(catalog, ["d"], per_sku=1, seed0=50)
+    with WriterLock(idx, "test"):
+        with pytest.raises(IndexBusyError, match=r"is being written by another prodsearch process \(pid \d+, 'test' since .*\); "
+                                                 r"wait for it to finish, or pass --wait SECONDS"):
+            add_to_index(catalog, idx, num_workers=0)
+        result = CliRunner().invoke(cli, ["remove", "--index", str(idx), "--sku", "a"])
+        assert result.exit_code == 1 and "is being written by another prodsearch process" in result.output
+    assert_consistent(idx, images=6)
+
+    lock = WriterLock(idx, "test").__enter__()
+    threading.Timer(0.5, lambda: lock.__exit__(None, None, None)).start()
+    assert add_to_index(catalog, idx, num_workers=0, wait=10).added == 1
+
+
+def test_readers_keep_their_snapshot_while_a_writer_commits(shop):
+    catalog, idx = shop
+    reader = ProductIndex.open(idx)
+    write_folder_catalog(catalog, ["d"], per_sku=2, seed0=50)
+    add_to_index(catalog, idx, num_workers=0)
+    remove_from_index(idx, skus=["a"])
+    assert len(reader) == 6 and reader.skus == ["a", "b", "c"]
+    assert reader.query([catalog / "a" / "a_0.jpg"])[0].matches[0].sku == "a"  # still its generation
+    assert ProductIndex.open(idx).skus == ["b", "c", "d"]
+
+
+def test_queries_never_fail_during_writes(shop):
+    catalog, idx = shop
+    errors, counts, done = [], set(), threading.Event()
+
+    def query_loop():
+        while not done.is_set():
+            try:
+                index = ProductIndex.open(idx)
+                counts.add(len(index))
+                index.query([catalog / "b" / "b_0.jpg"], num_workers=0)
+                index.close()
+            except Exception as exc:  # any failure of a reader is a bug
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=query_loop)
+    thread.start()
+    try:
+        for round_ in range(3):
+            batch = write_folder_catalog(catalog.parent / f"batch{round_}", [f"n{round_}"], per_sku=2, seed0=100 + round_)
+            add_to_index(batch, idx, num_workers=0)
+            remove_from_index(idx, skus=[f"n{round_}"])
+            time.sleep(0.05)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors
+    assert counts <= {6, 8}
