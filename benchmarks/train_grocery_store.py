@@ -30,6 +30,7 @@ from prodsearch.indexer.sources import read_listing
 from prodsearch.retrieval.embedder import create_embedder
 from prodsearch.retrieval.training import TrainConfig, train
 
+log = logging.getLogger("train_grocery_store")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
@@ -61,9 +62,21 @@ def score(model: str, manifests: GroceryManifests, work: Path, device: str) -> d
 
 
 def run_training(config: TrainConfig) -> tuple[Path, float]:
-    start = time.perf_counter()
-    result = train(config)
-    return Path(result.out), (time.perf_counter() - start) / 60
+    """Train, or reuse a finished run of the same configuration in the same folder (a re-run after an
+    interruption then only re-scores). Minutes: the run's wall time (data loading and feature
+    caching included), or for a run timed by nothing but its history, the sum of its epochs."""
+    out = Path(config.out)
+    done = out / "model.pt", out / "config.json", out / "history.json"
+    timing = out / "train_seconds.json"
+    if all(p.is_file() for p in done) and json.loads(done[1].read_text()) == config.to_dict():
+        log.info("reusing the finished training run in %s (delete it to retrain)", out)
+    else:
+        start = time.perf_counter()
+        train(config)
+        timing.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+    if timing.is_file():
+        return out, json.loads(timing.read_text())["seconds"] / 60
+    return out, sum(r["seconds"] for r in json.loads(done[2].read_text())) / 60
 
 
 def ablation(manifests: GroceryManifests, out: Path, preset: dict, device: str) -> list[dict]:

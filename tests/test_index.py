@@ -213,6 +213,26 @@ def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, 
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.parametrize("damage", ["older format", "damaged manifest", "missing database"])
+def test_index_replaces_an_index_it_cannot_read(tmp_path, embedder, damage):
+    """The error for an unreadable index says "rebuild the index: prodsearch index ..."; that must work."""
+    root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
+    build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    manifest = tmp_path / "idx" / "manifest.json"
+    if damage == "older format":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1}))
+    elif damage == "damaged manifest":
+        manifest.write_text("{not json")
+    else:
+        (tmp_path / "idx" / "catalog.db").unlink()
+    with pytest.raises(IndexDirError, match="rebuild the index: prodsearch index CATALOG --index"):
+        ProductIndex.open(tmp_path / "idx")
+    write_folder_catalog(root, ["c"])
+    assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
+    assert ProductIndex.open(tmp_path / "idx").skus == ["a", "b", "c"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_catalog_lookups_of_many_ids_at_once(tmp_path):
     """More distinct ids than SQLite binds in one statement are looked up in chunks."""
     n = 5_000

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from prodsearch.cli import cli
+from prodsearch.cli.lifecycle import human_size
 from prodsearch.errors import ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
 from prodsearch.indexer.catalog_db import CatalogDB
@@ -124,6 +125,24 @@ def test_update_refreshes_names_and_drops_emptied_skus(tmp_path, small_embedder)
     assert_consistent(tmp_path / "idx", images=2, skus=2)
 
 
+def test_cli_add_update_remove_report_what_they_did(shop):
+    catalog, idx = shop
+    run = lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    write_folder_catalog(catalog, ["d"], per_sku=1, seed0=60)
+    result = run("add", catalog, "--index", idx, "--silent", "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Added 1 image to {idx} (6 already there)\n  new SKUs: 1 (d)\n")
+    assert run("add", catalog, "--index", idx, "--silent").output.startswith(
+        f"Nothing to add: {idx} already holds these 7 images")
+    result = run("remove", "--index", idx, "--sku", "d", "--sku", "c")
+    assert result.output == f"Removed 3 images from {idx}; SKUs gone: c, d\n"
+    result = run("update", catalog, "--index", idx, "--silent", "--workers", 0)
+    assert result.output.startswith(f"Updated {idx}: 3 images added, 0 removed, 0 changed (re-embedded), 4 unchanged\n")
+    assert run("update", catalog, "--index", idx, "--silent").output.startswith(
+        f"Nothing to update: {idx} already holds exactly the catalog's 7 images")
+    assert_consistent(idx, images=7, skus=4)
+
+
 def test_info(shop):
     _, idx = shop
     info = assert_consistent(idx, images=6, skus=3)
@@ -134,6 +153,7 @@ def test_info(shop):
     assert (data["skus"], data["images"], data["vectors"], data["consistent"]) == (3, 6, 6, True)
     text = CliRunner().invoke(cli, ["info", "--index", str(idx)]).output
     assert "catalog:    3 SKUs, 6 images" in text and "consistent: yes" in text
+    assert [human_size(n) for n in (840, 1500, 2_500_000, 7 * 10**12)] == ["840 bytes", "1.5 KB", "2.5 MB", "7000.0 GB"]
 
 
 def test_info_reports_inconsistency(shop):

@@ -55,11 +55,26 @@ catalog_command("update", update_index, """Make an index match CATALOG exactly.
     """)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def human_size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 def format_change_report(report: ChangeReport, verb: str) -> str:
     if report.generation is None:
-        head = f"Nothing to {verb}: {report.index_dir} already matches ({report.unchanged} images unchanged)"
+        holds = "these" if verb == "add" else "exactly the catalog's"
+        head = f"Nothing to {verb}: {report.index_dir} already holds {holds} {plural(report.unchanged, 'image')}"
+    elif verb == "add":
+        head = f"Added {plural(report.added, 'image')} to {report.index_dir} ({report.unchanged} already there)"
     else:
-        head = (f"Updated {report.index_dir}: {report.added} images added, {report.removed} removed, "
+        head = (f"Updated {report.index_dir}: {plural(report.added, 'image')} added, {report.removed} removed, "
                 f"{report.changed} changed (re-embedded), {report.unchanged} unchanged")
     lines = [head]
     if report.new_skus:
@@ -74,7 +89,8 @@ def format_change_report(report: ChangeReport, verb: str) -> str:
     if len(report.skipped) > MAX_LISTED:
         lines.append(f"    ... and {len(report.skipped) - MAX_LISTED} more")
     if report.added:
-        lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.seconds:.1f}s total)")
+        lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.embed_seconds:.1f}s embedding, "
+                     f"{report.seconds:.1f}s total)")
     return "\n".join(lines)
 
 
@@ -94,7 +110,7 @@ def remove(index_dir, skus, images, wait):
         prodsearch remove --index shop/idx --sku milk-3pct --sku milk-1pct
     """
     report = remove_from_index(index_dir, skus=skus, image_ids=images, wait=wait)
-    click.echo(f"Removed {report.removed} images from {report.index_dir}"
+    click.echo(f"Removed {plural(report.removed, 'image')} from {report.index_dir}"
                + (f"; SKUs gone: {', '.join(report.removed_skus)}" if report.removed_skus else ""))
 
 
@@ -124,7 +140,7 @@ def format_info(info: IndexInfo) -> str:
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
         f"{info.pending_changes} changes since the snapshot)",
         f"catalog:    {info.skus} SKUs, {info.images} images",
-        f"disk:       {info.size_bytes / 1e6:.1f} MB ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in info.files.items())})",
+        f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
         f"consistent: {'yes' if info.consistent else 'NO'}",
     ]
     lines += [f"  problem: {p}" for p in info.problems]

@@ -20,7 +20,7 @@ from prodsearch.errors import CatalogError, IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, product_rows, scan
 from prodsearch.indexer.manifest import (Manifest, check_target, is_index_dir, publish_new,
-                                         read_manifest, staging_dir, write_manifest)
+                                         publish_replacing, read_manifest, staging_dir, write_manifest)
 from prodsearch.indexer.sources import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
@@ -70,7 +70,7 @@ def build_index(
     check_target(index_dir)
     listing = read_listing(catalog)
     embedder = embedder or create_embedder(model)
-    existing = is_index_dir(index_dir)
+    existing, unreadable = _existing_index(index_dir)
     if existing:
         _check_same_model(index_dir, embedder.config)
     scanned = scan(listing)
@@ -85,11 +85,26 @@ def build_index(
         _replace(index_dir, products, embedded, wait)
     else:
         manifest = Manifest(embedder.config, "", str(listing.source))
-        create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type)
+        create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
+                         replace=unreadable)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
                          scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
+
+
+def _existing_index(index_dir: Path) -> tuple[bool, bool]:
+    """(a readable index is there, an unreadable one is there). An index this prodsearch cannot
+    read (older format, damaged manifest, missing database) is replaced whole by the new build:
+    that is what its error message tells the user to do."""
+    if not is_index_dir(index_dir):
+        return False, False
+    try:
+        read_manifest(index_dir)
+    except IndexDirError as exc:
+        log.warning("replacing the unreadable index at %s: %s", index_dir, exc)
+        return False, True
+    return True, False
 
 
 def _check_same_model(index_dir: Path, config: EmbedderConfig) -> None:
@@ -116,9 +131,11 @@ def create_index_dir(
     images: list[dict],
     vectors: np.ndarray,
     index_type: str = "auto",
+    *,
+    replace: bool = False,
 ) -> None:
     """Write a complete new index folder (row i of ``vectors`` belongs to ``images[i]``), assembled
-    beside ``index_dir`` and renamed into place."""
+    beside ``index_dir`` and renamed into place (``replace``: in place of an unreadable one)."""
     index_dir = Path(index_dir)
     staged = staging_dir(index_dir)
     try:
@@ -133,7 +150,7 @@ def create_index_dir(
             db.mark_snapshot(1)
         db.close()
         write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source))
-        publish_new(staged, index_dir)
+        (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

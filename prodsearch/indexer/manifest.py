@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -125,6 +126,15 @@ def staging_dir(index_dir: Path) -> Path:
     path = index_dir.parent / f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
+
+
+def publish_replacing(staged: Path, index_dir: Path) -> None:
+    """Put a complete staged index in place of an unreadable one (older format, damaged): the old
+    folder is renamed aside first, then deleted, so a crash leaves one of the two whole."""
+    aside = index_dir.parent / f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(index_dir, aside)
+    publish_new(staged, index_dir)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def publish_new(staged: Path, index_dir: Path) -> None:
