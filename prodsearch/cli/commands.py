@@ -13,6 +13,7 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
 from prodsearch.indexer.product_index import ProductIndex, QueryResult
+from prodsearch.indexer.sources import Skipped
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, MODELS
 
 MAX_LISTED = 20
@@ -44,16 +45,19 @@ def index(catalog, index_dir, model, batch_size, device, workers, wait, silent):
     click.echo(format_build_report(report))
 
 
+def skipped_lines(skipped: list[Skipped]) -> list[str]:
+    """How many files were skipped, and the first few with their reasons."""
+    more = [f"    ... and {len(skipped) - MAX_LISTED} more"] if len(skipped) > MAX_LISTED else []
+    return [f"  skipped: {len(skipped)}"] + [f"    {s.path}: {s.reason}" for s in skipped[:MAX_LISTED]] + more
+
+
 def format_build_report(report: BuildReport) -> str:
     lines = [f"Indexed {report.images} images of {report.skus} SKUs into {report.index_dir}"]
     lines.append(f"  duplicates: {len(report.duplicates)} (identical files within a SKU, stored once)")
     lines += [f"    {d.path} = {d.same_as}" for d in report.duplicates[:MAX_LISTED]]
     if report.shared_across_skus:
         lines.append(f"  warning: {report.shared_across_skus} images are identical files under different SKUs")
-    lines.append(f"  skipped: {len(report.skipped)}")
-    lines += [f"    {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
-    if len(report.skipped) > MAX_LISTED:
-        lines.append(f"    ... and {len(report.skipped) - MAX_LISTED} more")
+    lines += skipped_lines(report.skipped)
     lines.append(f"  speed: {report.images_per_second:.1f} images/s "
                  f"({report.embed_seconds:.1f}s embedding, {report.seconds:.1f}s total)")
     return "\n".join(lines)

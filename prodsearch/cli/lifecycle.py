@@ -8,7 +8,7 @@ import click
 
 from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
                                 query_model_option, silent_option, wait_option, workers_option)
-from prodsearch.cli.commands import MAX_LISTED
+from prodsearch.cli.commands import MAX_LISTED, skipped_lines
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.info import IndexInfo, index_info
 from prodsearch.indexer.lifecycle import ChangeReport, add_to_index, remove_from_index, update_index
@@ -84,10 +84,7 @@ def format_change_report(report: ChangeReport, verb: str) -> str:
         lines.append(f"  removed SKUs: {len(report.removed_skus)} ({', '.join(report.removed_skus[:MAX_LISTED])})")
     if report.duplicates:
         lines.append(f"  duplicates: {len(report.duplicates)} (identical files within a SKU, stored once)")
-    lines.append(f"  skipped: {len(report.skipped)}")
-    lines += [f"    {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
-    if len(report.skipped) > MAX_LISTED:
-        lines.append(f"    ... and {len(report.skipped) - MAX_LISTED} more")
+    lines += skipped_lines(report.skipped)
     if report.added:
         lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.embed_seconds:.1f}s embedding, "
                      f"{report.seconds:.1f}s total)")
