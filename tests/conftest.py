@@ -97,3 +97,35 @@ def built_index(tmp_path_factory, embedder):
     index_dir = root / "idx"
     build_index(catalog, index_dir, embedder=embedder, num_workers=0)
     return {"root": root, "catalog": catalog, "queries": queries, "index": index_dir, "skus": skus}
+
+
+# (class name, class id, coarse class, coarse id, class folder): fine classes sit in a folder of their
+# own below the coarse one, coarse-only classes (Lime) directly in theirs, as in the real dataset.
+GROCERY_CLASSES = [("Granny-Smith", 0, "Apple", 0, "Fruit/Apple/Granny-Smith"),
+                   ("Oatly-Oat-Milk", 1, "Oat-Milk", 1, "Packages/Oat-Milk/Oatly-Oat-Milk"),
+                   ("Lime", 2, "Lime", 2, "Fruit/Lime")]
+
+
+def fake_grocery_store(root: Path, per_split: tuple[int, int, int] = (2, 1, 1)) -> Path:
+    """The Grocery Store layout (classes.csv, iconic photos, train/val/test lists) with tiny images."""
+    data = root / "dataset"
+    data.mkdir(parents=True)
+    with open(data / "classes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Class Name (str)", "Class ID (int)", "Coarse Class Name (str)", "Coarse Class ID (int)",
+                    "Iconic Image Path (str)", "Product Description Path (str)"])
+        for name, fine, coarse, coarse_id, folder in GROCERY_CLASSES:
+            icon = f"/iconic-images-and-descriptions/{folder}/{name}_Iconic.jpg"
+            (data / icon.lstrip("/")).parent.mkdir(parents=True)
+            product_image(fine, 48).save(data / icon.lstrip("/"))
+            w.writerow([name, fine, coarse, coarse_id, icon, icon.replace("Iconic.jpg", "Description.txt")])
+    for split, n in zip(("train", "val", "test"), per_split):
+        lines = []
+        for name, fine, _, coarse_id, folder in GROCERY_CLASSES:
+            for i in range(n):
+                rel = f"{split}/{folder}/{name}_{i:03d}.jpg"
+                (data / rel).parent.mkdir(parents=True, exist_ok=True)
+                product_image(100 * fine + i, 48).save(data / rel)
+                lines.append(f"{rel}, {fine}, {coarse_id}")
+        (data / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root

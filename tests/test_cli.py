@@ -69,11 +69,11 @@ def expect_error(result, message):
 def test_index_errors(runner, tmp_path):
     expect_error(run(runner, "index", tmp_path / "nope", "--index", tmp_path / "idx"),
                  f"{tmp_path / 'nope'} does not exist; expected a folder with one sub-folder per SKU "
-                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category,product]")
     (tmp_path / "empty").mkdir()
     expect_error(run(runner, "index", tmp_path / "empty", "--index", tmp_path / "idx"),
                  f"no images found in {tmp_path / 'empty'}; expected a folder with one sub-folder per SKU "
-                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category,product]")
     (tmp_path / "docs" / "sku").mkdir(parents=True)
     (tmp_path / "docs" / "sku" / "a.txt").write_text("x")
     result = run(runner, "index", tmp_path / "docs", "--index", tmp_path / "idx")
@@ -108,7 +108,7 @@ def test_query_errors(runner, tmp_path, built_index):
 def test_eval_errors(runner, tmp_path, built_index):
     expect_error(run(runner, "eval", tmp_path / "nope", "--index", built_index["index"]),
                  f"{tmp_path / 'nope'} does not exist; expected a folder with one sub-folder per SKU "
-                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]")
+                 "(catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category,product]")
     result = run(runner, "eval", built_index["queries"], "--index", built_index["index"], "--model", "lite1")
     assert result.exit_code == 1
     assert "was built with model tf_efficientnet_lite0 but this query would use tf_efficientnet_lite1" in result.output

@@ -1,7 +1,5 @@
 """The Grocery Store layout becomes protocol A / B manifests that index and eval read."""
 
-import csv
-
 import pytest
 
 from prodsearch.errors import CatalogError
@@ -9,45 +7,19 @@ from prodsearch.eval.grocery_store import write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.sources import read_listing
 
-from conftest import product_image
-
-CLASSES = [("Granny-Smith", 0, "Apple", 0, "Fruit/Apple"), ("Oatly-Oat-Milk", 1, "Oat-Milk", 1, "Packages/Oat-Milk")]
-
-
-def fake_dataset(root):
-    data = root / "dataset"
-    data.mkdir(parents=True)
-    with open(data / "classes.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Class Name (str)", "Class ID (int)", "Coarse Class Name (str)", "Coarse Class ID (int)",
-                    "Iconic Image Path (str)", "Product Description Path (str)"])
-        for name, fine, coarse, coarse_id, folder in CLASSES:
-            icon = f"/iconic-images-and-descriptions/{folder}/{name}/{name}_Iconic.jpg"
-            (data / icon.lstrip("/")).parent.mkdir(parents=True)
-            product_image(fine).save(data / icon.lstrip("/"))
-            w.writerow([name, fine, coarse, coarse_id, icon, icon.replace("Iconic.jpg", "Description.txt")])
-    for split, n in (("train", 2), ("val", 1), ("test", 1)):
-        lines = []
-        for name, fine, _, coarse_id, folder in CLASSES:
-            for i in range(n):
-                rel = f"{split}/{folder}/{name}/{name}_{i:03d}.jpg"
-                (data / rel).parent.mkdir(parents=True, exist_ok=True)
-                product_image(100 * fine + i).save(data / rel)
-                lines.append(f"{rel}, {fine}, {coarse_id}")
-        (data / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
-
+from conftest import fake_grocery_store
 
 def test_manifests_for_both_protocols(tmp_path):
-    manifests = write_grocery_store_manifests(fake_dataset(tmp_path / "gs"), tmp_path / "out")
+    manifests = write_grocery_store_manifests(fake_grocery_store(tmp_path / "gs"), tmp_path / "out")
     a, b = read_listing(manifests.catalog_a), read_listing(manifests.catalog_b)
     test = read_listing(manifests.test)
     assert [(it.sku, it.name, it.category) for it in a.items] == [
-        ("Granny-Smith", "Granny Smith", "Fruit/Apple"), ("Oatly-Oat-Milk", "Oatly Oat Milk", "Packages/Oat-Milk")]
+        ("Granny-Smith", "Granny Smith", "Fruit/Apple"), ("Oatly-Oat-Milk", "Oatly Oat Milk", "Packages/Oat-Milk"),
+        ("Lime", "Lime", "Fruit/Lime")]
     assert all(it.path.name.endswith("_Iconic.jpg") for it in a.items)
-    assert len(b.items) == 2 + 4 and b.items[:2] == a.items
-    assert [it.sku for it in test.items] == ["Granny-Smith", "Oatly-Oat-Milk"]
-    assert len(read_listing(manifests.val).items) == 2
+    assert len(b.items) == 3 + 6 and b.items[:3] == a.items
+    assert [it.sku for it in test.items] == ["Granny-Smith", "Oatly-Oat-Milk", "Lime"]
+    assert len(read_listing(manifests.val).items) == 3
     assert not a.skipped and not b.skipped and not test.skipped
 
 
@@ -67,9 +39,9 @@ def test_markdown_table():
 
 
 def test_even_and_odd_class_halves(tmp_path):
-    root = fake_dataset(tmp_path / "gs")
+    root = fake_grocery_store(tmp_path / "gs")
     even = write_grocery_store_manifests(root, tmp_path / "out", classes="even")
     odd = write_grocery_store_manifests(root, tmp_path / "out", classes="odd")
-    assert {it.sku for it in read_listing(even.catalog_b).items} == {"Granny-Smith"}
+    assert {it.sku for it in read_listing(even.catalog_b).items} == {"Granny-Smith", "Lime"}
     assert {it.sku for it in read_listing(odd.test).items} == {"Oatly-Oat-Milk"}
     assert even.catalog_b.name == "catalog_b_iconic_train_even.csv"

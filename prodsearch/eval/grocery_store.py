@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prodsearch.errors import CatalogError
+from prodsearch.indexer.importers.grocery_store import dataset_dir, read_classes, read_split
 
 
 @dataclass(frozen=True)
@@ -20,41 +20,6 @@ class GroceryManifests:
     catalog_b: Path  # iconic + train split
     val: Path
     test: Path
-
-
-def _dataset_dir(root: Path) -> Path:
-    for candidate in (root, root / "dataset"):
-        if (candidate / "classes.csv").is_file():
-            return candidate
-    raise CatalogError(f"{root} is not the Grocery Store dataset (no dataset/classes.csv)")
-
-
-def _classes(dataset: Path) -> dict[int, dict]:
-    """Fine label -> sku, name, category (the folder path above the class, e.g. Fruit/Apple)."""
-    out = {}
-    with open(dataset / "classes.csv", newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if not row or not row[1].strip().isdigit():
-                continue
-            iconic = Path(row[4].strip().lstrip("/"))
-            out[int(row[1])] = {
-                "sku": row[0].strip(),
-                "name": row[0].strip().replace("-", " "),
-                "category": "/".join(iconic.parts[1:-2]),
-                "iconic": dataset / iconic,
-            }
-    return out
-
-
-def _split(dataset: Path, name: str, classes: dict[int, dict]) -> list[dict]:
-    """The photos of one split whose class is in ``classes``."""
-    rows = []
-    for line in (dataset / f"{name}.txt").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            path, fine, _coarse = (part.strip() for part in line.split(","))
-            if int(fine) in classes:
-                rows.append({**classes[int(fine)], "image": dataset / path})
-    return rows
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -78,15 +43,15 @@ def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.Pat
     """
     if classes not in CLASS_SUBSETS:
         raise ValueError(f"classes must be one of {CLASS_SUBSETS}")
-    dataset = _dataset_dir(Path(root))
+    dataset = dataset_dir(Path(root))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kept = {k: v for k, v in _classes(dataset).items() if classes == "all" or k % 2 == (classes == "odd")}
+    kept = {k: v for k, v in read_classes(dataset).items() if classes == "all" or k % 2 == (classes == "odd")}
     suffix = "" if classes == "all" else f"_{classes}"
-    iconic = [{**c, "image": c["iconic"]} for c in kept.values()]
+    iconic = read_split(dataset, "iconic", kept)
     return GroceryManifests(
         catalog_a=_write(out / f"catalog_a_iconic{suffix}.csv", iconic),
-        catalog_b=_write(out / f"catalog_b_iconic_train{suffix}.csv", iconic + _split(dataset, "train", kept)),
-        val=_write(out / f"queries_val{suffix}.csv", _split(dataset, "val", kept)),
-        test=_write(out / f"queries_test{suffix}.csv", _split(dataset, "test", kept)),
+        catalog_b=_write(out / f"catalog_b_iconic_train{suffix}.csv", iconic + read_split(dataset, "train", kept)),
+        val=_write(out / f"queries_val{suffix}.csv", read_split(dataset, "val", kept)),
+        test=_write(out / f"queries_test{suffix}.csv", read_split(dataset, "test", kept)),
     )

@@ -17,17 +17,20 @@ from prodsearch.retrieval.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-FORMAT_HELP = "expected a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with header image,sku[,name,category]"
+FORMAT_HELP = ("expected a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with header "
+               "image,sku[,name,category,product]")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One labelled image; ``name`` and ``category`` are optional product metadata."""
+    """One labelled image; ``name`` and ``category`` are optional product metadata, ``product``
+    groups the photos of one physical product (a query set's several shots of it)."""
 
     path: Path
     sku: str
     name: str | None = None
     category: str | None = None
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,5 +123,6 @@ def _read_csv(csv_path: Path) -> Listing:
                 continue
             name = (row.get("name") or "").strip() or None
             category = (row.get("category") or "").strip().strip("/") or None
-            listing.items.append(Item(path, sku, name, category))
+            product = (row.get("product") or "").strip() or None
+            listing.items.append(Item(path, sku, name, category, product))
     return listing
