@@ -23,3 +23,7 @@ class UnknownModelError(ProdsearchError, ValueError):
 
 class DeviceError(ProdsearchError, ValueError):
     """A device that is not available on this machine."""
+
+
+class CategoryError(ProdsearchError):
+    """A category asked for holds no products in the index."""

@@ -132,3 +132,22 @@ def test_demo_small(runner, tmp_path):
     assert "Example query (true SKU: " in result.output and "  1. " in result.output
     index = ProductIndex.open(tmp_path / "demo" / "index")
     assert len(index) == 6
+
+
+def test_query_within_a_category(runner, tmp_path):
+    from conftest import fake_grocery_store
+
+    root = fake_grocery_store(tmp_path / "gs")
+    assert run(runner, "import", "grocery-store", root, "--out", tmp_path / "catalog.csv", "--split", "iconic").exit_code == 0
+    assert run(runner, "index", tmp_path / "catalog.csv", "--index", tmp_path / "idx", "--silent").exit_code == 0
+    photo = root / "dataset" / "test" / "Fruit" / "Apple" / "Granny-Smith" / "Granny-Smith_000.jpg"
+    answers = json.loads(run(runner, "query", photo, "--index", tmp_path / "idx", "--json").output)
+    assert answers[0]["matches"][0]["sku"] == "Granny-Smith"
+    result = run(runner, "query", photo, "--index", tmp_path / "idx", "--category", "Packages", "--json")
+    assert [m["sku"] for m in json.loads(result.output)[0]["matches"]] == ["Oatly-Oat-Milk"]
+    result = run(runner, "query", photo, "--index", tmp_path / "idx", "--category", "Fruit/", "--json")
+    assert [m["category"] for m in json.loads(result.output)[0]["matches"]] == ["Fruit/Apple", "Fruit/Lime"]
+    result = run(runner, "query", photo, "--index", tmp_path / "idx", "--category", "Dairy")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no products in category 'Dairy' in {tmp_path / 'idx'}; "
+                             "top-level categories: Fruit, Packages\n")

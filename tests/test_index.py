@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from prodsearch.errors import CatalogError, IndexDirError, ModelMismatchError
+from prodsearch.errors import CatalogError, CategoryError, IndexDirError, ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
 from prodsearch.indexer.build import create_index_dir
 from prodsearch.indexer.catalog_db import CatalogDB
@@ -79,6 +79,50 @@ def test_sku_ranking_equals_plain_loop(tmp_path, top_k):
         best = matches[0]
         assert best.name == best.sku.upper() and best.category == "Cat/Sub"
         assert owners[best.image_id] == best.sku and best.image_path == f"/c/{best.image_id}.jpg"
+
+
+def test_filtered_faiss_search_equals_brute_force_on_the_subset():
+    import faiss.contrib.torch_utils  # noqa: F401  (pytorch-metric-learning's import replaces Index.search)
+
+    rng = np.random.default_rng(3)
+    base, queries = clustered_vectors(400, 32, rng), clustered_vectors(10, 32, rng)
+    ids = np.arange(400) * 3 + 1
+    index = create_vector_index(32)
+    add_vectors(index, base, ids)
+    keep = np.sort(rng.choice(400, 37, replace=False))
+    scores, found = search(index, queries, 50, among=ids[keep])
+    sims = queries @ base[keep].T
+    expected = np.argsort(-sims, axis=1)
+    assert np.array_equal(found[:, :37], ids[keep][expected]) and (found[:, 37:] == -1).all()
+    assert np.allclose(scores[:, :37], np.take_along_axis(sims, expected, axis=1), atol=1e-5)
+
+
+CATEGORIES = ["Fruit/Apple", "Fruit/Pear", "Fruitcake", "Dairy/Milk", None]
+
+
+@pytest.mark.parametrize("category", ["Fruit", "Fruit/Apple", "Fruitcake", "Dairy"])
+def test_category_search_equals_plain_loop_within_the_subtree(tmp_path, category):
+    rng = np.random.default_rng(5)
+    skus = [f"s{i:02d}" for i in range(30)]
+    owners = [s for s in skus for _ in range(int(rng.integers(1, 4)))] + ["crowd"] * 100
+    vectors = clustered_vectors(len(owners), 16, rng)
+    vectors[-100:] = vectors[-100] + 0.01 * rng.normal(size=(100, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cat_of = {s: CATEGORIES[i % len(CATEGORIES)] for i, s in enumerate(skus)} | {"crowd": "Dairy/Milk"}
+    products = [{"sku": s, "name": s, "category": c} for s, c in cat_of.items()]
+    index = write_vectors_index(tmp_path / "idx", owners, vectors, products)
+    inside = [c is not None and (c == category or c.startswith(category + "/")) for c in (cat_of[o] for o in owners)]
+    queries = np.concatenate([vectors[-2:], clustered_vectors(5, 16, rng)])  # the crowd fills an unfiltered top-k
+    for q, matches in zip(queries, index.search(queries, 5, category=category)):
+        expected = plain_sku_ranking(q, vectors[inside], [o for o, i in zip(owners, inside) if i], 5)
+        assert [m.sku for m in matches] == [s for s, _ in expected] and len(matches) == min(5, len(expected))
+        assert all(m.category == category or m.category.startswith(category + "/") for m in matches)
+
+
+def test_unknown_category_is_refused_with_the_known_ones(tmp_path):
+    index, _, _ = synthetic_index(tmp_path, np.random.default_rng(1))
+    with pytest.raises(CategoryError, match=r"no products in category 'Veg' in .*idx; top-level categories: Cat"):
+        index.search(np.zeros((1, 16), dtype=np.float32), 5, category="Veg")
 
 
 def test_top_k_larger_than_catalog(tmp_path):

@@ -67,21 +67,27 @@ def format_build_report(report: BuildReport) -> str:
 @click.argument("photos", nargs=-1, required=True, type=click.Path())
 @index_option
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="SKUs to list per photo.")
+@click.option("--category", metavar="PREFIX",
+              help="Only products in this subtree of the category tree (e.g. Dairy or Dairy/Milk).")
 @query_model_option
 @device_option
 @json_option
-def query(photos, index_dir, top_k, model, device, as_json):
+def query(photos, index_dir, top_k, category, model, device, as_json):
     """Rank the catalog SKUs that PHOTO shows, best first.
+
+    --category restricts the search itself to a subtree, so it lists the best products there
+    even when other categories hold closer ones.
 
     \b
     Example:
         prodsearch query snapshot.jpg --index shop/idx --top-k 3
+        prodsearch query snapshot.jpg --index shop/idx --category Dairy/Milk
     """
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
         raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     product_index = ProductIndex.open(index_dir, model=model)
-    results = product_index.query(list(photos), top_k=top_k, device=device)
+    results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:

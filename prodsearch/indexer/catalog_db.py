@@ -96,6 +96,21 @@ class CatalogDB:
         rows = self._run_in("select sku, name, category from products where sku in ({})", set(skus))
         return {r[0]: Product(*r) for r in rows}
 
+    def image_ids_in_category(self, prefix: str) -> np.ndarray:
+        """Sorted ids of the images whose product's category is ``prefix`` or below it
+        (``Fruit`` holds ``Fruit/Apple`` but not ``Fruitcake``)."""
+        prefix = prefix.strip("/")
+        rows = self.db.execute(
+            "select images.id from images join products on products.sku = images.sku "
+            "where products.category = ? or substr(products.category, 1, ?) = ? order by images.id",
+            [prefix, len(prefix) + 1, prefix + "/"]).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def categories(self) -> list[str]:
+        """Every distinct category path of the catalog's products."""
+        return [r[0] for r in self.db.execute(
+            "select distinct category from products where category is not null and category != '' order by category")]
+
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
         return dict(self._run_in("select id, path from images where id in ({})", {int(i) for i in ids}))
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from prodsearch.errors import IndexDirError
+from prodsearch.errors import CategoryError, IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
@@ -110,11 +110,13 @@ class ProductIndex:
     def __len__(self) -> int:
         return self.vectors.ntotal
 
-    def search(self, queries: np.ndarray, top_k: int = 5) -> list[list[Match]]:
-        """Rank SKUs for each query embedding (rows of ``queries``)."""
+    def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
+        """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
+        products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
+        among = self.images_in_category(category) if category else None
         if len(queries) == 0 or len(self) == 0:
             return [[] for _ in range(len(queries))]
-        ranked = self._rank_skus(queries, top_k)
+        ranked = self._rank_skus(queries, top_k, among)
         image_ids = {i for row in ranked for _, _, i in row}
         products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
         paths = self.catalog.image_paths(image_ids)
@@ -128,32 +130,48 @@ class ProductIndex:
             out.append(matches)
         return out
 
-    def _rank_skus(self, queries: np.ndarray, top_k: int) -> list[list[tuple[int, float, int]]]:
+    def images_in_category(self, category: str) -> np.ndarray:
+        """Ids of the images under ``category``; a category with no products is an error that
+        lists the top-level categories there are."""
+        ids = self.catalog.image_ids_in_category(category)
+        if len(ids) == 0:
+            tops = sorted({c.split("/")[0] for c in self.catalog.categories()})
+            raise CategoryError(f"no products in category {category!r} in {self.index_dir}; "
+                                + (f"top-level categories: {', '.join(tops[:20])}" if tops else "its products have no categories"))
+        return ids
+
+    def _rank_skus(self, queries: np.ndarray, top_k: int,
+                   among: np.ndarray | None = None) -> list[list[tuple[int, float, int]]]:
         """(sku code, best similarity, best image id) per query, best first, ``top_k`` distinct SKUs.
 
         Searches a few images per wanted SKU and widens the search until enough distinct SKUs are
         found, because one SKU's many photos can fill the nearest neighbours.
         """
-        n_skus = len(self.skus)
+        pool = len(self) if among is None else len(among)
+        n_skus = len(self.skus) if among is None else len(np.unique(self.sku_codes(among)))
         want = min(top_k, n_skus)
-        k = min(len(self), max(4 * top_k, 32))
+        k = min(pool, max(4 * top_k, 32))
         while True:
-            scores, ids = search(self.vectors, queries, k)
+            scores, ids = search(self.vectors, queries, k, among)
             codes = self.sku_codes(ids)
             ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
-            if k >= len(self) or all(len(row) >= want for row in ranked):
+            if k >= pool or all(len(row) >= want for row in ranked):
                 return ranked
-            k = min(len(self), k * 4)
+            k = min(pool, k * 4)
 
     def embed(self, paths: Sequence[str | os.PathLike], **kwargs) -> FileEmbeddings:
         if self.embedder is None:
             raise ValueError("this ProductIndex was opened without an embedder; use ProductIndex.open")
         return embed_files(self.embedder, paths, **kwargs)
 
-    def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, **embed_kwargs) -> list[QueryResult]:
-        """Embed photos and rank SKUs for each; unreadable photos get an ``error`` instead of matches."""
+    def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
+              **embed_kwargs) -> list[QueryResult]:
+        """Embed photos and rank SKUs for each (within ``category`` if given); unreadable photos
+        get an ``error`` instead of matches."""
+        if category:
+            self.images_in_category(category)  # an unknown category fails before any embedding
         embedded = self.embed(paths, **embed_kwargs)
-        ranked = dict(zip(embedded.positions.tolist(), self.search(embedded.vectors, top_k)))
+        ranked = dict(zip(embedded.positions.tolist(), self.search(embedded.vectors, top_k, category)))
         return [
             QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
             for i, p in enumerate(paths)

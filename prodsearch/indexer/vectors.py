@@ -49,9 +49,21 @@ def vector_ids(index: faiss.Index) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (similarities, ids), best first; id -1 pads rows when the index holds fewer than k."""
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+def search(index: faiss.Index, queries: np.ndarray, k: int,
+           among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (similarities, ids), best first; id -1 pads rows when fewer than k qualify.
+
+    ``among`` (image ids) restricts the search itself to those vectors, through a FAISS ID selector
+    that every index type honours, so a filtered top-k is never emptied by vectors outside it.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if among is None:
+        return index.search(queries, k)
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+    # faiss.contrib.torch_utils (imported by pytorch-metric-learning) swaps ``search`` for a version
+    # without ``params``; it keeps FAISS's own numpy search as ``search_numpy``.
+    numpy_search = getattr(index, "search_numpy", index.search)
+    return numpy_search(queries, k, params=faiss.SearchParameters(sel=selector))
 
 
 def write_vector_index(index: faiss.Index, path: str | os.PathLike) -> None:
