@@ -147,6 +147,14 @@ def test_query_within_a_category(runner, tmp_path):
     assert [m["sku"] for m in json.loads(result.output)[0]["matches"]] == ["Oatly-Oat-Milk"]
     result = run(runner, "query", photo, "--index", tmp_path / "idx", "--category", "Fruit/", "--json")
     assert [m["category"] for m in json.loads(result.output)[0]["matches"]] == ["Fruit/Apple", "Fruit/Lime"]
+    assert run(runner, "import", "grocery-store", root, "--out", tmp_path / "test.csv", "--split", "test").exit_code == 0
+    report = json.loads(run(runner, "eval", tmp_path / "test.csv", "--index", tmp_path / "idx", "--json", "--silent").output)
+    assert [lv["level"] for lv in report["levels"]] == [1, 2] and all(lv["n"] == 3 for lv in report["levels"])
+    assert report["levels"][0]["top1"] >= report["levels"][1]["top1"] >= report["top1"]
+    assert sorted(c["category"] for c in report["categories"]) == ["Fruit/Apple", "Fruit/Lime", "Packages/Oat-Milk"]
+    assert [c["top1"] for c in report["categories"]] == sorted(c["top1"] for c in report["categories"])
+    text = run(runner, "eval", tmp_path / "test.csv", "--index", tmp_path / "idx", "--silent").output
+    assert "category level 1: " in text and "top-1 per category, worst first (3 of 3):" in text
     result = run(runner, "query", photo, "--index", tmp_path / "idx", "--category", "Dairy")
     assert result.exit_code == 1
     assert result.output == (f"Error: no products in category 'Dairy' in {tmp_path / 'idx'}; "

@@ -121,7 +121,9 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
-    name or sku column is the ground truth.
+    name or sku column is the ground truth. Where products have categories, accuracy is also
+    reported at each level of the category tree (the wrong SKU in the right category counts
+    there) and per category, worst first.
 
     \b
     Example:
@@ -134,10 +136,20 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     click.echo(json.dumps(report.to_dict()) if as_json else format_eval_report(report))
 
 
+WORST_CATEGORIES = 10  # categories listed by eval; --json has them all
+
+
 def format_eval_report(report: EvalReport) -> str:
     lines = [f"n: {report.n}", f"top-1: {report.top1:.4f}", f"top-5: {report.top5:.4f}"]
     if report.unknown_sku:
         lines.append(f"queries of SKUs missing from the index: {report.unknown_sku} (counted as misses)")
+    for level in report.levels:
+        lines.append(f"category level {level.level}: {level.top1:.4f} (n={level.n})")
+    if report.categories:
+        shown = report.categories[:WORST_CATEGORIES]
+        lines.append(f"top-1 per category, worst first ({len(shown)} of {len(report.categories)}):")
+        width = max(len(c.category) for c in shown)
+        lines += [f"  {c.category:<{width}}  {c.top1:.4f}  (n={c.n})" for c in shown]
     lines.append(f"skipped: {len(report.skipped)}")
     lines += [f"  {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
     lines.append(f"speed: {report.images_per_second:.1f} images/s")

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prodsearch.eval.metrics import top_k_accuracy
+from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
+from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.sources import Item, Skipped, read_listing
 from prodsearch.retrieval.embedding import FileEmbeddings, Progress
@@ -21,6 +22,8 @@ class QueryOutcome:
     truth: str
     ranked: list[str]  # SKUs, best first
     score: float  # similarity of the first SKU
+    truth_category: str | None = None  # the query's own, else its SKU's in the catalog
+    predicted_category: str | None = None  # the first SKU's
 
 
 @dataclass
@@ -32,6 +35,8 @@ class EvalReport:
     unknown_sku: int = 0  # queries whose true SKU is not in the catalog (they count as misses)
     seconds: float = 0.0
     outcomes: list[QueryOutcome] = field(default_factory=list)
+    levels: list[LevelAccuracy] = field(default_factory=list)  # top-1 at each level of the category tree
+    categories: list[CategoryAccuracy] = field(default_factory=list)  # per true category, worst first
 
     @property
     def images_per_second(self) -> float:
@@ -46,6 +51,8 @@ class EvalReport:
             "unknown_sku": self.unknown_sku,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
+            "levels": [lv.to_dict() for lv in self.levels],
+            "categories": [c.to_dict() for c in self.categories],
         }
 
 
@@ -72,16 +79,20 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
     """Score already-embedded query photos against ``index`` (one embedding pass can serve several
     indexes built with the same model)."""
     matches = index.search(embedded.vectors, top_k=5)
-    outcomes = [
-        QueryOutcome(str(items[p].path), items[p].sku, [m.sku for m in row], row[0].score if row else 0.0)
-        for p, row in zip(embedded.positions.tolist(), matches)
-    ]
+    catalog = index.catalog.products({items[p].sku for p in embedded.positions.tolist()})
+    outcomes = []
+    for p, row in zip(embedded.positions.tolist(), matches):
+        item = items[p]
+        truth_category = item.category or (catalog[item.sku].category if item.sku in catalog else None)
+        outcomes.append(QueryOutcome(str(item.path), item.sku, [m.sku for m in row], row[0].score if row else 0.0,
+                                     truth_category, row[0].category if row else None))
     skipped = [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
     known = set(index.skus)
     unknown = sum(o.truth not in known for o in outcomes)
     if unknown:
         log.warning("%d query photos belong to SKUs that are not in the index; they count as misses", unknown)
     ranked, truth = [o.ranked for o in outcomes], [o.truth for o in outcomes]
+    truth_categories = [o.truth_category for o in outcomes]
     return EvalReport(
         n=len(outcomes),
         top1=top_k_accuracy(ranked, truth, 1),
@@ -90,4 +101,6 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
         unknown_sku=unknown,
         seconds=embedded.seconds,
         outcomes=outcomes,
+        levels=level_accuracy(truth_categories, [o.predicted_category for o in outcomes]),
+        categories=per_category_accuracy(truth_categories, hits_at_k(ranked, truth, 1)),
     )
