@@ -159,3 +159,33 @@ def test_query_within_a_category(runner, tmp_path):
     assert result.exit_code == 1
     assert result.output == (f"Error: no products in category 'Dairy' in {tmp_path / 'idx'}; "
                              "top-level categories: Fruit, Packages\n")
+
+
+def test_several_photos_as_one_product(runner, tmp_path, built_index):
+    from conftest import snapshot, write_csv
+
+    rows = []
+    for s, sku in enumerate(built_index["skus"]):
+        for shot in range(2):
+            path = tmp_path / f"{sku}-{shot}.jpg"
+            snapshot(product_image(1000 * s), seed=50 + 2 * s + shot).save(path, quality=90)
+            rows.append({"image": path.name, "sku": sku, "product": f"p{s}"})
+    queries = write_csv(tmp_path / "queries.csv", rows)
+    idx = built_index["index"]
+    result = run(runner, "query", tmp_path / "sku-2-0.jpg", tmp_path / "sku-2-1.jpg", "--index", idx, "--as-one", "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"2 photos as one product: {tmp_path / 'sku-2-0.jpg'}, {tmp_path / 'sku-2-1.jpg'}"
+    assert lines[1].lstrip().startswith("1. sku-2 ") and len(lines) == 3
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    result = run(runner, "query", tmp_path / "sku-2-0.jpg", tmp_path / "bad.jpg", "--index", idx, "--as-one", "--json")
+    fused = json.loads(result.output)
+    assert fused["matches"][0]["sku"] == "sku-2" and list(fused["errors"]) == [str(tmp_path / "bad.jpg")]
+    result = run(runner, "query", tmp_path / "bad.jpg", "--index", idx, "--as-one")
+    assert result.exit_code == 1 and result.output.splitlines()[-1] == "Error: none of the 1 photos is a readable image"
+
+    report = json.loads(run(runner, "eval", queries, "--index", idx, "--json", "--silent").output)
+    assert report["n"] == 12 and report["products"] == {"n": 6, "photos": 12, "top1": 1.0, "top5": 1.0}
+    text = run(runner, "eval", queries, "--index", idx, "--silent").output
+    assert "products: 6 (12 photos fused per product)  top-1 1.0000  top-5 1.0000" in text
+    assert json.loads(run(runner, "eval", built_index["queries"], "--index", idx, "--json", "--silent").output)["products"] is None

@@ -125,6 +125,46 @@ def test_unknown_category_is_refused_with_the_known_ones(tmp_path):
         index.search(np.zeros((1, 16), dtype=np.float32), 5, category="Veg")
 
 
+def plain_fused_ranking(photos, vectors, owners, top_k):
+    """Mean over the photos of each SKU's best similarity, the long way."""
+    fused = {}
+    for sku in set(owners):
+        own = [v for v, o in zip(vectors, owners) if o == sku]
+        fused[sku] = float(np.mean([max(float(v @ q) for v in own) for q in photos]))
+    return sorted(fused.items(), key=lambda kv: -kv[1])[:top_k]
+
+
+@pytest.mark.parametrize("n_photos", [1, 2, 4])
+def test_fused_ranking_equals_plain_loop(tmp_path, n_photos):
+    rng = np.random.default_rng(n_photos)
+    index, vectors, owners = synthetic_index(tmp_path, rng)
+    for trial in range(3):
+        photos = clustered_vectors(n_photos, 16, rng)
+        matches = index.search_as_one(photos, top_k=5)
+        expected = plain_fused_ranking(photos, vectors, owners, 5)
+        assert [m.sku for m in matches] == [s for s, _ in expected]
+        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-5)
+        assert all(owners[m.image_id] == m.sku for m in matches)
+    one, plain = index.search_as_one(photos[:1], 3), index.search(photos[:1], 3)[0]  # one photo: plain search
+    assert [(m.sku, m.image_id) for m in one] == [(m.sku, m.image_id) for m in plain]
+    assert np.allclose([m.score for m in one], [m.score for m in plain], atol=1e-6)
+
+
+def test_more_catalog_photos_do_not_win(tmp_path):
+    """A SKU with 40 fairly similar photos must not beat one with a single closer photo."""
+    rng = np.random.default_rng(7)
+    query = clustered_vectors(1, 16, rng)[0]
+    other = rng.normal(size=16)
+    other -= (other @ query) * query
+    other /= np.linalg.norm(other)
+    at = lambda cos: (cos * query + np.sqrt(1 - cos**2) * other).astype(np.float32)  # noqa: E731
+    vectors = np.stack([at(0.9)] + [at(0.8)] * 40 + [at(0.1)])
+    owners = ["one"] + ["many"] * 40 + ["far"]
+    index = write_vectors_index(tmp_path / "idx", owners, vectors)
+    assert [m.sku for m in index.search(query[None], 3)[0]] == ["one", "many", "far"]
+    assert [m.sku for m in index.search_as_one(np.stack([query, query]), 3)] == ["one", "many", "far"]
+
+
 def test_top_k_larger_than_catalog(tmp_path):
     index, vectors, _ = synthetic_index(tmp_path, np.random.default_rng(1))
     assert len(index.search(vectors[:1], 100)[0]) == 31

@@ -12,7 +12,7 @@ from prodsearch.cli.app import (Progress, batch_option, cli, device_option, inde
 from prodsearch.errors import ProdsearchError
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
-from prodsearch.indexer.product_index import ProductIndex, QueryResult
+from prodsearch.indexer.product_index import FusedResult, Match, ProductIndex, QueryResult
 from prodsearch.indexer.sources import Skipped
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, MODELS
 
@@ -69,24 +69,33 @@ def format_build_report(report: BuildReport) -> str:
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="SKUs to list per photo.")
 @click.option("--category", metavar="PREFIX",
               help="Only products in this subtree of the category tree (e.g. Dairy or Dairy/Milk).")
+@click.option("--as-one", is_flag=True, help="The photos show one product: fuse them into one answer.")
 @query_model_option
 @device_option
 @json_option
-def query(photos, index_dir, top_k, category, model, device, as_json):
+def query(photos, index_dir, top_k, category, as_one, model, device, as_json):
     """Rank the catalog SKUs that PHOTO shows, best first.
 
     --category restricts the search itself to a subtree, so it lists the best products there
-    even when other categories hold closer ones.
+    even when other categories hold closer ones. --as-one answers several photos of the same
+    product together: a SKU scores the mean, over the photos, of its best image's similarity.
 
     \b
     Example:
         prodsearch query snapshot.jpg --index shop/idx --top-k 3
         prodsearch query snapshot.jpg --index shop/idx --category Dairy/Milk
+        prodsearch query front.jpg back.jpg --index shop/idx --as-one
     """
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
         raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     product_index = ProductIndex.open(index_dir, model=model)
+    if as_one:
+        fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
+        click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
+        if not fused.matches:
+            raise ProdsearchError(f"none of the {len(photos)} photos is a readable image")
+        return
     results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
@@ -101,11 +110,20 @@ def query(photos, index_dir, top_k, category, model, device, as_json):
 def format_query_result(result: QueryResult) -> str:
     if result.error:
         return f"{result.path}: {result.error}"
-    lines = [result.path]
-    width = max((len(m.sku) for m in result.matches), default=0)
-    for rank, m in enumerate(result.matches, start=1):
-        lines.append(f"  {rank}. {m.sku:<{width}}  {m.score:.3f}  {m.name}  ({m.image_path})")
-    return "\n".join(lines)
+    return "\n".join([result.path] + format_matches(result.matches))
+
+
+def format_fused_result(result: FusedResult) -> str:
+    used = len(result.paths) - len(result.errors)
+    lines = [f"{used} photos as one product: {', '.join(p for p in result.paths if p not in result.errors)}"]
+    lines += [f"  left out {path}: {reason}" for path, reason in result.errors.items()]
+    return "\n".join(lines + format_matches(result.matches))
+
+
+def format_matches(matches: list[Match]) -> list[str]:
+    width = max((len(m.sku) for m in matches), default=0)
+    return [f"  {rank}. {m.sku:<{width}}  {m.score:.3f}  {m.name}  ({m.image_path})"
+            for rank, m in enumerate(matches, start=1)]
 
 
 @cli.command(name="eval")
@@ -123,7 +141,8 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
     name or sku column is the ground truth. Where products have categories, accuracy is also
     reported at each level of the category tree (the wrong SKU in the right category counts
-    there) and per category, worst first.
+    there) and per category, worst first. A CSV with a product column groups several photos of one
+    product: each group is also answered as one (see query --as-one) and scored per product.
 
     \b
     Example:
@@ -141,6 +160,9 @@ WORST_CATEGORIES = 10  # categories listed by eval; --json has them all
 
 def format_eval_report(report: EvalReport) -> str:
     lines = [f"n: {report.n}", f"top-1: {report.top1:.4f}", f"top-5: {report.top5:.4f}"]
+    if report.products:
+        p = report.products
+        lines.append(f"products: {p.n} ({p.photos} photos fused per product)  top-1 {p.top1:.4f}  top-5 {p.top5:.4f}")
     if report.unknown_sku:
         lines.append(f"queries of SKUs missing from the index: {report.unknown_sku} (counted as misses)")
     for level in report.levels:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
@@ -26,6 +27,19 @@ class QueryOutcome:
     predicted_category: str | None = None  # the first SKU's
 
 
+@dataclass(frozen=True)
+class ProductAccuracy:
+    """Queries grouped by the manifest's ``product`` column, each group answered as one."""
+
+    n: int  # products
+    photos: int  # photos in them
+    top1: float
+    top5: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class EvalReport:
     n: int
@@ -37,6 +51,7 @@ class EvalReport:
     outcomes: list[QueryOutcome] = field(default_factory=list)
     levels: list[LevelAccuracy] = field(default_factory=list)  # top-1 at each level of the category tree
     categories: list[CategoryAccuracy] = field(default_factory=list)  # per true category, worst first
+    products: ProductAccuracy | None = None  # when the queries name their product
 
     @property
     def images_per_second(self) -> float:
@@ -53,6 +68,7 @@ class EvalReport:
             "images_per_second": round(self.images_per_second, 2),
             "levels": [lv.to_dict() for lv in self.levels],
             "categories": [c.to_dict() for c in self.categories],
+            "products": self.products.to_dict() if self.products else None,
         }
 
 
@@ -103,4 +119,26 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
         outcomes=outcomes,
         levels=level_accuracy(truth_categories, [o.predicted_category for o in outcomes]),
         categories=per_category_accuracy(truth_categories, hits_at_k(ranked, truth, 1)),
+        products=score_products(items, embedded, index),
     )
+
+
+def score_products(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex) -> ProductAccuracy | None:
+    """Per-product accuracy: the photos that share a ``product`` id are fused into one answer
+    (:meth:`ProductIndex.search_as_one`); ``None`` when no query names a product."""
+    groups: dict[str, list[int]] = defaultdict(list)  # product -> rows of embedded.vectors
+    for row, p in enumerate(embedded.positions.tolist()):
+        if items[p].product:
+            groups[items[p].product].append(row)
+    if not groups:
+        return None
+    ranked, truth = [], []
+    for product, rows in groups.items():
+        skus = {items[embedded.positions[r]].sku for r in rows}
+        if len(skus) > 1:
+            log.warning("product %s has photos labelled with %d SKUs (%s); scored against the first",
+                        product, len(skus), ", ".join(sorted(skus)))
+        truth.append(items[embedded.positions[rows[0]]].sku)
+        ranked.append([m.sku for m in index.search_as_one(embedded.vectors[rows], top_k=5)])
+    return ProductAccuracy(len(groups), sum(len(r) for r in groups.values()),
+                           top_k_accuracy(ranked, truth, 1), top_k_accuracy(ranked, truth, 5))

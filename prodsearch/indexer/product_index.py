@@ -25,6 +25,7 @@ from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 log = logging.getLogger(__name__)
 
 MAX_OPEN_ATTEMPTS = 5
+FUSION_CANDIDATES = 50  # SKUs per photo that compete when several photos are fused
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,18 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "error": self.error, "matches": [m.to_dict() for m in self.matches]}
+
+
+@dataclass(frozen=True)
+class FusedResult:
+    """Several photos of one product, answered together."""
+
+    paths: list[str]
+    matches: list[Match]
+    errors: dict[str, str]  # photo -> why it was left out
+
+    def to_dict(self) -> dict:
+        return {"paths": self.paths, "errors": self.errors, "matches": [m.to_dict() for m in self.matches]}
 
 
 class ProductIndex:
@@ -110,13 +123,44 @@ class ProductIndex:
     def __len__(self) -> int:
         return self.vectors.ntotal
 
+    def search_as_one(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> list[Match]:
+        """Rank SKUs for several photos of one product (rows of ``photos``) by fusing their evidence.
+
+        Rule: a SKU's score is the mean over the photos of its best image's similarity to each
+        photo (a photo where it looks unlike the product lowers it). Candidates are the union of
+        each photo's top SKUs; their similarities to every photo are computed exactly from the
+        stored vectors, so every candidate is scored on all photos. The match's image is the one
+        closest to any photo.
+        """
+        if len(photos) == 0 or len(self) == 0:
+            return []
+        among = self.images_in_category(category) if category else None
+        per_photo = self._rank_skus(photos, max(top_k, FUSION_CANDIDATES), among)
+        candidates = np.unique([code for row in per_photo for code, _, _ in row])
+        ids = self.image_ids[np.isin(self._image_sku_codes, candidates)]
+        if among is not None:
+            ids = np.intersect1d(ids, among)
+        sims = photos @ self.catalog.vectors(ids.tolist(), photos.shape[1]).T  # (photos, candidate images)
+        codes = self.sku_codes(ids)
+        fused = []
+        for code in candidates:
+            cols = np.flatnonzero(codes == code)
+            best = sims[:, cols].max(axis=1)  # each photo's best image of this SKU
+            closest = cols[np.argmax(sims[:, cols].max(axis=0))]
+            fused.append((int(code), float(best.mean()), int(ids[closest])))
+        fused.sort(key=lambda t: -t[1])
+        return self._matches([fused[:top_k]])[0]
+
     def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
         """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
         products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
         among = self.images_in_category(category) if category else None
         if len(queries) == 0 or len(self) == 0:
             return [[] for _ in range(len(queries))]
-        ranked = self._rank_skus(queries, top_k, among)
+        return self._matches(self._rank_skus(queries, top_k, among))
+
+    def _matches(self, ranked: list[list[tuple[int, float, int]]]) -> list[list[Match]]:
+        """(sku code, score, image id) rows as :class:`Match` lists with the catalog's details."""
         image_ids = {i for row in ranked for _, _, i in row}
         products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
         paths = self.catalog.image_paths(image_ids)
@@ -176,6 +220,16 @@ class ProductIndex:
             QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
             for i, p in enumerate(paths)
         ]
+
+    def query_as_one(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
+                     **embed_kwargs) -> "FusedResult":
+        """Embed several photos of one product and rank SKUs by their fused evidence
+        (:meth:`search_as_one`); unreadable photos are left out and reported."""
+        if category:
+            self.images_in_category(category)
+        embedded = self.embed(paths, **embed_kwargs)
+        errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
+        return FusedResult([str(p) for p in paths], self.search_as_one(embedded.vectors, top_k, category), errors)
 
     def close(self) -> None:
         self.catalog.close()

@@ -1,0 +1,88 @@
+"""Several photos of one product: does fusing them beat answering each photo alone?
+
+The Grocery Store test photos of each SKU are put into random pairs (seed 0; a SKU's odd photo out
+is left out), written as a query manifest with a ``product`` column. Each pair is answered as one
+product (``query --as-one``: a SKU scores the mean over the two photos of its best image's
+similarity) and compared with the same photos answered one at a time. Protocols A (iconic catalog)
+and B (iconic + train photos), for each model given.
+
+    python benchmarks/multi_photo.py                                   # zero-shot lite0
+    python benchmarks/multi_photo.py --model lite0 --model runs/x/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from prodsearch.eval.evaluate import score_embedded
+from prodsearch.eval.grocery_store import GroceryManifests, write_grocery_store_manifests
+from prodsearch.eval.report import markdown_table
+from prodsearch.indexer.build import build_index
+from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.sources import read_listing
+from prodsearch.retrieval.embedder import create_embedder
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
+
+
+def write_pairs(test_manifest: Path, out: Path, seed: int = 0) -> Path:
+    """The test manifest with a ``product`` column pairing each SKU's photos at random."""
+    with open(test_manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_sku = defaultdict(list)
+    for row in rows:
+        by_sku[row["sku"]].append(row)
+    rng = random.Random(seed)
+    paired = []
+    for sku, photos in sorted(by_sku.items()):
+        rng.shuffle(photos)
+        for n in range(len(photos) // 2):
+            paired += [{**p, "product": f"{sku}-pair{n}"} for p in photos[2 * n:2 * n + 2]]
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "sku", "name", "category", "product"])
+        writer.writeheader()
+        writer.writerows(paired)
+    return out
+
+
+def score(model: str, manifests: GroceryManifests, pairs: Path, work: Path, device: str) -> list[dict]:
+    embedder = create_embedder(model)
+    items = read_listing(pairs).items
+    rows = []
+    embedded = None
+    for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
+        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
+        index = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
+        embedded = embedded or index.embed([it.path for it in items], device=device)  # once for both
+        report = score_embedded(items, embedded, index)
+        rows.append({"model": embedder.config.label, "protocol": protocol, "photos": report.n,
+                     "per photo top-1": report.top1, "per photo top-5": report.top5,
+                     "pairs": report.products.n, "fused pair top-1": report.products.top1,
+                     "fused pair top-5": report.products.top5})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "multi-photo")
+    parser.add_argument("--model", action="append", help="embedder name or checkpoint (repeatable) [lite0]")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    manifests = write_grocery_store_manifests(args.dataset, args.out / "manifests")
+    pairs = write_pairs(manifests.test, args.out / "manifests" / "queries_test_pairs.csv")
+    rows = []
+    for n, model in enumerate(args.model or ["tf_efficientnet_lite0"]):
+        rows += score(model, manifests, pairs, args.out / f"model-{n}", args.device)
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
