@@ -26,7 +26,7 @@ def import_(fmt, source, out, splits):
                     pictures are extracted to OUT's folder, OUT-images/<category_id>/
     grocery-store:  classes.csv, train.txt, val.txt, test.txt (splits iconic/train/val/test)
 
-    The manifest is a catalog like any other for index, train and eval.
+    The manifest is a catalog like any other for index, train, eval and stats.
 
     \b
     Example:
