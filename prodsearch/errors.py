@@ -25,5 +25,9 @@ class DeviceError(ProdsearchError, ValueError):
     """A device that is not available on this machine."""
 
 
+class IndexTypeError(ProdsearchError, ValueError):
+    """A vector index type FAISS cannot build, or cannot train on the vectors at hand."""
+
+
 class CategoryError(ProdsearchError):
     """A category asked for holds no products in the index."""

@@ -189,3 +189,19 @@ def test_several_photos_as_one_product(runner, tmp_path, built_index):
     text = run(runner, "eval", queries, "--index", idx, "--silent").output
     assert "products: 6 (12 photos fused per product)  top-1 1.0000  top-5 1.0000" in text
     assert json.loads(run(runner, "eval", built_index["queries"], "--index", idx, "--json", "--silent").output)["products"] is None
+
+
+def test_index_type_option(runner, tmp_path, built_index):
+    catalog = built_index["catalog"]
+    result = run(runner, "index", catalog, "--index", tmp_path / "idx", "--index-type", "Fancy42", "--silent")
+    assert result.exit_code == 1 and result.output.startswith("Error: FAISS cannot build index type 'Fancy42' for 1280-d")
+    assert not (tmp_path / "idx").exists()
+    result = run(runner, "index", catalog, "--index", tmp_path / "idx", "--index-type", "HNSW16,Flat", "--silent")
+    assert result.exit_code == 0, result.output
+    index = ProductIndex.open(tmp_path / "idx")
+    assert (index.manifest.index_type, index.manifest.index_factory) == ("IndexHNSWFlat", "HNSW16,Flat")
+    assert run(runner, "index", catalog, "--index", tmp_path / "idx", "--silent").exit_code == 0  # auto: keeps HNSW
+    result = run(runner, "index", catalog, "--index", tmp_path / "idx", "--index-type", "Flat", "--silent")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {tmp_path / 'idx'} holds a HNSW16,Flat index and a rebuild in place keeps its "
+                             "type; to build a Flat index, remove the folder or choose another --index\n")

@@ -42,11 +42,11 @@ def image_rows(owners):
             for i, s in enumerate(owners)]
 
 
-def write_vectors_index(index_dir, owners, vectors, products=None):
+def write_vectors_index(index_dir, owners, vectors, products=None, index_type="auto"):
     """An index folder straight from vectors: image i (id i) belongs to SKU owners[i]."""
     products = products or [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
     config = EmbedderConfig("test", "none", vectors.shape[1], {"input_size": [3, 8, 8]})
-    create_index_dir(index_dir, Manifest(config, "", "test"), products, image_rows(owners), vectors)
+    create_index_dir(index_dir, Manifest(config, "", "test"), products, image_rows(owners), vectors, index_type)
     return ProductIndex(index_dir, read_manifest(index_dir))
 
 
@@ -239,7 +239,7 @@ def test_manifest_records_model_and_preprocessing(built_index, embedder):
     assert data["model"]["data_config"]["input_size"] == [3, 224, 224]
     assert data["model"]["data_config"]["mean"] == [0.5, 0.5, 0.5]
     assert data["embed_dim"] == 1280
-    assert data["vector_index"] == {"type": "IndexFlatIP", "metric": "inner_product"}
+    assert data["vector_index"] == {"type": "IndexFlatIP", "factory": "Flat", "metric": "inner_product"}
     assert data["prodsearch_version"]
 
 

@@ -24,12 +24,15 @@ MAX_LISTED = 20
 @index_option
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), or a checkpoint (.pt) from 'prodsearch train'.")
+@click.option("--index-type", default="auto", show_default=True,
+              help="Vector index: auto (exact below 100k images, IVF below 2M, IVF-PQ with re-ranking above) "
+                   "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat.")
 @batch_option
 @device_option
 @workers_option
 @wait_option
 @silent_option
-def index(catalog, index_dir, model, batch_size, device, workers, wait, silent):
+def index(catalog, index_dir, model, index_type, batch_size, device, workers, wait, silent):
     """Build an index of the catalog photos in CATALOG.
 
     CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
@@ -38,10 +41,11 @@ def index(catalog, index_dir, model, batch_size, device, workers, wait, silent):
     \b
     Example:
         prodsearch index shop/catalog/ --index shop/idx
+        prodsearch index big-catalog.csv --index big-idx --index-type IVF4096,Flat
     """
     with Progress("Embedding", silent) as progress:
-        report = build_index(catalog, index_dir, model=model, batch_size=batch_size, device=device,
-                             num_workers=workers, progress=progress, wait=wait)
+        report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
+                             device=device, num_workers=workers, progress=progress, wait=wait)
     click.echo(format_build_report(report))
 
 

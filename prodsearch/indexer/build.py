@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import CatalogError, IndexDirError
+from prodsearch.errors import CatalogError, IndexDirError, IndexTypeError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, product_rows, scan
 from prodsearch.indexer.manifest import (Manifest, check_target, is_index_dir, publish_new,
                                          publish_replacing, read_manifest, staging_dir, write_manifest)
 from prodsearch.indexer.sources import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
+from prodsearch.indexer.index_types import resolve_index_type
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig, create_embedder
@@ -71,8 +72,10 @@ def build_index(
     listing = read_listing(catalog)
     embedder = embedder or create_embedder(model)
     existing, unreadable = _existing_index(index_dir)
+    resolve_index_type(index_type, len(listing.items), embedder.config.embed_dim)  # a bad type fails before embedding
     if existing:
         _check_same_model(index_dir, embedder.config)
+        _check_same_index_type(index_dir, index_type)
     scanned = scan(listing)
     embedded = embed_new(embedder, scanned, list(scanned.files), batch_size=batch_size, device=device,
                          num_workers=num_workers, progress=progress)
@@ -105,6 +108,13 @@ def _existing_index(index_dir: Path) -> tuple[bool, bool]:
         log.warning("replacing the unreadable index at %s: %s", index_dir, exc)
         return False, True
     return True, False
+
+
+def _check_same_index_type(index_dir: Path, index_type: str) -> None:
+    built = read_manifest(index_dir).index_factory
+    if index_type not in ("auto", built):
+        raise IndexTypeError(f"{index_dir} holds a {built} index and a rebuild in place keeps its type; to build "
+                             f"a {index_type} index, remove the folder or choose another --index")
 
 
 def _check_same_model(index_dir: Path, config: EmbedderConfig) -> None:
@@ -144,12 +154,14 @@ def create_index_dir(
             db.upsert_products(products)
             db.add_images(images, vectors, generation=1)
             db.set_generation(1)
-        index = rebuild_vectors(db, manifest.model.embed_dim, index_type)
+        factory = resolve_index_type(index_type, len(images), manifest.model.embed_dim)
+        index = rebuild_vectors(db, manifest.model.embed_dim, factory)
         write_vector_index(index, snapshot_path(staged, 1))
         with db.db.atomic():
             db.mark_snapshot(1)
         db.close()
-        write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source))
+        write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
+                                        index_factory=factory))
         (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

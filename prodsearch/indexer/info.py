@@ -55,7 +55,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         state, counts, problems = db.state(), db.counts(), []
         image_ids = _ids(db, "images")
         try:
-            vectors = load_vectors(index_dir, db, model.embed_dim)
+            vectors = load_vectors(index_dir, db, model.embed_dim, manifest.index_factory)
             faiss_ids, ntotal = np.sort(vector_ids(vectors)), vectors.ntotal
         except (RuntimeError, OSError) as exc:
             problems.append(f"the vector snapshot cannot be read ({exc})")

@@ -37,10 +37,11 @@ class Manifest:
     database; ``prodsearch info`` shows both."""
 
     model: EmbedderConfig
-    index_type: str
+    index_type: str  # the FAISS class, for people
     catalog_source: str
     prodsearch_version: str = __version__
     created: str = ""
+    index_factory: str = "auto"  # the FAISS factory string it was built as, for rebuilding it alike
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,7 +51,7 @@ class Manifest:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.model.to_dict(),
             "embed_dim": self.model.embed_dim,
-            "vector_index": {"type": self.index_type, "metric": "inner_product"},
+            "vector_index": {"type": self.index_type, "factory": self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
         }
 
@@ -62,6 +63,7 @@ class Manifest:
             catalog_source=d["catalog"]["source"],
             prodsearch_version=d["prodsearch_version"],
             created=d.get("created", ""),
+            index_factory=d["vector_index"].get("factory", "auto"),
         )
 
 

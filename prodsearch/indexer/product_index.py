@@ -91,7 +91,8 @@ class ProductIndex:
             state = self.catalog.state()
             if snapshot_path(self.index_dir, state.snapshot).is_file():
                 try:
-                    return load_vectors(self.index_dir, self.catalog, self.manifest.model.embed_dim)
+                    return load_vectors(self.index_dir, self.catalog, self.manifest.model.embed_dim,
+                                        self.manifest.index_factory)
                 except RuntimeError:  # faiss: the file vanished while being read
                     pass
             self.catalog.end_snapshot()

@@ -24,6 +24,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
+from prodsearch.indexer.index_types import set_search_params, train_index
 from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_vector_index, remove_vectors,
                                         write_vector_index)
 
@@ -41,9 +42,11 @@ def snapshot_path(index_dir: Path, generation: int) -> Path:
 
 
 def load_vectors(index_dir: Path, db: CatalogDB, dim: int, index_type: str = "auto") -> faiss.Index:
-    """The FAISS index of the generation ``db`` currently sees (call inside its read snapshot)."""
+    """The FAISS index of the generation ``db`` currently sees (call inside its read snapshot).
+    An index type that cannot delete is rebuilt as ``index_type`` when images were removed."""
     state = db.state()
     index = read_vector_index(snapshot_path(index_dir, state.snapshot))
+    set_search_params(index)
     added, removed = db.changes_since(state.snapshot)
     if removed and not remove_vectors(index, np.array(removed)):
         return rebuild_vectors(db, dim, index_type)
@@ -53,8 +56,10 @@ def load_vectors(index_dir: Path, db: CatalogDB, dim: int, index_type: str = "au
 
 
 def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto") -> faiss.Index:
+    """A fresh index of every stored vector (IVF / PQ types trained on a sample of them)."""
     ids, vectors = db.all_vectors(dim)
     index = create_vector_index(dim, len(ids), index_type)
+    train_index(index, vectors)
     add_vectors(index, vectors, ids)
     return index
 

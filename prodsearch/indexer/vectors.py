@@ -1,7 +1,7 @@
 """The vector index: FAISS, inner product on L2-normalised vectors (= cosine), ids = image ids.
 
-:func:`create_vector_index` is the one place that chooses the index type, so approximate and GPU
-indexes can be added without touching callers.
+:func:`create_vector_index` is the one place that chooses the index type
+(:mod:`prodsearch.indexer.index_types` says which and why), so callers never name FAISS classes.
 """
 
 from __future__ import annotations
@@ -11,18 +11,13 @@ import os
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("auto", "Flat")
+from prodsearch.indexer.index_types import create_index, resolve_index_type
 
 
 def create_vector_index(dim: int, expected_count: int = 0, index_type: str = "auto") -> faiss.Index:
-    """An empty index for ``dim``-d vectors.
-
-    ``auto`` is exact search for every size today; ``expected_count`` is what a later choice of
-    approximate index will depend on.
-    """
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    """An empty (untrained, for IVF/PQ types) index for ``dim``-d vectors: ``auto`` picks the type
+    from ``expected_count``; a FAISS factory string names one."""
+    return create_index(resolve_index_type(index_type, expected_count, dim), dim)
 
 
 def index_type_name(index: faiss.Index) -> str:

@@ -80,7 +80,7 @@ class IndexWriter:
         crash_point("after-commit")
         count = db.counts()["images"]
         if snapshot or needs_snapshot(db, count):
-            index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim)
+            index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim, self.manifest.index_factory)
             write_snapshot(self.index_dir, db, index)
             crash_point("after-snapshot")
         log.info("generation %d: +%d images, -%d images", generation, len(added), len(remove))
