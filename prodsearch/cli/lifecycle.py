@@ -136,6 +136,8 @@ def format_info(info: IndexInfo) -> str:
         f"model:      {info.model} ({info.weights}), {info.embed_dim}-d, {info.input_size} px",
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
         f"{info.pending_changes} changes since the snapshot)",
+        f"memory:     {human_size(round(info.memory_bytes_per_image))} per image ({info.index_factory} index, "
+        f"held by readers)",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
         f"consistent: {'yes' if info.consistent else 'NO'}",

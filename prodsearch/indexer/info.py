@@ -10,7 +10,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.manifest import read_manifest
-from prodsearch.indexer.store import CATALOG_DB, load_vectors
+from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vectors import vector_ids
 
 
@@ -30,6 +30,9 @@ class IndexInfo:
     pending_changes: int  # logged since the FAISS snapshot; applied when the index is opened
     files: dict[str, int] = field(default_factory=dict)  # name -> bytes
     problems: list[str] = field(default_factory=list)
+    index_factory: str = "auto"
+    memory_bytes_per_image: float = 0.0  # the FAISS index a reader holds in memory, per vector
+
 
     @property
     def size_bytes(self) -> int:
@@ -75,9 +78,11 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     finally:
         db.close()
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name != ".lock"}
+    snapshot = snapshot_path(index_dir, state.snapshot)
+    per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),
                      manifest.index_type, counts["products"], counts["images"], ntotal, state.generation,
-                     state.snapshot, pending, files, problems)
+                     state.snapshot, pending, files, problems, manifest.index_factory, per_image)
 
 
 def _ids(db: CatalogDB, table: str) -> np.ndarray:
