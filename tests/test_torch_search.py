@@ -42,3 +42,25 @@ def test_half_precision_keeps_the_nearest_neighbour():
     exact = np.argmax(queries @ base.T, axis=1)
     _, found = TorchExactIndex(base, np.arange(3000), dtype=torch.bfloat16, chunk=512).search(queries, 10)
     assert np.mean(found[:, 0] == exact) >= 0.95 and np.mean([e in row for e, row in zip(exact, found)]) == 1.0
+
+
+def test_product_index_answers_the_same_with_the_torch_search(tmp_path):
+    """The whole ranking (SKUs, categories, fused photos) on the torch path equals the FAISS path."""
+    from prodsearch.indexer import ProductIndex
+    from prodsearch.indexer.manifest import read_manifest
+
+    from test_index import write_vectors_index
+
+    rng = np.random.default_rng(3)
+    vectors = clustered(400, 16, rng)
+    owners = [f"s{i % 40:02d}" for i in range(400)]
+    products = [{"sku": f"s{i:02d}", "name": "", "category": "A/B" if i % 3 else "C"} for i in range(40)]
+    faiss_index = write_vectors_index(tmp_path / "idx", owners, vectors, products)
+    torch_index = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"), search_backend="torch")
+    assert type(torch_index.vectors).__name__ == "TorchExactIndex" and len(torch_index) == 400
+    queries = clustered(20, 16, rng)
+    same = lambda a, b: [(m.sku, m.image_id) for m in a] == [(m.sku, m.image_id) for m in b]  # noqa: E731
+    assert all(same(a, b) for a, b in zip(faiss_index.search(queries, 5), torch_index.search(queries, 5)))
+    assert all(same(a, b) for a, b in zip(faiss_index.search(queries, 5, category="C"),
+                                          torch_index.search(queries, 5, category="C")))
+    assert same(faiss_index.search_as_one(queries[:3], 5), torch_index.search_as_one(queries[:3], 5))

@@ -93,7 +93,7 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json):
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
         raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    product_index = ProductIndex.open(index_dir, model=model)
+    product_index = ProductIndex.open(index_dir, model=model, search_device=device)
     if as_one:
         fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
         click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
@@ -152,7 +152,7 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     Example:
         prodsearch eval shop/snapshots/ --index shop/idx --json
     """
-    product_index = ProductIndex.open(index_dir, model=model)
+    product_index = ProductIndex.open(index_dir, model=model, search_device=device)
     with Progress("Evaluating", silent) as progress:
         report = evaluate(queries, product_index, batch_size=batch_size, device=device,
                           num_workers=workers, progress=progress)

@@ -18,7 +18,9 @@ from prodsearch.errors import CategoryError, IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
+from prodsearch.indexer.torch_search import place_for_search
 from prodsearch.indexer.vectors import search
+from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import Embedder, create_embedder
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 
@@ -70,13 +72,21 @@ class ProductIndex:
     writers change it meanwhile; open it again to see their changes.
     """
 
-    def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None):
-        """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors."""
+    def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None, *,
+                 search_device: str = "auto", search_backend: str | None = None):
+        """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors.
+
+        Searches run on ``search_device`` (``auto``: the GPU when there is one; see
+        :func:`place_for_search`); ``search_backend="torch"`` forces the torch exact search.
+        """
         self.index_dir = index_dir
         self.manifest = manifest
         self.embedder = embedder
         self.catalog = CatalogDB(index_dir / CATALOG_DB)
-        self.vectors = self._load_snapshot()
+        device = resolve_device(search_device)
+        stored = (self.catalog.all_vectors(manifest.model.embed_dim)
+                  if search_backend == "torch" or (search_backend is None and device.type == "cuda") else None)
+        self.vectors = place_for_search(self._load_snapshot(), stored, manifest.index_factory, device, search_backend)
         self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
         if self.vectors.ntotal != len(self.image_ids):
             raise IndexDirError(
@@ -100,8 +110,8 @@ class ProductIndex:
                             f"prodsearch index CATALOG --index {self.index_dir}")
 
     @classmethod
-    def open(cls, index_dir: str | os.PathLike, *, model: str | None = None,
-             embedder: Embedder | None = None) -> "ProductIndex":
+    def open(cls, index_dir: str | os.PathLike, *, model: str | None = None, embedder: Embedder | None = None,
+             search_device: str = "auto") -> "ProductIndex":
         """Open an index, refusing it if its model differs from the one queries would be embedded with.
 
         ``model`` defaults to the model named in the manifest; the embedder built from it must
@@ -112,7 +122,7 @@ class ProductIndex:
         if embedder is None:
             embedder = embedder_for(manifest, model, index_dir)
         check_model(manifest, embedder.config, index_dir)
-        return cls(index_dir, manifest, embedder)
+        return cls(index_dir, manifest, embedder, search_device=search_device)
 
     def sku_codes(self, ids: np.ndarray) -> np.ndarray:
         """SKU code (index into ``self.skus``) of each image id; -1 where the id is unknown."""

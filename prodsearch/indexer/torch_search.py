@@ -8,8 +8,13 @@ FAISS's exact neighbours.
 
 from __future__ import annotations
 
+import logging
+
+import faiss
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class TorchExactIndex:
@@ -19,7 +24,10 @@ class TorchExactIndex:
                  dtype: torch.dtype | None = None, chunk: int = 1 << 20):
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device, self.dtype)
+        self.vectors = torch.empty(vectors.shape, dtype=self.dtype, device=self.device)
+        for start in range(0, len(vectors), chunk):  # uploaded in chunks: no second full copy in host memory
+            part = np.array(vectors[start:start + chunk], dtype=np.float32)
+            self.vectors[start:start + chunk] = torch.from_numpy(part).to(self.device, self.dtype)
         self.ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)
         self.chunk = chunk
 
@@ -28,19 +36,42 @@ class TorchExactIndex:
         return len(self.ids)
 
     @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (similarities, ids), best first; -1 ids pad rows when fewer than k vectors."""
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, ids), best first; -1 ids pad rows when fewer than k vectors
+        (of ``among``, when given) qualify."""
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device, self.dtype)
+        allowed = None if among is None else torch.isin(self.ids, torch.from_numpy(np.asarray(among, dtype=np.int64)).to(self.device))
         best_scores = torch.full((len(q), 0), float("-inf"), device=self.device)
         best_ids = torch.zeros((len(q), 0), dtype=torch.int64, device=self.device)
         for start in range(0, self.ntotal, self.chunk):
             scores = (q @ self.vectors[start:start + self.chunk].T).float()  # accumulate in fp32 on output
+            if allowed is not None:
+                scores[:, ~allowed[start:start + self.chunk]] = float("-inf")
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, top.values], dim=1)
             merged_ids = torch.cat([best_ids, self.ids[start:start + self.chunk][top.indices]], dim=1)
             keep = torch.topk(merged_scores, min(k, merged_scores.shape[1]), dim=1)
             best_scores, best_ids = keep.values, torch.gather(merged_ids, 1, keep.indices)
+        best_ids = torch.where(torch.isinf(best_scores), -1, best_ids)  # filtered out: not a neighbour
         pad = k - best_scores.shape[1]
         scores_out = np.pad(best_scores.cpu().numpy(), ((0, 0), (0, pad)), constant_values=-np.inf)
         ids_out = np.pad(best_ids.cpu().numpy(), ((0, 0), (0, pad)), constant_values=-1)
         return scores_out.astype(np.float32), ids_out
+
+
+def place_for_search(index: faiss.Index, vectors: tuple[np.ndarray, np.ndarray] | None, factory: str,
+                     device: torch.device, backend: str | None = None):
+    """Where searches of an opened index run. On CUDA: FAISS's own GPU index when faiss-gpu is
+    installed, else (exact indexes) :class:`TorchExactIndex` on the GPU; elsewhere the FAISS CPU
+    index as loaded. ``backend="torch"`` forces the torch path (on any device: tests use the CPU);
+    ``vectors`` = (ids, vectors) from the catalog, needed only by it."""
+    if backend is None and device.type != "cuda":
+        return index
+    if backend is None and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+        log.info("searching on the GPU with faiss-gpu")
+        return faiss.index_cpu_to_all_gpus(index)
+    if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")) or vectors is None:
+        return index  # approximate indexes stay with FAISS on the CPU without faiss-gpu
+    ids, vecs = vectors
+    log.info("searching %d vectors with torch on %s", len(ids), device)
+    return TorchExactIndex(vecs, ids, device=str(device))
