@@ -114,3 +114,19 @@ def test_index_folders_of_each_type_survive_removal(tmp_path, spec, type_name):
     matches = index.search(vectors[7:8], 3)[0]  # image 7 belonged to s07
     assert "s07" not in [m.sku for m in matches] and len(matches) == 3
     assert index_info(tmp_path / "idx").consistent
+
+
+def test_search_parameters_reach_the_opened_index(tmp_path):
+    import faiss
+
+    from prodsearch.indexer import ProductIndex
+    from prodsearch.indexer.manifest import read_manifest
+
+    from test_index import write_vectors_index
+
+    vectors = clustered(600, 16, np.random.default_rng(2), clusters=30)
+    write_vectors_index(tmp_path / "idx", [f"s{i % 60}" for i in range(600)], vectors, index_type="IVF16,Flat")
+    nprobe = lambda index: faiss.extract_index_ivf(index.vectors.index).nprobe  # noqa: E731
+    assert nprobe(ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"))) == 16  # the default
+    tuned = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"), search_params={"nprobe": 3})
+    assert nprobe(tuned) == 3

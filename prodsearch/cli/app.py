@@ -84,5 +84,13 @@ silent_option = click.option("--silent", is_flag=True, help="Hide progress bars.
 query_model_option = click.option("--model", default=None,
                                   help="Embedder (name or checkpoint) to embed photos with [default: the index's].")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def search_options(command):
+    """--nprobe and --ef-search: how hard approximate indexes search (exact ones ignore them)."""
+    command = click.option("--ef-search", type=click.IntRange(min=1), default=None,
+                           help="HNSW indexes: candidates kept while searching [default: 128].")(command)
+    return click.option("--nprobe", type=click.IntRange(min=1), default=None,
+                        help="IVF indexes: inverted lists searched [default: 16].")(command)
 wait_option = click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
                            help="Seconds to wait for another process writing to the index.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
-                                query_model_option, silent_option, wait_option, workers_option)
+                                query_model_option, search_options, silent_option, wait_option, workers_option)
 from prodsearch.errors import ProdsearchError
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
@@ -77,7 +77,8 @@ def format_build_report(report: BuildReport) -> str:
 @query_model_option
 @device_option
 @json_option
-def query(photos, index_dir, top_k, category, as_one, model, device, as_json):
+@search_options
+def query(photos, index_dir, top_k, category, as_one, model, device, as_json, nprobe, ef_search):
     """Rank the catalog SKUs that PHOTO shows, best first.
 
     --category restricts the search itself to a subtree, so it lists the best products there
@@ -93,7 +94,8 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json):
     missing = [p for p in photos if not Path(p).is_file()]
     if missing:
         raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    product_index = ProductIndex.open(index_dir, model=model, search_device=device)
+    product_index = ProductIndex.open(index_dir, model=model, search_device=device,
+                                      search_params=search_params(nprobe, ef_search))
     if as_one:
         fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
         click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
@@ -109,6 +111,10 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json):
     if failed:
         raise ProdsearchError(f"{failed[0].path} is not a readable image ({failed[0].error})"
                               + (f"; {len(failed) - 1} more photos failed" if len(failed) > 1 else ""))
+
+
+def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
+    return {name: value for name, value in (("nprobe", nprobe), ("efSearch", ef_search)) if value is not None}
 
 
 def format_query_result(result: QueryResult) -> str:
@@ -139,7 +145,8 @@ def format_matches(matches: list[Match]) -> list[str]:
 @workers_option
 @silent_option
 @json_option
-def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_json):
+@search_options
+def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_json, nprobe, ef_search):
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
@@ -152,7 +159,8 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     Example:
         prodsearch eval shop/snapshots/ --index shop/idx --json
     """
-    product_index = ProductIndex.open(index_dir, model=model, search_device=device)
+    product_index = ProductIndex.open(index_dir, model=model, search_device=device,
+                                      search_params=search_params(nprobe, ef_search))
     with Progress("Evaluating", silent) as progress:
         report = evaluate(queries, product_index, batch_size=batch_size, device=device,
                           num_workers=workers, progress=progress)

@@ -18,6 +18,7 @@ from prodsearch.errors import CategoryError, IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
+from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.torch_search import place_for_search
 from prodsearch.indexer.vectors import search
 from prodsearch.retrieval.device import resolve_device
@@ -73,11 +74,13 @@ class ProductIndex:
     """
 
     def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None, *,
-                 search_device: str = "auto", search_backend: str | None = None):
+                 search_device: str = "auto", search_backend: str | None = None,
+                 search_params: dict[str, int] | None = None):
         """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors.
 
         Searches run on ``search_device`` (``auto``: the GPU when there is one; see
         :func:`place_for_search`); ``search_backend="torch"`` forces the torch exact search.
+        ``search_params`` (``nprobe``, ``efSearch``) override the defaults of approximate indexes.
         """
         self.index_dir = index_dir
         self.manifest = manifest
@@ -86,7 +89,9 @@ class ProductIndex:
         device = resolve_device(search_device)
         stored = (self.catalog.all_vectors(manifest.model.embed_dim)
                   if search_backend == "torch" or (search_backend is None and device.type == "cuda") else None)
-        self.vectors = place_for_search(self._load_snapshot(), stored, manifest.index_factory, device, search_backend)
+        loaded = self._load_snapshot()
+        set_search_params(loaded, **(search_params or {}))
+        self.vectors = place_for_search(loaded, stored, manifest.index_factory, device, search_backend)
         self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
         if self.vectors.ntotal != len(self.image_ids):
             raise IndexDirError(
@@ -111,7 +116,7 @@ class ProductIndex:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, model: str | None = None, embedder: Embedder | None = None,
-             search_device: str = "auto") -> "ProductIndex":
+             search_device: str = "auto", search_params: dict[str, int] | None = None) -> "ProductIndex":
         """Open an index, refusing it if its model differs from the one queries would be embedded with.
 
         ``model`` defaults to the model named in the manifest; the embedder built from it must
@@ -122,7 +127,7 @@ class ProductIndex:
         if embedder is None:
             embedder = embedder_for(manifest, model, index_dir)
         check_model(manifest, embedder.config, index_dir)
-        return cls(index_dir, manifest, embedder, search_device=search_device)
+        return cls(index_dir, manifest, embedder, search_device=search_device, search_params=search_params)
 
     def sku_codes(self, ids: np.ndarray) -> np.ndarray:
         """SKU code (index into ``self.skus``) of each image id; -1 where the id is unknown."""
