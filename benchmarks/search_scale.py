@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from prodsearch.eval.report import markdown_table
-from prodsearch.indexer.index_types import choose_index_type, set_search_params, train_index
+from prodsearch.indexer.index_types import choose_index_type, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # queries, k -> ids
@@ -76,7 +76,6 @@ def faiss_method(base: np.ndarray, spec: str) -> Callable[[], tuple[Search, int]
         index = create_vector_index(base.shape[1], len(base), spec)
         train_index(index, base)
         add_vectors(index, base, np.arange(len(base)))
-        set_search_params(index)
         return (lambda q, k: search(index, q, k)[1]), len(faiss.serialize_index(index)) // len(base)
     return build
 

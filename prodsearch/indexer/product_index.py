@@ -86,12 +86,10 @@ class ProductIndex:
         self.manifest = manifest
         self.embedder = embedder
         self.catalog = CatalogDB(index_dir / CATALOG_DB)
-        device = resolve_device(search_device)
-        stored = (self.catalog.all_vectors(manifest.model.embed_dim)
-                  if search_backend == "torch" or (search_backend is None and device.type == "cuda") else None)
         loaded = self._load_snapshot()
         set_search_params(loaded, **(search_params or {}))
-        self.vectors = place_for_search(loaded, stored, manifest.index_factory, device, search_backend)
+        self.vectors = place_for_search(loaded, lambda: self.catalog.all_vectors(manifest.model.embed_dim),
+                                        manifest.index_factory, resolve_device(search_device), search_backend)
         self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
         if self.vectors.ntotal != len(self.image_ids):
             raise IndexDirError(
@@ -148,9 +146,11 @@ class ProductIndex:
         stored vectors, so every candidate is scored on all photos. The match's image is the one
         closest to any photo.
         """
+        return self._search_as_one(photos, top_k, self._category_ids(category))
+
+    def _search_as_one(self, photos: np.ndarray, top_k: int, among: np.ndarray | None) -> list[Match]:
         if len(photos) == 0 or len(self) == 0:
             return []
-        among = self.images_in_category(category) if category else None
         per_photo = self._rank_skus(photos, max(top_k, FUSION_CANDIDATES), among)
         candidates = np.unique([code for row in per_photo for code, _, _ in row])
         ids = self.image_ids[np.isin(self._image_sku_codes, candidates)]
@@ -170,7 +170,9 @@ class ProductIndex:
     def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
         """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
         products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
-        among = self.images_in_category(category) if category else None
+        return self._search(queries, top_k, self._category_ids(category))
+
+    def _search(self, queries: np.ndarray, top_k: int, among: np.ndarray | None) -> list[list[Match]]:
         if len(queries) == 0 or len(self) == 0:
             return [[] for _ in range(len(queries))]
         return self._matches(self._rank_skus(queries, top_k, among))
@@ -189,6 +191,9 @@ class ProductIndex:
                 matches.append(Match(sku, float(score), p.name, p.category, int(image_id), paths[image_id]))
             out.append(matches)
         return out
+
+    def _category_ids(self, category: str | None) -> np.ndarray | None:
+        return self.images_in_category(category) if category else None
 
     def images_in_category(self, category: str) -> np.ndarray:
         """Ids of the images under ``category``; a category with no products is an error that
@@ -228,10 +233,9 @@ class ProductIndex:
               **embed_kwargs) -> list[QueryResult]:
         """Embed photos and rank SKUs for each (within ``category`` if given); unreadable photos
         get an ``error`` instead of matches."""
-        if category:
-            self.images_in_category(category)  # an unknown category fails before any embedding
+        among = self._category_ids(category)  # an unknown category fails before any embedding
         embedded = self.embed(paths, **embed_kwargs)
-        ranked = dict(zip(embedded.positions.tolist(), self.search(embedded.vectors, top_k, category)))
+        ranked = dict(zip(embedded.positions.tolist(), self._search(embedded.vectors, top_k, among)))
         return [
             QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
             for i, p in enumerate(paths)
@@ -241,11 +245,10 @@ class ProductIndex:
                      **embed_kwargs) -> "FusedResult":
         """Embed several photos of one product and rank SKUs by their fused evidence
         (:meth:`search_as_one`); unreadable photos are left out and reported."""
-        if category:
-            self.images_in_category(category)
+        among = self._category_ids(category)
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
-        return FusedResult([str(p) for p in paths], self.search_as_one(embedded.vectors, top_k, category), errors)
+        return FusedResult([str(p) for p in paths], self._search_as_one(embedded.vectors, top_k, among), errors)
 
     def close(self) -> None:
         self.catalog.close()

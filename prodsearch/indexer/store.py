@@ -24,7 +24,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
-from prodsearch.indexer.index_types import set_search_params, train_index
+from prodsearch.indexer.index_types import train_index
 from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_vector_index, remove_vectors,
                                         write_vector_index)
 
@@ -46,7 +46,6 @@ def load_vectors(index_dir: Path, db: CatalogDB, dim: int, index_type: str = "au
     An index type that cannot delete is rebuilt as ``index_type`` when images were removed."""
     state = db.state()
     index = read_vector_index(snapshot_path(index_dir, state.snapshot))
-    set_search_params(index)
     added, removed = db.changes_since(state.snapshot)
     if removed and not remove_vectors(index, np.array(removed)):
         return rebuild_vectors(db, dim, index_type)

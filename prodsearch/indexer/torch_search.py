@@ -9,6 +9,7 @@ FAISS's exact neighbours.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -59,19 +60,19 @@ class TorchExactIndex:
         return scores_out.astype(np.float32), ids_out
 
 
-def place_for_search(index: faiss.Index, vectors: tuple[np.ndarray, np.ndarray] | None, factory: str,
+def place_for_search(index: faiss.Index, stored: Callable[[], tuple[np.ndarray, np.ndarray]], factory: str,
                      device: torch.device, backend: str | None = None):
     """Where searches of an opened index run. On CUDA: FAISS's own GPU index when faiss-gpu is
     installed, else (exact indexes) :class:`TorchExactIndex` on the GPU; elsewhere the FAISS CPU
     index as loaded. ``backend="torch"`` forces the torch path (on any device: tests use the CPU);
-    ``vectors`` = (ids, vectors) from the catalog, needed only by it."""
+    ``stored()`` reads (ids, vectors) from the catalog, called only for it."""
     if backend is None and device.type != "cuda":
         return index
     if backend is None and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
         log.info("searching on the GPU with faiss-gpu")
         return faiss.index_cpu_to_all_gpus(index)
-    if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")) or vectors is None:
+    if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")):
         return index  # approximate indexes stay with FAISS on the CPU without faiss-gpu
-    ids, vecs = vectors
+    ids, vecs = stored()
     log.info("searching %d vectors with torch on %s", len(ids), device)
     return TorchExactIndex(vecs, ids, device=str(device))
