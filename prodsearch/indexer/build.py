@@ -73,9 +73,9 @@ def build_index(
     embedder = embedder or create_embedder(model)
     existing, unreadable = _existing_index(index_dir)
     resolve_index_type(index_type, len(listing.items), embedder.config.embed_dim)  # a bad type fails before embedding
-    if existing:
-        _check_same_model(index_dir, embedder.config)
-        _check_same_index_type(index_dir, index_type)
+    if existing is not None:
+        _check_same_model(index_dir, existing.model, embedder.config)
+        _check_same_index_type(index_dir, existing.index_factory, index_type)
     scanned = scan(listing)
     embedded = embed_new(embedder, scanned, list(scanned.files), batch_size=batch_size, device=device,
                          num_workers=num_workers, progress=progress)
@@ -84,7 +84,7 @@ def build_index(
         example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
         raise CatalogError(f"none of the {len(skipped)} image files in {catalog} could be read{example}")
     products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images])
-    if existing:
+    if existing is not None:
         _replace(index_dir, products, embedded, wait)
     else:
         manifest = Manifest(embedder.config, "", str(listing.source))
@@ -96,29 +96,26 @@ def build_index(
     return report
 
 
-def _existing_index(index_dir: Path) -> tuple[bool, bool]:
-    """(a readable index is there, an unreadable one is there). An index this prodsearch cannot
-    read (older format, damaged manifest, missing database) is replaced whole by the new build:
-    that is what its error message tells the user to do."""
+def _existing_index(index_dir: Path) -> tuple[Manifest | None, bool]:
+    """(the manifest of a readable index there, whether an unreadable one is there). An index this
+    prodsearch cannot read (older format, damaged manifest, missing database) is replaced whole by
+    the new build: that is what its error message tells the user to do."""
     if not is_index_dir(index_dir):
-        return False, False
+        return None, False
     try:
-        read_manifest(index_dir)
+        return read_manifest(index_dir), False
     except IndexDirError as exc:
         log.warning("replacing the unreadable index at %s: %s", index_dir, exc)
-        return False, True
-    return True, False
+        return None, True
 
 
-def _check_same_index_type(index_dir: Path, index_type: str) -> None:
-    built = read_manifest(index_dir).index_factory
+def _check_same_index_type(index_dir: Path, built: str, index_type: str) -> None:
     if index_type not in ("auto", built):
         raise IndexTypeError(f"{index_dir} holds a {built} index and a rebuild in place keeps its type; to build "
                              f"a {index_type} index, remove the folder or choose another --index")
 
 
-def _check_same_model(index_dir: Path, config: EmbedderConfig) -> None:
-    built = read_manifest(index_dir).model
+def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderConfig) -> None:
     if built.identity() != config.identity():
         raise IndexDirError(
             f"{index_dir} holds an index built with model {built.label} ({built.weights}); 'index' rebuilds "
