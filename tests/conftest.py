@@ -43,6 +43,14 @@ def product_image(seed: int, size: int = 96) -> Image.Image:
     return img
 
 
+def clustered_vectors(n: int, dim: int, rng: np.random.Generator, clusters: int = 20,
+                      noise: float = 0.3) -> np.ndarray:
+    """L2-normalised vectors in ``clusters`` groups, like embeddings of look-alike products."""
+    centres = rng.normal(size=(clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def snapshot(img: Image.Image, seed: int) -> Image.Image:
     """A 'customer photo' of a product image: slightly rotated, cropped, darker."""
     rng = np.random.default_rng(seed)

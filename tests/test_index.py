@@ -15,13 +15,7 @@ from prodsearch.indexer.manifest import Manifest, read_manifest
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
 from prodsearch.retrieval.embedder import EmbedderConfig
 
-from conftest import product_image, write_csv, write_folder_catalog
-
-
-def clustered_vectors(n, dim, rng, clusters=20):
-    centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from conftest import clustered_vectors, product_image, write_csv, write_folder_catalog
 
 
 def test_faiss_search_equals_brute_force():

@@ -9,19 +9,15 @@ from prodsearch.indexer.index_types import (IndexTypeError, choose_index_type, c
 from prodsearch.indexer.vectors import (add_vectors, read_vector_index, remove_vectors, search, vector_ids,
                                         write_vector_index)
 
+from conftest import clustered_vectors
+
 APPROXIMATE = ["IVF64,Flat", "HNSW32,Flat", "IVF64,PQ32x4,Refine(SQ8)"]
-
-
-def clustered(n, dim, rng, clusters=200):
-    centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.25 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    base, queries = clustered(6000, 32, rng), clustered(200, 32, rng)
+    base, queries = clustered_vectors(6000, 32, rng, 200, 0.25), clustered_vectors(200, 32, rng, 200, 0.25)
     return base, queries, np.arange(6000, dtype=np.int64) * 5 + 2
 
 
@@ -101,7 +97,7 @@ def test_index_folders_of_each_type_survive_removal(tmp_path, spec, type_name):
     from test_index import write_vectors_index
 
     rng = np.random.default_rng(1)
-    vectors = clustered(600, 16, rng, clusters=30)
+    vectors = clustered_vectors(600, 16, rng, clusters=30, noise=0.25)
     owners = [f"s{i % 60:02d}" for i in range(600)]
     write_vectors_index(tmp_path / "idx", owners, vectors, index_type=spec)
     manifest = read_manifest(tmp_path / "idx")
@@ -124,7 +120,7 @@ def test_search_parameters_reach_the_opened_index(tmp_path):
 
     from test_index import write_vectors_index
 
-    vectors = clustered(600, 16, np.random.default_rng(2), clusters=30)
+    vectors = clustered_vectors(600, 16, np.random.default_rng(2), clusters=30, noise=0.25)
     write_vectors_index(tmp_path / "idx", [f"s{i % 60}" for i in range(600)], vectors, index_type="IVF16,Flat")
     nprobe = lambda index: faiss.extract_index_ivf(index.vectors.index).nprobe  # noqa: E731
     assert nprobe(ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"))) == 16  # the default

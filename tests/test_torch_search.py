@@ -7,17 +7,13 @@ import torch
 from prodsearch.indexer.torch_search import TorchExactIndex
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
 
-
-def clustered(n, dim, rng, clusters=50):
-    centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from conftest import clustered_vectors
 
 
 @pytest.mark.parametrize("chunk", [97, 1000, 1 << 20])
 def test_equals_faiss_flat_on_cpu(chunk):
     rng = np.random.default_rng(0)
-    base, queries = clustered(2500, 64, rng), clustered(40, 64, rng)
+    base, queries = clustered_vectors(2500, 64, rng, clusters=50), clustered_vectors(40, 64, rng, clusters=50)
     ids = rng.permutation(10_000)[:2500].astype(np.int64)
     flat = create_vector_index(64)
     add_vectors(flat, base, ids)
@@ -29,7 +25,7 @@ def test_equals_faiss_flat_on_cpu(chunk):
 
 def test_fewer_vectors_than_k_pads_like_faiss():
     rng = np.random.default_rng(1)
-    base = clustered(3, 8, rng)
+    base = clustered_vectors(3, 8, rng, clusters=50)
     scores, found = TorchExactIndex(base, np.array([5, 6, 7]), chunk=2).search(base[:1], 5)
     assert found[0, 0] == 5 and sorted(found[0, :3]) == [5, 6, 7] and list(found[0, 3:]) == [-1, -1]
     assert np.isinf(scores[0, 3:]).all()
@@ -38,7 +34,7 @@ def test_fewer_vectors_than_k_pads_like_faiss():
 def test_half_precision_keeps_the_nearest_neighbour():
     """bfloat16 (what a GPU would hold) on the CPU: the top-1 is almost always FAISS's."""
     rng = np.random.default_rng(2)
-    base, queries = clustered(3000, 64, rng), clustered(200, 64, rng)
+    base, queries = clustered_vectors(3000, 64, rng, clusters=50), clustered_vectors(200, 64, rng, clusters=50)
     exact = np.argmax(queries @ base.T, axis=1)
     _, found = TorchExactIndex(base, np.arange(3000), dtype=torch.bfloat16, chunk=512).search(queries, 10)
     assert np.mean(found[:, 0] == exact) >= 0.95 and np.mean([e in row for e, row in zip(exact, found)]) == 1.0
@@ -52,13 +48,13 @@ def test_product_index_answers_the_same_with_the_torch_search(tmp_path):
     from test_index import write_vectors_index
 
     rng = np.random.default_rng(3)
-    vectors = clustered(400, 16, rng)
+    vectors = clustered_vectors(400, 16, rng, clusters=50)
     owners = [f"s{i % 40:02d}" for i in range(400)]
     products = [{"sku": f"s{i:02d}", "name": "", "category": "A/B" if i % 3 else "C"} for i in range(40)]
     faiss_index = write_vectors_index(tmp_path / "idx", owners, vectors, products)
     torch_index = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"), search_backend="torch")
     assert type(torch_index.vectors).__name__ == "TorchExactIndex" and len(torch_index) == 400
-    queries = clustered(20, 16, rng)
+    queries = clustered_vectors(20, 16, rng, clusters=50)
     same = lambda a, b: [(m.sku, m.image_id) for m in a] == [(m.sku, m.image_id) for m in b]  # noqa: E731
     assert all(same(a, b) for a, b in zip(faiss_index.search(queries, 5), torch_index.search(queries, 5)))
     assert all(same(a, b) for a, b in zip(faiss_index.search(queries, 5, category="C"),
