@@ -19,12 +19,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from prodsearch.eval.evaluate import score_embedded
-from prodsearch.eval.grocery_store import GroceryManifests, write_grocery_store_manifests
+from prodsearch.eval.grocery_store import GroceryManifests, score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
-from prodsearch.indexer.build import build_index
-from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import read_listing
 from prodsearch.retrieval.embedder import create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,19 +49,11 @@ def write_pairs(test_manifest: Path, out: Path, seed: int = 0) -> Path:
 
 def score(model: str, manifests: GroceryManifests, pairs: Path, work: Path, device: str) -> list[dict]:
     embedder = create_embedder(model)
-    items = read_listing(pairs).items
-    rows = []
-    embedded = None
-    for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
-        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
-        index = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
-        embedded = embedded or index.embed([it.path for it in items], device=device)  # once for both
-        report = score_embedded(items, embedded, index)
-        rows.append({"model": embedder.config.label, "protocol": protocol, "photos": report.n,
-                     "per photo top-1": report.top1, "per photo top-5": report.top5,
-                     "pairs": report.products.n, "fused pair top-1": report.products.top1,
-                     "fused pair top-5": report.products.top5})
-    return rows
+    return [{"model": embedder.config.label, "protocol": protocol, "photos": report.n,
+             "per photo top-1": report.top1, "per photo top-5": report.top5,
+             "pairs": report.products.n, "fused pair top-1": report.products.top1,
+             "fused pair top-5": report.products.top5}
+            for protocol, report in score_protocols(embedder, manifests, pairs, work, device).items()]
 
 
 def main() -> None:

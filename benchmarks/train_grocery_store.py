@@ -21,12 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from prodsearch.eval.evaluate import score_embedded
-from prodsearch.eval.grocery_store import GroceryManifests, write_grocery_store_manifests
+from prodsearch.eval.grocery_store import GroceryManifests, score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
-from prodsearch.indexer.build import build_index
-from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import read_listing
 from prodsearch.retrieval.embedder import create_embedder
 from prodsearch.retrieval.training import TrainConfig, train
 
@@ -46,18 +42,11 @@ PRESETS = {
 
 def score(model: str, manifests: GroceryManifests, work: Path, device: str) -> dict[str, float]:
     """Test top-1 / top-5 under protocols A and B; the test photos are embedded once for both."""
-    embedder = create_embedder(model)
-    indexes = {}
-    for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
-        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
-        indexes[protocol] = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
-    items = read_listing(manifests.test).items
-    embedded = indexes["A"].embed([it.path for it in items], device=device)
+    reports = score_protocols(create_embedder(model), manifests, manifests.test, work, device)
     out = {}
-    for protocol, index in indexes.items():
-        report = score_embedded(items, embedded, index)
+    for protocol, report in reports.items():
         out |= {f"{protocol} top-1": report.top1, f"{protocol} top-5": report.top5}
-    out["queries"] = len(items)
+    out["queries"] = reports["A"].n
     return out
 
 

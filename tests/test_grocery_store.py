@@ -3,8 +3,9 @@
 import pytest
 
 from prodsearch.errors import CatalogError
-from prodsearch.eval.grocery_store import write_grocery_store_manifests
+from prodsearch.eval.grocery_store import score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
+from prodsearch.indexer import ProductIndex
 from prodsearch.indexer.sources import read_listing
 
 from conftest import fake_grocery_store
@@ -45,3 +46,11 @@ def test_even_and_odd_class_halves(tmp_path):
     assert {it.sku for it in read_listing(even.catalog_b).items} == {"Granny-Smith", "Lime"}
     assert {it.sku for it in read_listing(odd.test).items} == {"Oatly-Oat-Milk"}
     assert even.catalog_b.name == "catalog_b_iconic_train_even.csv"
+
+
+def test_both_protocols_scored_with_one_embedding_pass(tmp_path, embedder):
+    manifests = write_grocery_store_manifests(fake_grocery_store(tmp_path / "gs"), tmp_path / "out")
+    reports = score_protocols(embedder, manifests, manifests.test, tmp_path / "work")
+    assert sorted(reports) == ["A", "B"] and all(r.n == 3 and r.products is None for r in reports.values())
+    assert len(ProductIndex.open(tmp_path / "work" / "index-B")) == 8  # 3 iconic + 6 train, one a copy of its iconic
+    assert reports["A"].seconds == reports["B"].seconds  # the same embedded queries served both

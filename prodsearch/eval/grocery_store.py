@@ -11,7 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from prodsearch.eval.evaluate import EvalReport, score_embedded
+from prodsearch.indexer.build import build_index
 from prodsearch.indexer.importers.grocery_store import dataset_dir, read_classes, read_split
+from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.sources import read_listing
+from prodsearch.retrieval.embedder import Embedder
 
 
 @dataclass(frozen=True)
@@ -55,3 +60,18 @@ def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.Pat
         val=_write(out / f"queries_val{suffix}.csv", read_split(dataset, "val", kept)),
         test=_write(out / f"queries_test{suffix}.csv", read_split(dataset, "test", kept)),
     )
+
+
+def score_protocols(embedder: Embedder, manifests: GroceryManifests, queries: str | os.PathLike, work: Path,
+                    device: str = "auto") -> dict[str, EvalReport]:
+    """Index the protocol A and B catalogs with ``embedder`` under ``work`` and score the photos of
+    ``queries`` against each, embedding them once for both."""
+    items = read_listing(queries).items
+    reports, embedded = {}, None
+    for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
+        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
+        index = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
+        if embedded is None:
+            embedded = index.embed([it.path for it in items], device=device)
+        reports[protocol] = score_embedded(items, embedded, index)
+    return reports
