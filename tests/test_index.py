@@ -69,7 +69,7 @@ def test_sku_ranking_equals_plain_loop(tmp_path, top_k):
     for q, matches in zip(queries, index.search(queries, top_k)):
         expected = plain_sku_ranking(q, vectors, owners, top_k)
         assert [m.sku for m in matches] == [s for s, _ in expected]
-        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-5)
+        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-3)  # stored as float16
         best = matches[0]
         assert best.name == best.sku.upper() and best.category == "Cat/Sub"
         assert owners[best.image_id] == best.sku and best.image_path == f"/c/{best.image_id}.jpg"
@@ -137,7 +137,7 @@ def test_fused_ranking_equals_plain_loop(tmp_path, n_photos):
         matches = index.search_as_one(photos, top_k=5)
         expected = plain_fused_ranking(photos, vectors, owners, 5)
         assert [m.sku for m in matches] == [s for s, _ in expected]
-        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-5)
+        assert np.allclose([m.score for m in matches], [v for _, v in expected], atol=1e-3)  # stored as float16
         assert all(owners[m.image_id] == m.sku for m in matches)
     one, plain = index.search_as_one(photos[:1], 3), index.search(photos[:1], 3)[0]  # one photo: plain search
     assert [(m.sku, m.image_id) for m in one] == [(m.sku, m.image_id) for m in plain]
@@ -222,8 +222,8 @@ def test_query_embeds_exactly_as_index(built_index):
     stored = index.vectors.reconstruct(stored_id)
     [result] = index.query([catalog_file])
     assert result.matches[0].sku == "sku-2"
-    assert result.matches[0].score == pytest.approx(1.0, abs=1e-5)
-    assert np.allclose(index.embed([catalog_file]).vectors[0], stored, atol=1e-6)
+    assert result.matches[0].score == pytest.approx(1.0, abs=1e-3)  # the catalog stores float16
+    assert np.allclose(index.embed([catalog_file]).vectors[0], stored, rtol=2**-10, atol=1e-6)
 
 
 def test_manifest_records_model_and_preprocessing(built_index, embedder):

@@ -149,12 +149,14 @@ def test_info(shop):
     assert (info.model, info.embed_dim, info.input_size, info.index_type) == ("tf_efficientnet_lite0", 1280, SMALL, "IndexFlatIP")
     assert info.size_bytes > 6 * 1280 * 4 and "catalog.db" in info.files
     assert info.index_factory == "Flat" and 1280 * 4 <= info.memory_bytes_per_image < 1280 * 4 + 200  # fp32 + id
+    assert (info.stored_dtype, info.stored_bytes_per_image) == ("float16", 1280 * 2)  # catalog.db: half of that
     result = CliRunner().invoke(cli, ["info", "--index", str(idx), "--json"])
     data = json.loads(result.output)
     assert (data["skus"], data["images"], data["vectors"], data["consistent"]) == (3, 6, 6, True)
     text = CliRunner().invoke(cli, ["info", "--index", str(idx)]).output
     assert "catalog:    3 SKUs, 6 images" in text and "consistent: yes" in text
     assert "memory:     5.1 KB per image (Flat index, held by readers)" in text
+    assert "stored:     2.6 KB per image (float16 in catalog.db)" in text
     assert [human_size(n) for n in (840, 1500, 2_500_000, 7 * 10**12)] == ["840 bytes", "1.5 KB", "2.5 MB", "7000.0 GB"]
 
 

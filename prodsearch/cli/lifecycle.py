@@ -138,6 +138,8 @@ def format_info(info: IndexInfo) -> str:
         f"{info.pending_changes} changes since the snapshot)",
         f"memory:     {human_size(round(info.memory_bytes_per_image))} per image ({info.index_factory} index, "
         f"held by readers)",
+        f"stored:     {human_size(round(info.stored_bytes_per_image))} per image "
+        f"({info.stored_dtype or 'no vectors'} in catalog.db)",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
         f"consistent: {'yes' if info.consistent else 'NO'}",

@@ -6,20 +6,41 @@ vectors it describes change together or not at all; in WAL mode readers keep a c
 while a writer works. The FAISS files beside it are derived from it (see :mod:`.store`).
 
 Image ids are never reused (``meta.next_id``), so a change log of ids is unambiguous.
+
+Vectors are stored as float16, half the size of float32: embeddings are L2-normalised, so every
+component is in [-1, 1], where float16 keeps about 3 significant digits (relative error at most
+2**-11), and a cosine similarity moves by at most 5e-4, well below what tells products apart.
+Readers get float32 (FAISS needs it) and still read float32 blobs, which catalogs written before
+float16 storage hold; a blob's length says which it is, so an old catalog that got new images
+holds both.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlite_utils
 
+from prodsearch.errors import IndexDirError
+
 _CHUNK = 500  # values per "in (...)" list: SQLite caps bound parameters per statement
 SCHEMA_VERSION = 1
+STORED_DTYPE = np.dtype(np.float16)  # what writes store (see the module docstring for why)
+READ_DTYPES = (STORED_DTYPE, np.dtype(np.float32))  # float32: catalogs written before float16 storage
+# SQLite keeps a row that fits in a page whole, so its default 4 KiB pages hold one 1280-d float16
+# vector (2560 bytes) each and float16 would save a quarter, not half; 16 KiB pages hold six.
+# Set for new catalogs only: a page size is fixed once WAL is on.
+PAGE_SIZE = 16384
+
+
+def stored_dtype(nbytes: int, dim: int) -> np.dtype | None:
+    """The dtype of a stored ``dim``-d vector blob of ``nbytes`` bytes; ``None`` if no dtype fits."""
+    return next((dtype for dtype in READ_DTYPES if dtype.itemsize * dim == nbytes), None)
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class CatalogDB:
 
     def _create_schema(self) -> None:
         db = self.db
+        db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before the first write
         db.enable_wal()
         db.execute("PRAGMA synchronous = FULL")
         db["products"].create({"sku": str, "name": str, "category": str}, pk="sku")
@@ -118,19 +140,48 @@ class CatalogDB:
         return list(self.db["images"].rows)
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """The stored embeddings of ``ids``, in that order."""
-        found = dict(self._run_in("select id, vector from vectors where id in ({})", {int(i) for i in ids}))
-        out = np.empty((len(ids), dim), dtype=np.float32)
-        for row, i in enumerate(ids):
-            out[row] = np.frombuffer(found[int(i)], dtype=np.float32)
-        return out
+        """The stored embeddings of ``ids``, in that order, as float32."""
+        ids = [int(i) for i in ids]
+        found = dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
+        return self._decode(ids, [found[i] for i in ids], dim)
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every image, for writing a full FAISS snapshot."""
+        """(ids, float32 vectors) of every image, for writing a full FAISS snapshot."""
         rows = self.db.execute("select id, vector from vectors order by id").fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-        return ids, vecs
+        return ids, self._decode(ids, [r[1] for r in rows], dim)
+
+    def vector_chunks(self, dim: int, rows: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 vectors) of every image, ``rows`` at a time in id order: a rebuild of millions
+        of vectors never holds them all as float32 (12.4M x 512 would be 25 GB)."""
+        cursor = self.db.execute("select id, vector from vectors order by id")
+        while batch := cursor.fetchmany(rows):
+            ids = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+            yield ids, self._decode(ids, [r[1] for r in batch], dim)
+
+    def vector_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.db.execute("select id from vectors order by id")], dtype=np.int64)
+
+    def stored_sizes(self) -> dict[int, int]:
+        """Blob length -> number of stored vectors: what ``info`` reports of the storage."""
+        return dict(self.db.execute("select length(vector), count(*) from vectors group by 1").fetchall())
+
+    def _decode(self, ids: Sequence[int], blobs: list[bytes], dim: int) -> np.ndarray:
+        """Blobs as one float32 (n, dim) array: one ``frombuffer`` per stored dtype, not one per row."""
+        lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        bad = np.flatnonzero(~np.isin(lengths, [dtype.itemsize * dim for dtype in READ_DTYPES]))
+        if len(bad):
+            raise IndexDirError(
+                f"{self.path} is damaged: the stored vector of image {ids[bad[0]]} is {lengths[bad[0]]} bytes "
+                f"({len(bad)} vectors have a wrong size); a {dim}-d vector is {2 * dim} bytes (float16) or "
+                f"{4 * dim} (float32); rebuild the index: prodsearch index CATALOG --index {self.path.parent}")
+        out = np.empty((len(blobs), dim), dtype=np.float32)
+        for dtype in READ_DTYPES:
+            rows = lengths == dtype.itemsize * dim
+            if rows.any():
+                part = np.frombuffer(b"".join(compress(blobs, rows)), dtype=dtype).reshape(-1, dim)
+                out[slice(None) if rows.all() else rows] = part
+        return out
 
     def changes_since(self, generation: int) -> tuple[list[int], list[int]]:
         """Net (added, removed) image ids after ``generation``: what a snapshot must catch up on."""
@@ -156,11 +207,11 @@ class CatalogDB:
         self.db["products"].upsert_all(products, pk="sku")
 
     def add_images(self, images: list[dict], vectors: np.ndarray, generation: int) -> list[int]:
-        """Insert images (without ids) and their vectors; return the ids given to them."""
+        """Insert images (without ids) and their vectors (stored as float16); return the ids given to them."""
         start = self.state().next_id
         ids = list(range(start, start + len(images)))
         self.db["images"].insert_all({**img, "id": i} for img, i in zip(images, ids))
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=STORED_DTYPE)
         self.db["vectors"].insert_all({"id": i, "vector": v.tobytes()} for i, v in zip(ids, vectors))
         self.db["changes"].insert_all({"generation": generation, "image_id": i, "op": "add"} for i in ids)
         self._set("next_id", start + len(images))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.errors import IndexDirError
+from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.manifest import read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vectors import vector_ids
@@ -32,7 +33,8 @@ class IndexInfo:
     problems: list[str] = field(default_factory=list)
     index_factory: str = "auto"
     memory_bytes_per_image: float = 0.0  # the FAISS index a reader holds in memory, per vector
-
+    stored_bytes_per_image: float = 0.0  # the vector blobs in catalog.db, per vector
+    stored_dtype: str = ""  # of those blobs: float16; float32 in older indexes; "float16+float32" in both
 
     @property
     def size_bytes(self) -> int:
@@ -60,7 +62,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         try:
             vectors = load_vectors(index_dir, db, model.embed_dim, manifest.index_factory)
             faiss_ids, ntotal = np.sort(vector_ids(vectors)), vectors.ntotal
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, IndexDirError) as exc:
             problems.append(f"the vector snapshot cannot be read ({exc})")
             faiss_ids, ntotal = np.zeros(0, dtype=np.int64), 0
         if not np.array_equal(faiss_ids, image_ids):
@@ -68,6 +70,11 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                             f"catalog image and {len(np.setdiff1d(image_ids, faiss_ids))} images without a vector")
         if not np.array_equal(_ids(db, "vectors"), image_ids):
             problems.append("the stored vectors do not match the catalog images")
+        sizes = db.stored_sizes()
+        dtypes = {nbytes: stored_dtype(nbytes, model.embed_dim) for nbytes in sizes}
+        wrong = sum(count for nbytes, count in sizes.items() if dtypes[nbytes] is None)
+        if wrong:
+            problems.append(f"{wrong} stored vectors are neither float16 nor float32 {model.embed_dim}-d vectors")
         orphans = db.db.execute("select count(*) from products where sku not in (select sku from images)").fetchone()[0]
         if orphans:
             problems.append(f"{orphans} products without images")
@@ -82,7 +89,9 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),
                      manifest.index_type, counts["products"], counts["images"], ntotal, state.generation,
-                     state.snapshot, pending, files, problems, manifest.index_factory, per_image)
+                     state.snapshot, pending, files, problems, manifest.index_factory, per_image,
+                     sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
+                     "+".join(sorted({d.name for d in dtypes.values() if d is not None})))
 
 
 def _ids(db: CatalogDB, table: str) -> np.ndarray:
