@@ -4,14 +4,14 @@ bounds where approximate, save/load, and removal on every type."""
 import numpy as np
 import pytest
 
-from prodsearch.indexer.index_types import (IndexTypeError, choose_index_type, create_index, resolve_index_type,
-                                            set_search_params, train_index)
+from prodsearch.indexer.index_types import (IndexTypeError, choose_index_type, create_index, deletes_in_place,
+                                            resolve_index_type, set_search_params, train_index)
 from prodsearch.indexer.vectors import (add_vectors, read_vector_index, remove_vectors, search, vector_ids,
                                         write_vector_index)
 
 from conftest import clustered_vectors
 
-APPROXIMATE = ["IVF64,Flat", "HNSW32,Flat", "IVF64,PQ32x4,Refine(SQ8)"]
+APPROXIMATE = ["IVF64,Flat", "IVF64,SQfp16", "HNSW32,Flat", "IVF64,PQ32x4,Refine(SQ8)", "IVF64_HNSW32,PQ32x4,Refine(SQ8)"]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,10 @@ def built(spec, base, ids):
 
 
 @pytest.mark.parametrize("count, dim, expected", [
-    (0, 512, "Flat"), (99_999, 512, "Flat"), (100_000, 512, "IVF1024,Flat"), (1_000_000, 512, "IVF4096,Flat"),
-    (1_999_999, 1280, "IVF4096,Flat"), (12_400_000, 512, "IVF16384,PQ64,Refine(SQ8)"),
-    (12_400_000, 1280, "IVF16384,PQ64,Refine(SQ8)"), (3_000_000, 96, "IVF8192,PQ32,Refine(SQ8)")])
+    (0, 512, "Flat"), (99_999, 512, "Flat"), (100_000, 512, "IVF1024,SQfp16"), (1_000_000, 512, "IVF4096,SQfp16"),
+    (1_999_999, 1280, "IVF4096,SQfp16"), (12_400_000, 512, "IVF8192_HNSW32,PQ64,Refine(SQ8)"),
+    (12_400_000, 1280, "IVF8192_HNSW32,PQ64,Refine(SQ8)"), (3_000_000, 96, "IVF8192_HNSW32,PQ32,Refine(SQ8)"),
+    (2_000_000, 512, "IVF4096_HNSW32,PQ64,Refine(SQ8)")])
 def test_auto_picks_the_documented_type(count, dim, expected):
     assert choose_index_type(count, dim) == expected == resolve_index_type("auto", count, dim)
 
@@ -71,12 +72,14 @@ def test_save_load_round_trip(data, spec, tmp_path):
     assert np.array_equal(np.sort(vector_ids(loaded)), ids)
 
 
-@pytest.mark.parametrize("spec, in_place", [("Flat", True), ("IVF64,Flat", True), ("HNSW32,Flat", False),
-                                            ("IVF64,PQ32x4,Refine(SQ8)", False)])
+@pytest.mark.parametrize("spec, in_place", [("Flat", True), ("IVF64,Flat", True), ("IVF64,SQfp16", True), ("HNSW32,Flat", False),
+                                            ("IVF64,PQ32x4,Refine(SQ8)", False), ("IVF64_HNSW32,Flat", True),
+                                            ("IVF64_HNSW32,PQ32x4,Refine(SQ8)", False)])
 def test_removal_in_place_or_reported_for_a_rebuild(data, spec, in_place):
     base, queries, ids = data
     index = built(spec, base, ids)
     gone = ids[:3000]
+    assert deletes_in_place(spec) is in_place
     assert remove_vectors(index, gone) is in_place
     if in_place:
         assert index.ntotal == 3000 and not np.isin(search(index, queries, 10)[1], gone).any()
@@ -103,6 +106,8 @@ def test_index_folders_of_each_type_survive_removal(tmp_path, spec, type_name):
     manifest = read_manifest(tmp_path / "idx")
     assert (manifest.index_type, manifest.index_factory) == (type_name, spec)
     remove_from_index(tmp_path / "idx", skus=["s07"])
+    info = index_info(tmp_path / "idx")
+    assert info.pending_changes == 0 if spec.startswith("HNSW") else info.pending_changes > 0  # rebuilt once, by the writer
     index = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"))
     assert len(index) == 590 and "s07" not in index.skus
     inner = __import__("faiss").downcast_index(index.vectors.index)

@@ -24,7 +24,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
-from prodsearch.indexer.index_types import train_index
+from prodsearch.indexer.index_types import train_index, training_sample_size
 from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_vector_index, remove_vectors,
                                         write_vector_index)
 
@@ -54,12 +54,16 @@ def load_vectors(index_dir: Path, db: CatalogDB, dim: int, index_type: str = "au
     return index
 
 
-def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto") -> faiss.Index:
-    """A fresh index of every stored vector (IVF / PQ types trained on a sample of them)."""
-    ids, vectors = db.all_vectors(dim)
+def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto", seed: int = 0) -> faiss.Index:
+    """A fresh index of every stored vector, streamed: IVF / PQ types are trained on a random sample
+    read by id, then vectors are added chunk by chunk, so memory holds the index and one chunk."""
+    ids = db.vector_ids()
     index = create_vector_index(dim, len(ids), index_type)
-    train_index(index, vectors)
-    add_vectors(index, vectors, ids)
+    if not index.is_trained:
+        sample = min(len(ids), training_sample_size(index))
+        train_index(index, db.vectors(np.sort(np.random.default_rng(seed).choice(ids, sample, replace=False)), dim))
+    for chunk_ids, vectors in db.vector_chunks(dim):
+        add_vectors(index, vectors, chunk_ids)
     return index
 
 

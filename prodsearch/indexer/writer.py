@@ -17,6 +17,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
+from prodsearch.indexer.index_types import deletes_in_place
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import Manifest, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, needs_snapshot, remove_stale_files, write_snapshot
@@ -60,7 +61,8 @@ class IndexWriter:
                vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,
                snapshot: bool = False) -> Commit:
         """Apply removals, product upserts, new images and moved files' paths atomically, as the next
-        generation; write a FAISS snapshot if asked or if the change log has grown long."""
+        generation; write a FAISS snapshot if asked, if the change log has grown long, or after a
+        removal from an index type that cannot delete in place."""
         db = self.db
         crash_point("before-commit")
         with db.db.atomic():
@@ -79,7 +81,9 @@ class IndexWriter:
             crash_point("inside-commit")
         crash_point("after-commit")
         count = db.counts()["images"]
-        if snapshot or needs_snapshot(db, count):
+        # An index that cannot delete is rebuilt once here, not by every reader that opens it.
+        rebuild = bool(remove) and not deletes_in_place(self.manifest.index_factory)
+        if snapshot or rebuild or needs_snapshot(db, count):
             index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim, self.manifest.index_factory)
             write_snapshot(self.index_dir, db, index)
             crash_point("after-snapshot")
