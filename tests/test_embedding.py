@@ -1,8 +1,12 @@
 """Batch embedding of files: workers change nothing but speed; bad files never stop a batch."""
 
 import numpy as np
+import pytest
+import torch
 
+from prodsearch.errors import DeviceError
 from prodsearch.retrieval import embed_files, embed_pil, load_image
+from prodsearch.retrieval.device import inference_dtype
 
 from conftest import product_image
 
@@ -38,3 +42,27 @@ def test_nothing_readable_gives_empty_vectors(tmp_path, embedder):
     result = embed_files(embedder, [tmp_path / "x.jpg"], device="cpu")
     assert result.vectors.shape == (0, 1280)
     assert result.failures == {0: "empty file"}
+
+
+def test_bfloat16_embeddings_agree_with_float32(tmp_path, embedder):
+    """Reduced precision is a speed choice: the vectors stay unit length and point the same way."""
+    paths = []
+    for i in range(6):
+        product_image(i).save(tmp_path / f"{i}.jpg")
+        paths.append(tmp_path / f"{i}.jpg")
+    fp32 = embed_files(embedder, paths, device="cpu", precision="fp32").vectors
+    bf16 = embed_files(embedder, paths, device="cpu", precision="bf16").vectors
+    assert bf16.dtype == np.float32 and np.allclose(np.linalg.norm(bf16, axis=1), 1, atol=1e-5)
+    assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99
+    assert np.array_equal(np.argmax(fp32 @ fp32.T, axis=1), np.argmax(bf16 @ fp32.T, axis=1))
+    in_memory = embed_pil(embedder, [load_image(p) for p in paths], device="cpu", precision="fp32")
+    assert np.allclose(in_memory, fp32, atol=1e-5)
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert inference_dtype(cpu, "fp32") is None and inference_dtype(cpu, "bf16") is torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert inference_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
+    with pytest.raises(DeviceError, match="unknown precision 'fp8'; use one of auto, fp32, bf16"):
+        inference_dtype(cpu, "fp8")

@@ -5,6 +5,7 @@ Bad files never stop a batch: each one is reported with its reason and the rest 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from prodsearch.retrieval.device import default_batch_size, resolve_device
+from prodsearch.retrieval.device import default_batch_size, inference_dtype, resolve_device
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.images import ImageLoadError, load_image, to_rgb
 from prodsearch.retrieval.preprocess import build_transform, decode_min_side
@@ -75,9 +76,13 @@ def decode_worker_init(_worker_id: int) -> None:
 
 
 def default_num_workers(n_files: int) -> int:
-    if n_files < MIN_FILES_FOR_WORKERS:
+    """Decoding workers: only on cores the model does not use. On 2 cores the model takes both and
+    workers add only inter-process copies (Grocery Store photos, lite0 bf16: 129 img/s in-process,
+    103-109 with 1-2 workers, ``benchmarks/embed_throughput.py``)."""
+    cores = os.cpu_count() or 1
+    if n_files < MIN_FILES_FOR_WORKERS or cores <= 2:
         return 0
-    return max(1, min(4, (os.cpu_count() or 1)))
+    return min(4, cores - 2)
 
 
 def prepare(embedder: Embedder, device: torch.device) -> Embedder:
@@ -94,8 +99,12 @@ def embed_files(
     num_workers: int | None = None,
     progress: Progress | None = None,
     pooled: bool = False,
+    precision: str = "auto",
 ) -> FileEmbeddings:
     """Embed image files in order; ``progress(done, total)`` is called after each batch.
+
+    ``precision``: ``auto`` runs the model in bfloat16 where the hardware has it (see
+    :func:`~prodsearch.retrieval.device.inference_dtype`), ``fp32`` / ``bf16`` force one.
 
     ``pooled`` returns the backbone's pooled features instead (before the head, not normalised),
     which is what training with a frozen backbone caches.
@@ -104,6 +113,7 @@ def embed_files(
     batch_size = batch_size or default_batch_size(device, embedder.data_config["input_size"][-1])
     num_workers = default_num_workers(len(paths)) if num_workers is None else num_workers
     model = prepare(embedder, device)
+    dtype = inference_dtype(device, precision)
     loader = DataLoader(
         _ImageFiles(paths, embedder.data_config), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_collate, worker_init_fn=decode_worker_init, pin_memory=device.type == "cuda",
@@ -115,7 +125,7 @@ def embed_files(
         for batch, idx, batch_sizes, batch_failures in loader:
             failures.update(batch_failures)
             if batch is not None:
-                vectors.append(_run(model, batch, device, pooled))
+                vectors.append(_run(model, batch, device, pooled, dtype))
                 positions.extend(idx)
                 sizes.extend(batch_sizes)
             done += len(idx) + len(batch_failures)
@@ -134,16 +144,23 @@ def embed_files(
     return result
 
 
-def embed_pil(embedder: Embedder, images: Sequence[Image.Image], *, device: str | torch.device = "auto") -> np.ndarray:
-    """Embed in-memory RGB images with the same preprocessing as files."""
+def embed_pil(embedder: Embedder, images: Sequence[Image.Image], *, device: str | torch.device = "auto",
+              precision: str = "auto") -> np.ndarray:
+    """Embed in-memory RGB images with the same preprocessing (and precision) as files."""
     device = resolve_device(device)
     transform = build_transform(embedder.data_config)
     model = prepare(embedder, device)
     with torch.inference_mode():
-        return _run(model, torch.stack([transform(to_rgb(img)) for img in images]), device)
+        return _run(model, torch.stack([transform(to_rgb(img)) for img in images]), device,
+                    dtype=inference_dtype(device, precision))
 
 
-def _run(model: Embedder, batch: torch.Tensor, device: torch.device, pooled: bool = False) -> np.ndarray:
+def _run(model: Embedder, batch: torch.Tensor, device: torch.device, pooled: bool = False,
+         dtype: torch.dtype | None = None) -> np.ndarray:
     batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    out = model.pool(model.forward_features(batch)) if pooled else model(batch)
-    return out.float().cpu().numpy()
+    with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        out = model.pool(model.forward_features(batch)) if pooled else model(batch)
+    out = out.float()
+    if not pooled:  # re-normalise: the head normalised in reduced precision
+        out = torch.nn.functional.normalize(out, dim=1)
+    return out.cpu().numpy()

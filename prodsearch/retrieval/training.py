@@ -29,7 +29,7 @@ from prodsearch.indexer.sources import read_listing
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, create_embedder
-from prodsearch.retrieval.embedding import decode_worker_init, default_num_workers, embed_files
+from prodsearch.retrieval.embedding import MIN_FILES_FOR_WORKERS, decode_worker_init, embed_files
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
 from prodsearch.retrieval.train_data import (AugmentedImages, LabelledSet, balanced_subset, collate_labelled,
@@ -242,7 +242,9 @@ class Trainer:
         cfg = self.embedder.data_config
         transform = train_transform(c.img_size, c.resize, cfg["mean"], cfg["std"])
         dataset = AugmentedImages(self.data.subset(indices), transform, decode_min_side(cfg))
-        workers = default_num_workers(len(indices)) if c.workers is None else c.workers
+        # Training decodes and augments in workers, as its benchmark (BENCHMARKS.md) was measured.
+        default = min(4, os.cpu_count() or 1) if len(indices) >= MIN_FILES_FOR_WORKERS else 0
+        workers = default if c.workers is None else c.workers
         return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
                           collate_fn=collate_labelled, worker_init_fn=decode_worker_init,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
