@@ -30,6 +30,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from prodsearch.eval.metrics import recall_against_exact
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.index_types import choose_index_type, set_search_params, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
@@ -144,9 +145,8 @@ def measure(name: str, build: Callable[[], tuple[Search, int]], queries: np.ndar
         start = time.perf_counter()
         run(q[None], 10)
         times.append(time.perf_counter() - start)
-    recall1 = float(np.mean(found[:, 0] == truth[:, 0]))
-    recall10 = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
-    row = {"method": name, "build s": built, "B/vec": nbytes, "R@1": recall1, "R@10": recall10, "batch QPS": batch_qps}
+    row = {"method": name, "build s": built, "B/vec": nbytes, "R@1": recall_against_exact(found, truth, 1),
+           "R@10": recall_against_exact(found, truth, 10), "batch QPS": batch_qps}
     if times:
         ms = sorted(1000 * t for t in times)
         row |= {"single QPS": 1000 / statistics.mean(ms), "p50 ms": statistics.median(ms),

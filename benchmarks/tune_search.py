@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from prodsearch.eval.grocery_store import write_grocery_store_manifests
+from prodsearch.eval.metrics import recall_against_exact
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.index_types import set_search_params, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
@@ -74,8 +75,7 @@ def sweep(model: str, base: np.ndarray, base_skus: np.ndarray, queries: np.ndarr
 
 def _row(model, spec, param, found, truth, base_skus, query_skus) -> dict:
     return {"model": model, "index": spec, "param": param,
-            "R@1": float(np.mean(found[:, 0] == truth[:, 0])),
-            "R@10": float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])),
+            "R@1": recall_against_exact(found, truth, 1), "R@10": recall_against_exact(found, truth, 10),
             "SKU top-1": float(np.mean(base_skus[found[:, 0]] == query_skus))}
 
 

@@ -1,8 +1,9 @@
 import random
 
+import numpy as np
 import pytest
 
-from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
+from prodsearch.eval.metrics import hits_at_k, recall_against_exact, top_k_accuracy
 
 
 def plain_loop_accuracy(ranked, truth, k):
@@ -29,3 +30,21 @@ def test_edge_cases():
     assert hits_at_k([["a"], []], ["a", "b"], 5) == [True, False]
     with pytest.raises(ValueError):
         hits_at_k([["a"]], [], 1)
+
+
+def test_recall_against_exact_equals_a_plain_loop():
+    rng = np.random.default_rng(0)
+    truth = np.array([rng.permutation(50)[:10] for _ in range(30)])
+    found = truth.copy()
+    found[::3, 0] = 99  # a wrong first neighbour in 10 of 30 rows
+    found[::2] = np.roll(found[::2], 1, axis=1)  # half the rows in another order
+    for k in (1, 5, 10):
+        loop = []
+        for f, t in zip(found, truth):
+            if k == 1:
+                loop.append(f[0] == t[0])
+            else:
+                loop.append(sum(1 for x in f[:k] if x in t[:k]) / k)
+        assert recall_against_exact(found, truth, k) == pytest.approx(sum(loop) / len(loop))
+        assert 0 < recall_against_exact(found, truth, k) < 1
+    assert recall_against_exact(truth, truth, 1) == recall_against_exact(truth, truth, 10) == 1.0

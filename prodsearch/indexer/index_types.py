@@ -85,24 +85,26 @@ def create_index(spec: str, dim: int) -> faiss.IndexIDMap2:
     return index
 
 
-def training_sample_size(index: faiss.Index) -> int:
-    """How many vectors IVF / PQ training uses: k-means over millions adds nothing but time."""
-    return max(_nlist(index) * TRAIN_POINTS_PER_LIST, 10_000)
+def training_rows(index: faiss.Index, count: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions, among ``count`` vectors, of the random sample IVF / PQ training uses:
+    k-means over millions adds nothing but time. All of them when there are few."""
+    sample = max(_nlist(index) * TRAIN_POINTS_PER_LIST, 10_000)
+    if count <= sample:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, sample, replace=False))
 
 
 def train_index(index: faiss.Index, vectors: np.ndarray, seed: int = 0) -> None:
-    """Train an index that needs it (IVF, PQ) on a random sample of ``vectors`` (at most
-    :func:`training_sample_size` of them)."""
+    """Train an index that needs it (IVF, PQ) on the random sample of ``vectors`` that
+    :func:`training_rows` picks."""
     if index.is_trained:
         return
     lists = _nlist(index)
     if len(vectors) < lists:
         raise IndexTypeError(f"an index with {lists} inverted lists needs at least {lists} vectors to train, "
                              f"not {len(vectors)}; use a smaller IVF or --index-type Flat")
-    sample = training_sample_size(index)
-    if len(vectors) > sample:
-        vectors = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), sample, replace=False))]
-    index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    rows = training_rows(index, len(vectors), seed)
+    index.train(np.ascontiguousarray(vectors if len(rows) == len(vectors) else vectors[rows], dtype=np.float32))
 
 
 def set_search_params(index: faiss.Index, **params: int) -> None:

@@ -68,7 +68,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         if not np.array_equal(faiss_ids, image_ids):
             problems.append(f"the vector index has {len(np.setdiff1d(faiss_ids, image_ids))} vectors without a "
                             f"catalog image and {len(np.setdiff1d(image_ids, faiss_ids))} images without a vector")
-        if not np.array_equal(_ids(db, "vectors"), image_ids):
+        if not np.array_equal(db.vector_ids(), image_ids):
             problems.append("the stored vectors do not match the catalog images")
         sizes = db.stored_sizes()
         dtypes = {nbytes: stored_dtype(nbytes, model.embed_dim) for nbytes in sizes}

@@ -24,7 +24,7 @@ import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
-from prodsearch.indexer.index_types import train_index, training_sample_size
+from prodsearch.indexer.index_types import train_index, training_rows
 from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_vector_index, remove_vectors,
                                         write_vector_index)
 
@@ -60,8 +60,7 @@ def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto", seed: int
     ids = db.vector_ids()
     index = create_vector_index(dim, len(ids), index_type)
     if not index.is_trained:
-        sample = min(len(ids), training_sample_size(index))
-        train_index(index, db.vectors(np.sort(np.random.default_rng(seed).choice(ids, sample, replace=False)), dim))
+        train_index(index, db.vectors(ids[training_rows(index, len(ids), seed)], dim))
     for chunk_ids, vectors in db.vector_chunks(dim):
         add_vectors(index, vectors, chunk_ids)
     return index

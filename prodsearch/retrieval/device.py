@@ -37,8 +37,8 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
     """The reduced precision inference autocasts to, ``None`` for plain float32.
 
     ``auto`` takes bfloat16 where the hardware computes it natively: CUDA GPUs that support it
-    (AMP), CPUs with AVX512-BF16 or AMX (lite0 runs 1.9x faster on this project's EPYC VM and its
-    embeddings keep a cosine of 0.9997 or more with float32's). Elsewhere bfloat16 would be
+    (AMP), CPUs with AVX512-BF16 or AMX (lite0 runs 2.9x faster on this project's EPYC VM and its
+    embeddings keep a cosine of 0.997 or more with float32's, ``benchmarks/embed_throughput.py``). Elsewhere bfloat16 would be
     emulated, slower than float32, so ``auto`` keeps float32 there.
     """
     if precision not in PRECISION_CHOICES:
