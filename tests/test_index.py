@@ -322,3 +322,32 @@ def test_catalog_lookups_of_many_ids_at_once(tmp_path):
     paths = catalog.image_paths(range(n))
     assert len(paths) == n and paths[4_999] == "/c/4999.jpg"
     assert catalog.products([f"s{k}" for k in range(50)])["s7"].name == "S7"
+
+
+@pytest.mark.parametrize("manifest", ['{"name": "my-web-app"}', "not json at all", '{"format": "prodsearch-index"}'])
+def test_index_never_replaces_a_folder_that_is_not_provably_an_index(tmp_path, embedder, manifest):
+    """A folder that merely holds a file named manifest.json is not an index: refused, untouched."""
+    root = write_folder_catalog(tmp_path / "cat", ["a"])
+    victim = tmp_path / "victim"
+    (victim / "photos").mkdir(parents=True)
+    (victim / "photos" / "holiday.jpg").write_bytes(b"jpeg")
+    (victim / "manifest.json").write_text(manifest)
+    (victim / "important.txt").write_text("precious")
+    with pytest.raises(IndexDirError, match=r"victim is not a prodsearch index that can be rebuilt .*"
+                                            r"it holds important.txt, photos, which no prodsearch index does\); "
+                                            r"nothing was changed"):
+        build_index(root, victim, embedder=embedder, num_workers=0)
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "manifest.json", "photos"]
+    assert (victim / "important.txt").read_text() == "precious"
+    assert (victim / "manifest.json").read_text() == manifest
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_index_never_replaces_a_lone_foreign_manifest(tmp_path, embedder):
+    """Only index file names, but neither a prodsearch manifest nor a catalog database: refused."""
+    root = write_folder_catalog(tmp_path / "cat", ["a"])
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "manifest.json").write_text('{"name": "my-web-app"}')
+    with pytest.raises(IndexDirError, match=r"app is not a prodsearch index that can be rebuilt .*it holds manifest.json\)"):
+        build_index(root, tmp_path / "app", embedder=embedder, num_workers=0)
+    assert (tmp_path / "app" / "manifest.json").read_text() == '{"name": "my-web-app"}'

@@ -19,7 +19,7 @@ import numpy as np
 from prodsearch.errors import CatalogError, IndexDirError, IndexTypeError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, product_rows, scan
-from prodsearch.indexer.manifest import (Manifest, check_target, is_index_dir, publish_new,
+from prodsearch.indexer.manifest import (Manifest, check_replaceable, check_target, is_index_dir, publish_new,
                                          publish_replacing, read_manifest, staging_dir, write_manifest)
 from prodsearch.indexer.sources import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
@@ -69,9 +69,9 @@ def build_index(
     start = time.perf_counter()
     index_dir = Path(index_dir)
     check_target(index_dir)
+    existing, unreadable = _existing_index(index_dir)
     listing = read_listing(catalog)
     embedder = embedder or create_embedder(model)
-    existing, unreadable = _existing_index(index_dir)
     resolve_index_type(index_type, len(listing.items), embedder.config.embed_dim)  # a bad type fails before embedding
     if existing is not None:
         _check_same_model(index_dir, existing.model, embedder.config)
@@ -99,12 +99,14 @@ def build_index(
 def _existing_index(index_dir: Path) -> tuple[Manifest | None, bool]:
     """(the manifest of a readable index there, whether an unreadable one is there). An index this
     prodsearch cannot read (older format, damaged manifest, missing database) is replaced whole by
-    the new build: that is what its error message tells the user to do."""
+    the new build: that is what its error message tells the user to do; a folder that is not
+    provably an index is refused instead (see :func:`check_replaceable`)."""
     if not is_index_dir(index_dir):
         return None, False
     try:
         return read_manifest(index_dir), False
     except IndexDirError as exc:
+        check_replaceable(index_dir, str(exc).split(";")[0])
         log.warning("replacing the unreadable index at %s: %s", index_dir, exc)
         return None, True
 

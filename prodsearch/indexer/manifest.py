@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -114,12 +115,54 @@ def is_index_dir(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+# What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
+# files, FAISS snapshots, the writer lock, and temporary files a crashed writer left.
+INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|\.lock|.*\.tmp-.*)$")
+
+
 def check_target(index_dir: Path) -> None:
-    """Refuse to overwrite a folder that holds something other than a prodsearch index."""
-    if index_dir.exists() and (not index_dir.is_dir() or (any(index_dir.iterdir()) and not is_index_dir(index_dir))):
-        raise IndexDirError(
-            f"{index_dir} exists and is not a prodsearch index; choose a new or empty folder for --index"
-        )
+    """Refuse to write into a folder that holds something other than a prodsearch index."""
+    if not index_dir.exists() and not index_dir.is_symlink():
+        return
+    if not index_dir.is_dir():
+        raise IndexDirError(f"{index_dir} exists and is not a folder; choose a new or empty folder for --index")
+    entries = _entries(index_dir)
+    if entries and not is_index_dir(index_dir):
+        raise IndexDirError(f"{index_dir} exists and is not a prodsearch index (it holds {_listed(entries)}); "
+                            "choose a new or empty folder for --index")
+
+
+def check_replaceable(index_dir: Path, why: str) -> None:
+    """Refuse to replace an unreadable folder unless it is provably a prodsearch index: every file in
+    it is an index file, and its manifest says it is one or it holds a catalog database. Replacing
+    deletes the folder, so a folder that merely holds a ``manifest.json`` is never replaced."""
+    entries = _entries(index_dir)
+    foreign = [name for name in entries if not INDEX_FILE.match(name)]
+    if foreign or not (_has_own_format(index_dir / MANIFEST) or CATALOG_DB in entries):
+        held = f"it holds {_listed(foreign)}, which no prodsearch index does" if foreign else f"it holds {_listed(entries)}"
+        raise IndexDirError(f"{index_dir} is not a prodsearch index that can be rebuilt ({why}; {held}); "
+                            "nothing was changed: choose a new or empty folder for --index")
+
+
+def _has_own_format(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise IndexDirError(f"cannot read the folder {folder} ({exc.strerror or exc}); choose a folder you can read "
+                            "and write for --index") from None
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def staging_dir(index_dir: Path) -> Path:
