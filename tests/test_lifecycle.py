@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from prodsearch.cli import cli
 from prodsearch.cli.lifecycle import human_size
-from prodsearch.errors import ModelMismatchError
+from prodsearch.errors import CatalogError, ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.info import index_info
-from prodsearch.indexer.lifecycle import NotInIndexError, add_to_index, remove_from_index, update_index
+from prodsearch.indexer.lifecycle import (MassRemovalError, NotInIndexError, add_to_index, remove_from_index,
+                                          update_index)
 from prodsearch.indexer.lock import IndexBusyError, WriterLock
 from prodsearch.indexer.store import snapshot_path
 from prodsearch.indexer.vectors import add_vectors
@@ -263,3 +264,39 @@ def test_queries_never_fail_during_writes(shop):
         thread.join()
     assert not errors
     assert counts <= {6, 8}
+
+
+def test_update_keeps_images_whose_files_became_unreadable(shop):
+    """An unreadable file is not a deleted file; a catalog with nothing readable is refused."""
+    catalog, idx = shop
+    (catalog / "a" / "a_0.jpg").write_text("x")
+    report = update_index(catalog, idx, num_workers=0)
+    assert (report.added, report.removed, report.kept_unreadable) == (0, 0, 1)
+    assert [s.reason for s in report.skipped] == ["not an image (unrecognised format)"]
+    before = assert_consistent(idx, images=6, skus=3)
+    for f in catalog.glob("*/*.jpg"):
+        f.write_text("x")
+    with pytest.raises(CatalogError, match=r"none of the 6 image files in .* could be read; e\.g\. .*: not an image "
+                                           r"\(unrecognised format\); nothing was changed in"):
+        update_index(catalog, idx, num_workers=0)
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(idx), "--silent"])
+    assert result.exit_code == 1 and result.output.startswith("Error: none of the 6 image files")
+    assert index_info(idx).generation == before.generation
+    assert_consistent(idx, images=6, skus=3)
+
+
+def test_update_refuses_to_remove_most_of_the_index(shop):
+    catalog, idx = shop
+    for sku in ("a", "b"):
+        shutil.rmtree(catalog / sku)
+    before = index_info(idx)
+    with pytest.raises(MassRemovalError, match=r"would remove 4 of the 6 images in .* \(67%\); removing more than "
+                                               r"50% of an index in one update needs --allow-mass-removal"):
+        update_index(catalog, idx, num_workers=0)
+    assert index_info(idx).generation == before.generation
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(idx), "--silent"])
+    assert result.exit_code == 1 and "needs --allow-mass-removal" in result.output
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(idx), "--silent", "--allow-mass-removal"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Updated {idx}: 0 images added, 4 removed")
+    assert_consistent(idx, images=2, skus=1)

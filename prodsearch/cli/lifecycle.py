@@ -11,10 +11,11 @@ from prodsearch.cli.app import (Progress, batch_option, cli, device_option, inde
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.info import IndexInfo, index_info
-from prodsearch.indexer.lifecycle import ChangeReport, add_to_index, remove_from_index, update_index
+from prodsearch.indexer.lifecycle import (MASS_REMOVAL_SHARE, ChangeReport, add_to_index, remove_from_index,
+                                         update_index)
 
-def catalog_command(name: str, operation, help_text: str):
-    """``add`` and ``update`` share their options and output."""
+def catalog_command(name: str, operation, help_text: str, *extra_options):
+    """``add`` and ``update`` share their options and output; ``extra_options`` are one command's own."""
 
     @cli.command(name=name, help=help_text)
     @click.argument("catalog", type=click.Path())
@@ -25,12 +26,14 @@ def catalog_command(name: str, operation, help_text: str):
     @workers_option
     @wait_option
     @silent_option
-    def command(catalog, index_dir, model, batch_size, device, workers, wait, silent):
+    def command(catalog, index_dir, model, batch_size, device, workers, wait, silent, **extra):
         with Progress("Embedding", silent) as progress:
             report = operation(catalog, index_dir, model=model, batch_size=batch_size, device=device,
-                               num_workers=workers, progress=progress, wait=wait)
+                               num_workers=workers, progress=progress, wait=wait, **extra)
         click.echo(format_change_report(report, name))
 
+    for option in extra_options:
+        command = option(command)
     return command
 
 
@@ -44,15 +47,18 @@ catalog_command("add", add_to_index, """Add the new SKUs and new photos of CATAL
         prodsearch add shop/new-arrivals/ --index shop/idx
     """)
 
-catalog_command("update", update_index, """Make an index match CATALOG exactly.
+catalog_command("update", update_index, f"""Make an index match CATALOG exactly.
 
     Adds new photos, removes photos that disappeared from the catalog, re-embeds files whose content
-    changed, and refreshes product names and categories.
+    changed, and refreshes product names and categories. A photo whose file is still there but
+    cannot be read keeps its place in the index (it is listed as skipped). An update that would
+    remove more than {MASS_REMOVAL_SHARE:.0%} of the index is refused unless --allow-mass-removal.
 
     \b
     Example:
         prodsearch update shop/catalog.csv --index shop/idx
-    """)
+    """, click.option("--allow-mass-removal", is_flag=True,
+                      help=f"Allow removing more than {MASS_REMOVAL_SHARE:.0%} of the index in one update."))
 
 
 def plural(count: int, noun: str) -> str:
@@ -85,6 +91,9 @@ def format_change_report(report: ChangeReport, verb: str) -> str:
     if report.duplicates:
         lines.append(f"  duplicates: {len(report.duplicates)} (identical files within a SKU, stored once)")
     lines += skipped_lines(report.skipped)
+    if report.kept_unreadable:
+        lines.append(f"  kept: {plural(report.kept_unreadable, 'image')} whose files cannot be read now "
+                     "(see skipped; fix or delete the files)")
     if report.added:
         lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.embed_seconds:.1f}s embedding, "
                      f"{report.seconds:.1f}s total)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from prodsearch.errors import ProdsearchError
+from prodsearch.errors import CatalogError, ProdsearchError
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, product_rows, scan
 from prodsearch.indexer.manifest import check_model, read_manifest
 from prodsearch.indexer.product_index import embedder_for
@@ -24,8 +24,16 @@ from prodsearch.retrieval.embedding import Progress
 log = logging.getLogger(__name__)
 
 
+# ``update`` removes at most this share of an index unless told it may (``--allow-mass-removal``).
+MASS_REMOVAL_SHARE = 0.5
+
+
 class NotInIndexError(ProdsearchError):
     """A SKU or image id asked for is not in the index."""
+
+
+class MassRemovalError(ProdsearchError):
+    """An update would remove most of the index: refused unless allowed."""
 
 
 @dataclass
@@ -39,6 +47,7 @@ class ChangeReport:
     removed_skus: list[str] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    kept_unreadable: int = 0  # images kept although their files cannot be read now (update)
     generation: int | None = None  # None: nothing to change, nothing written
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -75,14 +84,21 @@ def update_index(
     num_workers: int | None = None,
     progress: Progress | None = None,
     wait: float = 0.0,
+    allow_mass_removal: bool = False,
 ) -> ChangeReport:
     """Make the index match the catalog exactly: add what is new, remove what disappeared, re-embed
-    files whose content changed, refresh product names and categories."""
+    files whose content changed, refresh product names and categories.
+
+    Files that exist but cannot be read keep their images (reported as skipped); a catalog with
+    nothing readable is refused, and so is removing more than half the index unless
+    ``allow_mass_removal``."""
     return _sync(catalog, index_dir, "update", model=model, remove_missing=True, batch_size=batch_size,
-                 device=device, num_workers=num_workers, progress=progress, wait=wait)
+                 device=device, num_workers=num_workers, progress=progress, wait=wait,
+                 allow_mass_removal=allow_mass_removal)
 
 
-def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait: float, **embed_kwargs) -> ChangeReport:
+def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait: float,
+          allow_mass_removal: bool = False, **embed_kwargs) -> ChangeReport:
     start = time.perf_counter()
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
@@ -95,7 +111,17 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
         scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
         new_keys = [k for k in scanned.files if k not in held]
         embedded = embed_new(embedder, scanned, new_keys, **embed_kwargs)
-        gone = [r for key, r in held.items() if key not in scanned.files] if remove_missing else []
+        skipped = scanned.skipped + embedded.skipped
+        unchanged = len(scanned.files) - len(new_keys)
+        if not unchanged and not embedded.images:
+            raise CatalogError(f"none of the {len(listing.items)} image files in {catalog} could be read"
+                               f"{_example(skipped)}; nothing was changed in {index_dir}")
+        # An unreadable file is not a deleted one: the image it was keeps its place in the index.
+        unreadable = {s.path for s in skipped}
+        gone = [r for key, r in held.items() if key not in scanned.files and r["path"] not in unreadable] \
+            if remove_missing else []
+        if not allow_mass_removal:
+            check_removal_share(len(gone), len(rows), index_dir)
         known_skus = {r["sku"] for r in rows}
         if remove_missing:  # the catalog is the truth, names and categories included
             products = product_rows(list(scanned.files.values()))
@@ -106,10 +132,9 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
         report = ChangeReport(
             index_dir, added=len(embedded.images), removed=len(gone),
             changed=sum(img["path"] in gone_paths for img in embedded.images),
-            unchanged=len(scanned.files) - len(new_keys),
-            new_skus=sorted({img["sku"] for img in embedded.images} - known_skus),
-            duplicates=scanned.duplicates, skipped=scanned.skipped + embedded.skipped,
-            embed_seconds=embedded.seconds)
+            unchanged=unchanged, new_skus=sorted({img["sku"] for img in embedded.images} - known_skus),
+            duplicates=scanned.duplicates, skipped=skipped, embed_seconds=embedded.seconds,
+            kept_unreadable=sum(r["path"] in unreadable for r in held.values()) if remove_missing else 0)
         moved = {held[k]["id"]: str(item.path) for k, item in scanned.files.items()
                  if k in held and held[k]["path"] != str(item.path)} if remove_missing else {}
         if embedded.images or gone or moved or (remove_missing and _metadata_changed(writer, products)):
@@ -118,6 +143,20 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
             report.generation, report.removed_skus = commit.generation, commit.removed_skus
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _example(skipped: list[Skipped]) -> str:
+    return f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+
+
+def check_removal_share(removing: int, held: int, index_dir: Path) -> None:
+    """Refuse to remove more than :data:`MASS_REMOVAL_SHARE` of an index in one update: far more
+    often a wrong or half-mounted catalog folder than a shop that sold out."""
+    if held and removing > MASS_REMOVAL_SHARE * held:
+        raise MassRemovalError(
+            f"this update would remove {removing} of the {held} images in {index_dir} ({removing / held:.0%}); "
+            f"removing more than {MASS_REMOVAL_SHARE:.0%} of an index in one update needs --allow-mass-removal "
+            "(check that CATALOG is the right, complete catalog); nothing was changed")
 
 
 def _metadata_changed(writer: IndexWriter, products: list[dict]) -> bool:
