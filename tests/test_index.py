@@ -247,7 +247,49 @@ def test_changed_preprocessing_is_refused(built_index, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["model"]["data_config"]["crop_pct"] = 1.0
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelMismatchError, match=r"data_config: index has .*'crop_pct': 1.0"):
+    with pytest.raises(ModelMismatchError, match=r"names model tf_efficientnet_lite0, but that model does not produce "
+                                                 r"what the manifest records \(data_config.crop_pct: index has 1.0, "
+                                                 r"query would use 0.875\); the manifest was edited"):
+        ProductIndex.open(copy)
+
+
+def test_tampered_model_name_names_the_field_that_differs(built_index, tmp_path):
+    """Model name edited, weights not: the advice must not be "query with --model <the same name>"."""
+    copy = shutil.copytree(built_index["index"], tmp_path / "idx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["name"] = "tf_efficientnet_lite2"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError) as error:
+        ProductIndex.open(copy)
+    message = str(error.value)
+    assert "names model tf_efficientnet_lite2, but that model does not produce what the manifest records" in message
+    assert "weights: index has 'imagenet:efficientnet-lite0" in message
+    assert "query with --model" not in message and "rebuild the index: prodsearch index CATALOG" in message
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda m: m["model"]["data_config"].pop("input_size"), r"model.data_config.input_size: Field required"),
+    (lambda m: m.clear() or m.update({"format": "prodsearch-index", "format_version": 2}), r"prodsearch_version: Field required"),
+    (lambda m: m["model"].update(embed_dim="1280"), r"model.embed_dim: Input should be a valid integer"),
+    (lambda m: m["model"]["data_config"].update(input_size=[3, 0, 224]), r"model.data_config.input_size.1: Input should be greater than 0"),
+    (lambda m: m.update(embed_dim=12), r"embed_dim 12 differs from model.embed_dim 1280"),
+    (lambda m: m["vector_index"].update(metric="l2"), r"vector_index.metric: Input should be 'inner_product'"),
+])
+def test_malformed_manifest_is_one_message(built_index, tmp_path, edit, problem):
+    copy = shutil.copytree(built_index["index"], tmp_path / "idx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexDirError, match=rf"manifest.json is damaged \({problem}.*\); rebuild the index: prodsearch index"):
+        ProductIndex.open(copy)
+
+
+@pytest.mark.parametrize("text,problem", [("[1, 2]", "Input should be an object"), ('"prodsearch"', "Input should be an object"),
+                                          ("{not json", "Invalid JSON"), ("", "Invalid JSON"), ("\xff\xfe", "Invalid JSON")])
+def test_manifest_that_is_not_an_object(built_index, tmp_path, text, problem):
+    copy = shutil.copytree(built_index["index"], tmp_path / "idx")
+    (copy / "manifest.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(IndexDirError, match=rf"manifest.json is damaged \({problem}"):
         ProductIndex.open(copy)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from prodsearch import __version__
 from prodsearch.errors import IndexDirError, ModelMismatchError
+from prodsearch.indexer.manifest_schema import manifest_problem
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.retrieval.embedder import EmbedderConfig
 
@@ -82,33 +83,67 @@ def read_manifest(index_dir: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise IndexDirError(f"{index_dir} is not a prodsearch index (no {MANIFEST}); build one with: prodsearch index CATALOG --index {index_dir}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError("not a prodsearch manifest")
-        version = int(data.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise IndexDirError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
-        if version < FORMAT_VERSION:
-            raise IndexDirError(f"{index_dir} was written by an older prodsearch ({data.get('prodsearch_version')}); {rebuild}")
-        manifest = Manifest.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IndexDirError(f"{path} is damaged ({exc}); {rebuild}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise IndexDirError(f"cannot read {path} ({exc.strerror or exc}); check the folder's permissions") from None
+    _check_version(_json_object(text), index_dir, rebuild)
+    problem = manifest_problem(text)
+    if problem:
+        raise IndexDirError(f"{path} is damaged ({problem}); {rebuild}")
+    manifest = Manifest.from_dict(json.loads(text))
     if not (index_dir / CATALOG_DB).is_file():
         raise IndexDirError(f"{index_dir} is incomplete ({CATALOG_DB} is missing); {rebuild}")
     return manifest
 
 
+def _json_object(text: bytes) -> dict:
+    """The manifest's JSON object, or ``{}`` when it is not one (the schema check says why)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _check_version(data: dict, index_dir: Path, rebuild: str) -> None:
+    """Another format version gets its own advice: upgrade prodsearch, or rebuild."""
+    version = data.get("format_version")
+    if data.get("format") != FORMAT or not isinstance(version, int) or version == FORMAT_VERSION:
+        return
+    if version > FORMAT_VERSION:
+        raise IndexDirError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
+    raise IndexDirError(f"{index_dir} was written by an older prodsearch ({data.get('prodsearch_version')}); {rebuild}")
+
+
 def check_model(manifest: Manifest, config: EmbedderConfig, index_dir: str | os.PathLike) -> None:
-    """Refuse to compare vectors from different models: their similarities mean nothing."""
-    built, now = manifest.model.identity(), config.identity()
-    diffs = [key for key in built if built[key] != now.get(key)]
-    if diffs:
-        detail = "; ".join(f"{key}: index has {built[key]!r}, query would use {now.get(key)!r}" for key in diffs)
+    """Refuse to compare vectors from different models: their similarities mean nothing. The
+    message names every field that differs (``weights``, ``data_config.input_size``...)."""
+    diffs = _differences(manifest.model.identity(), config.identity())
+    if not diffs:
+        return
+    detail = "; ".join(f"{key}: index has {built!r}, query would use {now!r}" for key, built, now in diffs)
+    if manifest.model.label == config.label:  # same name, other vectors: advice to use that name cannot help
         raise ModelMismatchError(
-            f"index {index_dir} was built with model {manifest.model.label} but this query would use "
-            f"{config.label} ({detail}); query with --model {manifest.model.label}, or rebuild the index "
-            f"with the model you want: prodsearch index CATALOG --index {index_dir} --model {config.label}"
-        )
+            f"the manifest of index {index_dir} names model {config.label}, but that model does not produce what "
+            f"the manifest records ({detail}); the manifest was edited or the model changed since the index was "
+            f"built: rebuild the index: prodsearch index CATALOG --index {index_dir} --model {config.label}")
+    raise ModelMismatchError(
+        f"index {index_dir} was built with model {manifest.model.label} but this query would use "
+        f"{config.label} ({detail}); query with --model {manifest.model.label}, or rebuild the index "
+        f"with the model you want: prodsearch index CATALOG --index {index_dir} --model {config.label}"
+    )
+
+
+def _differences(built: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, index's value, query's value) of every field that differs, nested dicts opened."""
+    out = []
+    for key in sorted(set(built) | set(now), key=str):
+        a, b = built.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def is_index_dir(path: Path) -> bool:

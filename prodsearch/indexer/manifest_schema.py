@@ -1,0 +1,78 @@
+"""The shape of ``manifest.json``, checked whole on every read.
+
+A manifest edited by hand, truncated, or written by something else must give one clear
+"damaged" message, not a ``KeyError`` three calls later. pydantic checks every field at once and
+says where the first problem is (``model.data_config.input_size: Field required``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Positive = Annotated[int, Field(gt=0)]
+Channels = tuple[float, float, float]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)  # unknown keys: a newer minor version's additions
+
+
+class DataConfig(_Schema):
+    """timm's data config; only the input size has no default in timm's transforms."""
+
+    input_size: tuple[Literal[3], Positive, Positive]
+    interpolation: str = "bicubic"
+    mean: Channels = (0.5, 0.5, 0.5)
+    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.5, 0.5, 0.5)
+    crop_pct: Annotated[float, Field(gt=0, le=1)] = 1.0
+    crop_mode: str = "center"
+
+
+class ModelSection(_Schema):
+    name: Annotated[str, Field(min_length=1)]
+    weights: Annotated[str, Field(min_length=1)]
+    embed_dim: Positive
+    data_config: DataConfig
+    head: bool = False
+    source: Optional[str] = None
+
+
+class VectorIndexSection(_Schema):
+    type: str
+    factory: str = "auto"
+    metric: Literal["inner_product"] = "inner_product"
+
+
+class CatalogSection(_Schema):
+    source: str
+
+
+class ManifestSchema(_Schema):
+    format: Literal["prodsearch-index"]
+    format_version: int
+    prodsearch_version: str
+    created: str = ""
+    model: ModelSection
+    embed_dim: Positive
+    vector_index: VectorIndexSection
+    catalog: CatalogSection
+
+    @model_validator(mode="after")
+    def _same_width(self) -> "ManifestSchema":
+        if self.embed_dim != self.model.embed_dim:
+            raise ValueError(f"embed_dim {self.embed_dim} differs from model.embed_dim {self.model.embed_dim}")
+        return self
+
+
+def manifest_problem(text: bytes) -> str | None:
+    """Why ``text`` is not a valid manifest (the first problem, where it is), or ``None``."""
+    try:
+        ManifestSchema.model_validate_json(text)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return None
