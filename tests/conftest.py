@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +141,37 @@ def fake_grocery_store(root: Path, per_split: tuple[int, int, int] = (2, 1, 1)) 
                 lines.append(f"{rel}, {fine}, {coarse_id}")
         (data / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def public_tmp():
+    """A folder every user may enter, for tests that drop privileges (pytest's tmp_path sits in a
+    0700 folder of root's)."""
+    path = Path(tempfile.mkdtemp(dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for sub in [path, *path.rglob("*")]:
+            if not sub.is_symlink():
+                sub.chmod(0o755 if sub.is_dir() else 0o644)
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """File permissions apply inside: as root they do not, so root drops to nobody for the while
+    (the effective user only, so it can come back)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        os.setegid(65534)
+        os.seteuid(65534)
+    except OSError:
+        pytest.skip("running as root without the right to drop privileges")
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)

@@ -1,11 +1,16 @@
 """Both catalog formats, and clear refusals of everything else."""
 
+import codecs
+import os
+from pathlib import Path
+
 import pytest
 
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.sources import read_listing
+from prodsearch.indexer.ingest import Duplicate, file_info, scan
+from prodsearch.indexer.sources import Skipped, SkuSpellings, read_listing
 
-from conftest import product_image, write_csv, write_folder_catalog
+from conftest import product_image, unprivileged, write_csv, write_folder_catalog
 
 
 def test_folder_catalog(tmp_path):
@@ -80,3 +85,262 @@ def test_folder_without_images(tmp_path):
     (tmp_path / "cat" / "milk" / "a.txt").write_text("x")
     with pytest.raises(CatalogError, match=r"no images found in .*\(1 files skipped, e.g. .*a.txt: unsupported file type .txt\)"):
         read_listing(tmp_path / "cat")
+
+
+# -- symlinks and odd paths ----------------------------------------------------------------------
+
+
+def reasons(listing, root=None):
+    """{path (relative to root if given): reason} of a listing's skipped files."""
+    return {(os.path.relpath(s.path, root) if root else s.path): s.reason for s in listing.skipped}
+
+
+def test_symlink_loops_and_dangling_symlinks_in_a_folder_are_skipped(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk"])
+    os.symlink("b.jpg", root / "milk" / "a.jpg")
+    os.symlink("a.jpg", root / "milk" / "b.jpg")
+    os.symlink("gone.jpg", root / "milk" / "dangling.jpg")
+    listing = read_listing(root)
+    assert [it.path.name for it in listing.items] == ["milk_0.jpg"]
+    assert reasons(listing, root) == {"milk/a.jpg": "symlink loop", "milk/b.jpg": "symlink loop",
+                                      "milk/dangling.jpg": "broken symlink (target missing)"}
+
+
+def test_symlink_loops_dangling_symlinks_and_impossible_paths_in_a_csv_are_skipped(tmp_path):
+    product_image(1).save(tmp_path / "ok.jpg")
+    os.symlink("b.jpg", tmp_path / "a.jpg")
+    os.symlink("a.jpg", tmp_path / "b.jpg")
+    os.symlink("gone.jpg", tmp_path / "dangling.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    long_name = "x" * 300 + ".jpg"
+    csv_path = write_csv(tmp_path / "c.csv", [{"image": name, "sku": "S"} for name in
+                                              ("ok.jpg", "a.jpg", "dangling.jpg", "folder.jpg", long_name)])
+    listing = read_listing(csv_path)
+    assert [it.path.name for it in listing.items] == ["ok.jpg"]
+    assert reasons(listing, tmp_path) == {"a.jpg": "symlink loop", "dangling.jpg": "broken symlink (target missing)",
+                                          "folder.jpg": "not a regular file",
+                                          long_name: "cannot read path: File name too long"}
+
+
+def test_symlinked_sku_folders(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk"])
+    write_folder_catalog(tmp_path / "elsewhere", ["juice"])
+    write_folder_catalog(root / ".shelf", ["tea"])  # hidden: not a SKU itself, but a link may point into it
+    os.symlink(root / ".shelf" / "tea", root / "tea")
+    os.symlink(tmp_path / "elsewhere" / "juice", root / "juice")
+    os.symlink(root, root / "itself")
+    os.symlink(tmp_path, root / "above")
+    listing = read_listing(root)
+    assert [(it.sku, it.origin) for it in listing.items] == [("milk", str(root / "milk" / "milk_0.jpg")),
+                                                             ("tea", str(root / "tea" / "tea_0.jpg"))]
+    assert listing.items[1].path == (root / ".shelf" / "tea" / "tea_0.jpg").resolve()
+    assert reasons(listing, root) == {
+        "above": f"symlinked SKU folder to {tmp_path.resolve()}, outside the catalog folder",
+        "itself": f"symlinked SKU folder to {root.resolve()}, the catalog folder itself (not followed)",
+        "juice": f"symlinked SKU folder to {(tmp_path / 'elsewhere' / 'juice').resolve()}, outside the catalog folder"}
+
+
+def test_folders_inside_a_sku_folder(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk", "tea"])
+    (root / "milk" / "side").mkdir()
+    product_image(3).save(root / "milk" / "side" / "left.jpg")
+    (root / "milk" / ".thumbs").mkdir()
+    product_image(4).save(root / "milk" / ".thumbs" / "small.jpg")
+    os.symlink(root / "tea", root / "milk" / "teas")
+    os.symlink(root / "milk", root / "milk" / "loop")
+    listing = read_listing(root)
+    assert [(it.sku, os.path.relpath(it.origin, root)) for it in listing.items] == [
+        ("milk", "milk/milk_0.jpg"), ("milk", "milk/side/left.jpg"), ("tea", "tea/tea_0.jpg")]
+    assert reasons(listing, root) == {"milk/loop": "symlinked folder inside a SKU folder (not followed)",
+                                      "milk/teas": "symlinked folder inside a SKU folder (not followed)"}
+
+
+def test_symlinked_files_inside_and_outside_the_catalog(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk", "tea"])
+    product_image(9).save(tmp_path / "secret.jpg")
+    os.symlink(root / "tea" / "tea_0.jpg", root / "milk" / "tea.jpg")
+    os.symlink(tmp_path / "secret.jpg", root / "milk" / "secret.jpg")
+    listing = read_listing(root)
+    assert [(it.sku, it.path.name, it.origin) for it in listing.items] == [
+        ("milk", "milk_0.jpg", str(root / "milk" / "milk_0.jpg")),
+        ("milk", "tea_0.jpg", str(root / "milk" / "tea.jpg")),
+        ("tea", "tea_0.jpg", str(root / "tea" / "tea_0.jpg"))]
+    assert reasons(listing, root) == {
+        "milk/secret.jpg": f"symlink to {(tmp_path / 'secret.jpg').resolve()}, outside the catalog folder"}
+
+
+def can_list(folder: Path) -> bool:
+    try:
+        os.listdir(folder)
+        return True
+    except PermissionError:
+        return False
+
+
+def test_unreadable_folders_are_listed_as_skipped(public_tmp):
+    root = write_folder_catalog(public_tmp / "cat", ["locked", "milk"])
+    (root / "milk" / "side").mkdir()
+    product_image(3).save(root / "milk" / "side" / "left.jpg")
+    (root / "locked").chmod(0o000)
+    (root / "milk" / "side").chmod(0o000)
+    with unprivileged():
+        if can_list(root / "locked"):
+            pytest.skip("file permissions do not apply here")
+        listing = read_listing(root)
+    assert [os.path.relpath(it.origin, root) for it in listing.items] == ["milk/milk_0.jpg"]
+    assert reasons(listing, root) == {"locked": "cannot read folder: Permission denied",
+                                      "milk/side": "cannot read folder: Permission denied"}
+
+
+def test_unreadable_catalog_folder(public_tmp):
+    root = write_folder_catalog(public_tmp / "cat", ["milk"])
+    root.chmod(0o000)
+    with unprivileged():
+        if can_list(root):
+            pytest.skip("file permissions do not apply here")
+        with pytest.raises(CatalogError, match=r"^cannot read .*cat: Permission denied; check that it exists"):
+            read_listing(root)
+
+
+def test_folder_output_is_sorted(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["b", "a", "a-b"], per_sku=2)
+    (root / "a" / "z").mkdir()
+    product_image(5).save(root / "a" / "z" / "0.jpg")
+    (root / "a" / "notes.txt").write_text("x")
+    product_image(6).save(root / "loose.jpg")
+    listing = read_listing(root)
+    assert [os.path.relpath(it.origin, root) for it in listing.items] == [
+        "a/a_0.jpg", "a/a_1.jpg", "a/z/0.jpg", "a-b/a-b_0.jpg", "a-b/a-b_1.jpg", "b/b_0.jpg", "b/b_1.jpg"]
+    assert [os.path.relpath(s.path, root) for s in listing.skipped] == ["a/notes.txt", "loose.jpg"]
+
+
+# -- CSV encodings and structure -----------------------------------------------------------------
+
+
+def csv_catalog(tmp_path, text: str, encoding: str = "utf-8") -> Path:
+    for seed, name in enumerate(("a.jpg", "b.jpg", "é.jpg")):
+        product_image(seed).save(tmp_path / name)
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be"])
+def test_csv_encodings_accepted(tmp_path, encoding):
+    text = "image,sku,name\r\na.jpg,A,Mjölk\r\né.jpg,É,Crème brûlée\r\n"
+    bom = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE}.get(encoding, b"")
+    path = csv_catalog(tmp_path, text, encoding)
+    path.write_bytes(bom + path.read_bytes())
+    listing = read_listing(path)
+    assert [(it.path.name, it.sku, it.name) for it in listing.items] == [("a.jpg", "A", "Mjölk"),
+                                                                         ("é.jpg", "É", "Crème brûlée")]
+
+
+def test_csv_in_another_encoding_is_refused_with_the_line(tmp_path):
+    path = csv_catalog(tmp_path, "image,sku,name\na.jpg,A,x\nb.jpg,B,Café\n", "latin-1")
+    with pytest.raises(CatalogError) as exc:
+        read_listing(path)
+    assert str(exc.value) == f"{path} is not UTF-8 text: line 3 has byte 0xe9; save it as UTF-8 (or UTF-16 with BOM)"
+
+
+def test_csv_decoding_error_far_into_the_file_names_its_line(tmp_path):
+    rows = "".join(f"a.jpg,A{i},x\r\n" for i in range(5000))  # well past the text reader's read-ahead
+    path = csv_catalog(tmp_path, "image,sku,name\r\n" + rows + "b.jpg,B,\xe9\r\n", "latin-1")
+    with pytest.raises(CatalogError, match=r"is not UTF-8 text: line 5002 has byte 0xe9;"):
+        read_listing(path)
+
+
+def test_broken_utf16_is_refused_with_the_line(tmp_path):
+    path = csv_catalog(tmp_path, "image,sku\na.jpg,A\n", "utf-16")
+    path.write_bytes(path.read_bytes() + b"x")  # half a character at the end
+    with pytest.raises(CatalogError, match=r"^.*catalog.csv is not valid UTF-16 text: line 3: truncated data; save it"):
+        read_listing(path)
+
+
+def test_csv_with_a_nul_byte_is_refused_with_the_line(tmp_path):
+    path = csv_catalog(tmp_path, "image,sku\na.jpg,A\nb.jpg,B\nb.jpg,\0C\n")
+    with pytest.raises(CatalogError, match=r"catalog.csv line 4 contains a NUL byte; save it as a plain CSV text file"):
+        read_listing(path)
+
+
+def test_utf16_csv_without_bom_is_refused(tmp_path):
+    path = csv_catalog(tmp_path, "image,sku\na.jpg,A\n", "utf-16-le")
+    with pytest.raises(CatalogError, match=r"catalog.csv line 1 contains a NUL byte"):
+        read_listing(path)
+
+
+def test_csv_field_over_the_limit_is_refused_with_the_line(tmp_path):
+    path = csv_catalog(tmp_path, 'image,sku,name\na.jpg,A,x\nb.jpg,B,"' + "y" * 200_000 + '\n')
+    with pytest.raises(CatalogError) as exc:
+        read_listing(path)
+    assert str(exc.value) == (f"{path} line 3 cannot be read as CSV: field larger than field limit (131072); "
+                              "check that line for an unclosed quote or an overlong field")
+
+
+def test_csv_line_numbers_count_blank_lines_and_quoted_line_breaks(tmp_path):
+    path = csv_catalog(tmp_path, 'image,sku,name\n\na.jpg,A,"two\nlines"\n\n,B,\nmissing.jpg,C,\nb.jpg,B,\nb.jpg,B,\n')
+    listing = read_listing(path)
+    assert [(s.path, s.reason) for s in listing.skipped] == [
+        (f"{path}:6", "row without image or sku"), (str(tmp_path.resolve() / "missing.jpg"), "file not found")]
+    assert [it.origin for it in listing.items] == [f"{path}:3", f"{path}:8", f"{path}:9"]
+    assert listing.items[0].name == "two\nlines"
+
+
+def test_csv_header_shown_on_one_line(tmp_path):
+    path = csv_catalog(tmp_path, '"file\nname",label\na.jpg,A\n')
+    with pytest.raises(CatalogError, match=r"has header file\\nname,label; expected") as exc:
+        read_listing(path)
+    assert "\n" not in str(exc.value)
+
+
+# -- SKU case ------------------------------------------------------------------------------------
+
+
+def test_sku_spellings():
+    spellings = SkuSpellings(["Milk"])
+    assert spellings.problem("Milk") is None
+    assert spellings.problem("milk") == "SKU 'milk' differs from 'Milk' only in case; use one spelling"
+    assert spellings.problem("Tea") is None and spellings.problem("TEA") is not None
+    assert spellings.problem("Straße") is None and spellings.clash("STRASSE") == "Straße"
+
+
+def test_csv_skus_differing_only_in_case(tmp_path):
+    path = csv_catalog(tmp_path, "image,sku\nmissing.jpg,milk\na.jpg,Milk\nb.jpg,milk\nb.jpg,MILK\na.jpg,Milk\n")
+    listing = read_listing(path)
+    assert [(it.sku, it.origin) for it in listing.items] == [("Milk", f"{path}:3"), ("Milk", f"{path}:6")]
+    assert [(s.path, s.reason) for s in listing.skipped][1:] == [
+        (f"{path}:4", "SKU 'milk' differs from 'Milk' only in case; use one spelling"),
+        (f"{path}:5", "SKU 'MILK' differs from 'Milk' only in case; use one spelling")]
+
+
+def test_folder_skus_differing_only_in_case(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["Milk", "milk"])
+    listing = read_listing(root)
+    assert listing.skus == ["Milk"]
+    assert reasons(listing, root) == {
+        "milk/milk_0.jpg": "SKU folder 'milk' differs from 'Milk' only in case; merge or rename one of them"}
+
+
+# -- where items came from -----------------------------------------------------------------------
+
+
+def test_duplicates_are_reported_where_they_were_found(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk"])
+    os.symlink("milk_0.jpg", root / "milk" / "milk_1.jpg")
+    scanned = scan(read_listing(root))
+    milk = root / "milk"
+    assert scanned.duplicates == [Duplicate(str(milk / "milk_1.jpg"), str(milk / "milk_0.jpg"), "milk")]
+
+    path = csv_catalog(tmp_path, "image,sku\na.jpg,A\nb.jpg,A\n./a.jpg,A\n")
+    scanned = scan(read_listing(path))
+    assert scanned.duplicates == [Duplicate(f"{path}:4", f"{path}:2", "A")]
+
+
+def test_file_vanished_after_listing_is_skipped(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk", "tea"])
+    listing = read_listing(root)
+    (root / "tea" / "tea_0.jpg").unlink()
+    assert file_info(listing.items[1]) == Skipped(str(root.resolve() / "tea" / "tea_0.jpg"),
+                                                   "cannot read file: No such file or directory")
+    scanned = scan(listing)
+    assert len(scanned.files) == 1 and scanned.skipped == [file_info(listing.items[1])]

@@ -1,6 +1,7 @@
 """Catalog statistics against hand counts, and the stats command's files."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from prodsearch.cli import cli
 from prodsearch.eval.stats import catalog_stats, log2_bin
 from prodsearch.indexer.sources import Item
 
-from conftest import write_folder_catalog
+from conftest import unprivileged, write_folder_catalog
 
 # (sku, product, category, md5s of its images)
 CATALOG = [("A", "p1", "X/Y", "ab"), ("A", "p2", "X/Y", "a"), ("B", None, "X/Z", "cde"), ("C", None, "W", "c"),
@@ -65,3 +66,69 @@ def test_stats_command_writes_json_and_plots(tmp_path):
     assert pngs == ["category_cumulative_share.png", "duplicates.png", "images_per_product.png",
                     "products_per_category.png"]
     assert all((tmp_path / "stats" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_stats_skips_dangling_symlinks(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["a", "b"], per_sku=2)
+    os.symlink("gone.jpg", root / "a" / "dangling.jpg")
+    result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "4 images of 2 products (2 SKUs)"
+    assert lines[lines.index("skipped: 1") + 1] == f"  {root / 'a' / 'dangling.jpg'}: broken symlink (target missing)"
+    data = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert data["skipped"] == [{"path": str(root / "a" / "dangling.jpg"), "reason": "broken symlink (target missing)"}]
+
+
+def test_stats_skips_unreadable_files(public_tmp, monkeypatch):
+    base = public_tmp
+    base.chmod(0o777)
+    monkeypatch.setenv("MPLCONFIGDIR", str(base))
+    root = write_folder_catalog(base / "cat", ["a", "b"], per_sku=2)
+    (root / "b" / "b_1.jpg").chmod(0o000)
+    with unprivileged():
+        if can_read(root / "b" / "b_1.jpg"):
+            pytest.skip("file permissions do not apply here")
+        result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(base / "stats")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "3 images of 2 products (2 SKUs)"
+    unreadable = str((root / "b" / "b_1.jpg").resolve())
+    assert lines[lines.index("skipped: 1") + 1] == f"  {unreadable}: cannot read file: Permission denied"
+    data = json.loads((base / "stats" / "stats.json").read_text())
+    assert data["skipped"] == [{"path": unreadable, "reason": "cannot read file: Permission denied"}]
+    assert data["images"] == 3 and data["duplicates"]["images"] == 3
+
+
+def test_stats_lists_at_most_20_skipped_files(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["a"])
+    for i in range(25):
+        (root / "a" / f"notes{i:02d}.txt").write_text("x")
+    result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats"), "--no-md5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("skipped: 25")
+    assert lines[start + 1] == f"  {root / 'a' / 'notes00.txt'}: unsupported file type .txt"
+    assert lines[start + 21] == "  ... and 5 more"
+    assert len(json.loads((tmp_path / "stats" / "stats.json").read_text())["skipped"]) == 25
+
+
+def test_stats_when_no_file_can_be_read(tmp_path, monkeypatch):
+    root = write_folder_catalog(tmp_path / "cat", ["a"])
+
+    def vanished(path):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr("prodsearch.indexer.ingest.file_md5", vanished)
+    result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # an error message, not a crash
+    assert "none of the 1 image files in" in result.output
+    assert "cannot read file: No such file or directory" in result.output
+
+
+def can_read(path: Path) -> bool:
+    try:
+        path.read_bytes()
+        return True
+    except PermissionError:
+        return False

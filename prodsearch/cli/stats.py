@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from prodsearch.cli.app import cli
+from prodsearch.cli.commands import MAX_LISTED
 from prodsearch.eval.plots import write_plots
 from prodsearch.eval.stats import CatalogStats, catalog_stats
-from prodsearch.indexer.ingest import file_md5
-from prodsearch.indexer.sources import read_listing
+from prodsearch.indexer.ingest import file_info, nothing_readable
+from prodsearch.indexer.sources import Item, Listing, Skipped, read_listing
 
 
 @cli.command()
@@ -30,13 +31,31 @@ def stats(catalog, out, no_md5):
         prodsearch stats gs/catalog.csv --out gs/stats
     """
     listing = read_listing(catalog)
-    result = catalog_stats(listing.items, str(listing.source), None if no_md5 else (lambda it: file_md5(it.path)))
+    items, md5s, skipped = (listing.items, None, list(listing.skipped)) if no_md5 else readable_items(listing)
+    result = catalog_stats(items, str(listing.source), None if md5s is None else md5s.__getitem__)
+    result.skipped = skipped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stats.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     plots = write_plots(result, out)
     click.echo(format_stats(result))
     click.echo(f"Wrote {out / 'stats.json'} and {len(plots)} plots: {', '.join(p.name for p in plots)}")
+
+
+def readable_items(listing: Listing) -> tuple[list[Item], dict[Item, str], list[Skipped]]:
+    """The listing's items that can be hashed, their MD5s, and every file left out with why: the
+    statistics describe what an index of the catalog would hold, so unreadable files do not count."""
+    items, md5s, skipped = [], {}, list(listing.skipped)
+    for item in listing.items:
+        info = file_info(item)
+        if isinstance(info, Skipped):
+            skipped.append(info)
+        else:
+            items.append(item)
+            md5s[item] = info.md5
+    if not items:
+        raise nothing_readable(listing.source, len(listing.items), skipped)
+    return items, md5s, skipped
 
 
 def format_stats(s: CatalogStats) -> str:
@@ -59,4 +78,8 @@ def format_stats(s: CatalogStats) -> str:
         lines.append(f"duplicates (MD5): {d.duplicate_images} of {d.images} images are copies of {d.groups} files; "
                      f"{d.across_products} files under several products"
                      + (f"; under several categories: {spans}" if spans else ""))
+    lines.append(f"skipped: {len(s.skipped)}")
+    lines += [f"  {k.path}: {k.reason}" for k in s.skipped[:MAX_LISTED]]
+    if len(s.skipped) > MAX_LISTED:
+        lines.append(f"  ... and {len(s.skipped) - MAX_LISTED} more")
     return "\n".join(lines)

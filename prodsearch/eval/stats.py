@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from prodsearch.indexer.sources import Item
+from prodsearch.indexer.sources import Item, Skipped
 
 
 @dataclass
@@ -55,6 +55,7 @@ class CatalogStats:
     images_per_product: dict[int, int]  # images -> products with that many
     levels: list[LevelStats] = field(default_factory=list)
     duplicates: DuplicateStats | None = None
+    skipped: list[Skipped] = field(default_factory=list)  # files left out of the counts, with why
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prodsearch.errors import CatalogError
 from prodsearch.indexer.sources import Item, Listing, Skipped
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.embedding import Progress, embed_files
@@ -61,28 +62,45 @@ def file_md5(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_info(item: Item, known: dict[str, FileInfo] | None = None) -> FileInfo | Skipped:
+    """Hash one file (reusing its ``known`` hash if its size and mtime did not change), or say why it
+    cannot be read: a file may vanish or lose its permissions after it was listed, and that must
+    skip the file, not end the run. ``scan`` and ``stats`` both hash through here."""
+    try:
+        stat = item.path.stat()
+        cached = (known or {}).get(str(item.path))
+        if cached is not None and (cached.size, cached.mtime) == (stat.st_size, stat.st_mtime):
+            return cached
+        return FileInfo(file_md5(item.path), stat.st_size, stat.st_mtime)
+    except OSError as exc:
+        return Skipped(str(item.path), f"cannot read file: {exc.strerror or exc}")
+
+
+def nothing_readable(catalog: str | os.PathLike, files: int, skipped: list[Skipped], *, changed: str = "") -> CatalogError:
+    """The one refusal of a catalog none of whose files could be used, with the first reason."""
+    example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+    return CatalogError(f"none of the {files} image files in {catalog} could be read{example}{changed}")
+
+
 def scan(listing: Listing, known: dict[str, FileInfo] | None = None) -> Scan:
     """Hash every file (reusing ``known`` hashes of paths whose size and mtime did not change) and
     keep the first of identical files within a SKU."""
-    known = known or {}
     result = Scan(skipped=list(listing.skipped))
     skus_of_hash: dict[str, set[str]] = {}
     for item in listing.items:
-        try:
-            stat = item.path.stat()
-            cached = known.get(str(item.path))
-            same = cached is not None and (cached.size, cached.mtime) == (stat.st_size, stat.st_mtime)
-            digest = cached.md5 if same else file_md5(item.path)
-        except OSError as exc:
-            result.skipped.append(Skipped(str(item.path), f"cannot read file: {exc.strerror or exc}"))
+        info = file_info(item, known)
+        if isinstance(info, Skipped):
+            result.skipped.append(info)
             continue
-        key = (item.sku, digest)
+        key = (item.sku, info.md5)
         if key in result.files:
-            result.duplicates.append(Duplicate(str(item.path), str(result.files[key].path), item.sku))
+            first = result.files[key]  # reported as found (the link, the manifest line), not as resolved
+            result.duplicates.append(Duplicate(item.origin or str(item.path), first.origin or str(first.path),
+                                               item.sku))
             continue
         result.files[key] = item
-        result.info[key] = FileInfo(digest, stat.st_size, stat.st_mtime)
-        skus_of_hash.setdefault(digest, set()).add(item.sku)
+        result.info[key] = info
+        skus_of_hash.setdefault(info.md5, set()).add(item.sku)
     result.shared_across_skus = sum(1 for _, d in result.files if len(skus_of_hash[d]) > 1)
     return result
 

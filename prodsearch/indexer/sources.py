@@ -1,16 +1,22 @@
 """Reading a catalog (or a labelled query set): a folder per SKU, or a CSV manifest.
 
 Both formats yield the same :class:`Listing`; files that cannot be used are listed with a reason
-instead of stopping the run.
+instead of stopping the run. A CSV manifest must be UTF-8 text (with or without a BOM) or UTF-16
+with a BOM; anything else is refused with the line where it goes wrong, since guessing an encoding
+would silently turn accented SKUs and file names into other ones.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import errno
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, TextIO
 
 from prodsearch.errors import CatalogError
 from prodsearch.retrieval.images import IMAGE_EXTENSIONS
@@ -19,18 +25,24 @@ log = logging.getLogger(__name__)
 
 FORMAT_HELP = ("expected a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with header "
                "image,sku[,name,category,product]")
+ENCODING_HELP = "save it as UTF-8 (or UTF-16 with BOM)"
+NOT_IN_SKU_FOLDER = "not inside a SKU folder (catalog/<sku>/image.jpg)"
 
 
 @dataclass(frozen=True)
 class Item:
     """One labelled image; ``name`` and ``category`` are optional product metadata, ``product``
-    groups the photos of one physical product (a query set's several shots of it)."""
+    groups the photos of one physical product (a query set's several shots of it). ``origin`` is
+    where the listing found it (the unresolved path in a folder, ``<csv>:<line>`` in a manifest), so
+    reports can name what the user wrote rather than the resolved file; it is not part of an item's
+    identity (the same photo listed by two manifests is the same item)."""
 
     path: Path
     sku: str
     name: str | None = None
     category: str | None = None
     product: str | None = None
+    origin: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -51,78 +63,271 @@ class Listing:
         return sorted({it.sku for it in self.items})
 
 
+class SkuSpellings:
+    """One rule for SKU case in every format: the first spelling of a SKU wins and a spelling that
+    differs from it only in case is refused, because to a person 'Milk' and 'milk' are one product
+    while the index would keep two. ``known`` seeds the spellings already taken (an index's SKUs)."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        self._first: dict[str, str] = {}
+        for sku in known:
+            self._first.setdefault(sku.casefold(), sku)
+
+    def clash(self, sku: str) -> str | None:
+        """The spelling taken that ``sku`` differs from only in case, or None (``sku`` is then taken)."""
+        first = self._first.setdefault(sku.casefold(), sku)
+        return None if first == sku else first
+
+    def problem(self, sku: str) -> str | None:
+        """Why ``sku`` cannot be used as spelled, or None."""
+        other = self.clash(sku)
+        return None if other is None else f"SKU {sku!r} differs from {other!r} only in case; use one spelling"
+
+
 def read_listing(source: str | os.PathLike) -> Listing:
     """Read a catalog or query set in either supported format; raise :class:`CatalogError` if unusable."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise CatalogError(f"{source} does not exist; {FORMAT_HELP}")
-    if path.is_dir():
-        listing = _read_folder(path)
-    elif path.suffix.lower() == ".csv":
-        listing = _read_csv(path)
-    else:
-        raise CatalogError(f"{source} is neither a folder nor a .csv file; {FORMAT_HELP}")
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # ~someone/... of an unknown user
+        raise CatalogError(f"{_one_line(source)}: cannot find that home folder; write the path in full") from None
+    try:
+        listing = _read_any(source, path)
+    except OSError as exc:  # the catalog itself (not one of its files) could not be read
+        where = exc.filename if isinstance(exc.filename, str) else source
+        raise CatalogError(f"cannot read {_one_line(where)}: {exc.strerror or exc}; check that it exists and that "
+                           "you may read it") from None
     if not listing.items:
-        detail = f" ({len(listing.skipped)} files skipped, e.g. {listing.skipped[0].path}: {listing.skipped[0].reason})" if listing.skipped else ""
-        raise CatalogError(f"no images found in {source}{detail}; {FORMAT_HELP}")
+        first = listing.skipped[0] if listing.skipped else None
+        detail = (f" ({len(listing.skipped)} files skipped, e.g. {_one_line(first.path)}: {first.reason})"
+                  if first else "")
+        raise CatalogError(f"no images found in {_one_line(source)}{detail}; {FORMAT_HELP}")
     return listing
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _read_any(source: str | os.PathLike, path: Path) -> Listing:
+    if not path.exists():
+        raise CatalogError(f"{_one_line(source)} does not exist; {FORMAT_HELP}")
+    if path.is_dir():
+        return _read_folder(path)
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path)
+    raise CatalogError(f"{_one_line(source)} is neither a folder nor a .csv file; {FORMAT_HELP}")
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """``text`` fit for a one-line message: line breaks shown escaped, long text cut."""
+    s = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def _resolve(path: Path) -> tuple[Path | None, str | None]:
+    """The regular file ``path`` leads to, or why there is none; never raises, since one odd path
+    (a loop, a dangling link, a name the system refuses) must not stop a run."""
+    try:
+        resolved = path.resolve(strict=True)
+        if not resolved.is_file():
+            return None, "not a regular file"
+        return resolved, None
+    except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+        return None, "symlink loop"
+    except FileNotFoundError:
+        return None, "broken symlink (target missing)" if os.path.islink(path) else "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symlink loop"
+        return None, f"cannot read path: {exc.strerror or exc}"
+    except ValueError as exc:  # a NUL byte, a name the file system cannot encode
+        return None, f"invalid path: {exc}"
+
+
+# -- folder catalogs -----------------------------------------------------------------------------
 
 
 def _read_folder(root: Path) -> Listing:
     listing = Listing(root.resolve(), "folder")
-    sku_folders: dict[str, str] = {}  # casefolded name -> the spelling taken
-    for path in sorted(root.rglob("*")):
-        if path.is_dir() or _is_hidden(path, root):
+    spellings = SkuSpellings()
+    for name in sorted(os.listdir(root)):
+        if name.startswith("."):
             continue
-        rel = path.relative_to(root)
-        if len(rel.parts) == 1:
+        path = root / name
+        if not _is_dir(path):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
-                listing.skipped.append(Skipped(str(path), "not inside a SKU folder (catalog/<sku>/image.jpg)"))
+                listing.skipped.append(Skipped(str(path), NOT_IN_SKU_FOLDER))
             continue  # README files and the like beside the SKU folders are not catalog content
-        reason = _folder_file_problem(path, root, rel.parts[0], sku_folders)
+        reason = _sku_folder_problem(path, listing.source)
         if reason:
             listing.skipped.append(Skipped(str(path), reason))
             continue
-        listing.items.append(Item(path.resolve(), rel.parts[0]))
+        for found, reason in _walk_sku_folder(path):
+            item = None if reason else _folder_item(found, root, listing.source, spellings)
+            if isinstance(item, Item):
+                listing.items.append(item)
+            else:
+                listing.skipped.append(Skipped(str(found), reason or item))
     return listing
 
 
-def _folder_file_problem(path: Path, root: Path, sku: str, sku_folders: dict[str, str]) -> str | None:
-    """Why a file of a folder catalog cannot be used, or None."""
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _sku_folder_problem(path: Path, real_root: Path) -> str | None:
+    """Why a top-level folder cannot be a SKU folder, or None. A symlinked one is followed only into
+    the catalog folder: elsewhere it could pull in any folder on the machine, or loop."""
+    if not os.path.islink(path):
+        return None
+    target, reason = _resolve_dir(path)
+    if reason:
+        return reason
+    if target == real_root:
+        return f"symlinked SKU folder to {target}, the catalog folder itself (not followed)"
+    if not target.is_relative_to(real_root):
+        return f"symlinked SKU folder to {target}, outside the catalog folder"
+    return None
+
+
+def _resolve_dir(path: Path) -> tuple[Path | None, str | None]:
+    try:
+        return path.resolve(strict=True), None
+    except RuntimeError:
+        return None, "symlink loop"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read folder: {getattr(exc, 'strerror', None) or exc}"
+
+
+def _walk_sku_folder(folder: Path) -> list[tuple[Path, str | None]]:
+    """Every non-hidden file below ``folder`` (None: still to examine) and every folder that cannot
+    be used with its reason, in path order. Symlinked sub-folders are not followed (they could loop)."""
+    found: list[tuple[Path, str | None]] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append((Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        here = Path(dirpath)
+        kept = []
+        for name in dirnames:
+            if name.startswith("."):
+                continue
+            if os.path.islink(here / name):
+                found.append((here / name, "symlinked folder inside a SKU folder (not followed)"))
+            else:
+                kept.append(name)
+        dirnames[:] = kept
+        found += [(here / name, None) for name in filenames if not name.startswith(".")]
+    return sorted(found, key=lambda f: f[0])
+
+
+def _folder_item(path: Path, root: Path, real_root: Path, spellings: SkuSpellings) -> Item | str:
+    """The item a file of a folder catalog makes, or why it cannot be used."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"unsupported file type {path.suffix or '(none)'}"
-    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-        return f"symlink to {path.resolve()}, outside the catalog folder"
-    taken = sku_folders.setdefault(sku.casefold(), sku)
-    if taken != sku:
+    rel = path.relative_to(root)
+    try:
+        str(rel).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file or folder name is not valid UTF-8; rename it"
+    resolved, reason = _resolve(path)
+    if reason:
+        return reason
+    if not resolved.is_relative_to(real_root):
+        return f"symlink to {resolved}, outside the catalog folder"
+    sku = rel.parts[0]
+    taken = spellings.clash(sku)
+    if taken:
         return f"SKU folder {sku!r} differs from {taken!r} only in case; merge or rename one of them"
-    return None
+    return Item(resolved, sku, origin=str(path))
+
+
+# -- CSV manifests -------------------------------------------------------------------------------
 
 
 def _read_csv(csv_path: Path) -> Listing:
     listing = Listing(csv_path.resolve(), "csv")
-    base = csv_path.resolve().parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip().lower() for h in (reader.fieldnames or [])]
-        if "image" not in header or "sku" not in header:
-            raise CatalogError(f"{csv_path} has header {','.join(header) or '(empty)'}; {FORMAT_HELP}")
-        reader.fieldnames = header
-        for line, row in enumerate(reader, start=2):
-            image, sku = (row.get("image") or "").strip(), (row.get("sku") or "").strip()
-            if not image or not sku:
-                listing.skipped.append(Skipped(f"{csv_path}:{line}", "row without image or sku"))
-                continue
-            path = (base / image).resolve()
-            if not path.is_file():
-                listing.skipped.append(Skipped(str(base / image), "file not found"))
-                continue
-            name = (row.get("name") or "").strip() or None
-            category = (row.get("category") or "").strip().strip("/") or None
-            product = (row.get("product") or "").strip() or None
-            listing.items.append(Item(path, sku, name, category, product))
+    encoding = _csv_encoding(csv_path)
+    reader = None
+    try:
+        with open(csv_path, newline="", encoding=encoding) as f:
+            reader = csv.reader(_checked_lines(f, csv_path))
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "image" not in header or "sku" not in header:
+                shown = _one_line(",".join(header)) or "(empty)"
+                raise CatalogError(f"{_one_line(csv_path)} has header {shown}; {FORMAT_HELP}")
+            _read_rows(reader, header, csv_path, listing)
+    except UnicodeDecodeError:
+        raise _decode_error(csv_path, encoding) from None
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 1
+        raise CatalogError(f"{_one_line(csv_path)} line {line} cannot be read as CSV: {exc}; "
+                           "check that line for an unclosed quote or an overlong field") from None
     return listing
+
+
+def _csv_encoding(csv_path: Path) -> str:
+    with open(csv_path, "rb") as f:
+        start = f.read(2)
+    return "utf-16" if start in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+
+
+def _checked_lines(f: TextIO, csv_path: Path) -> Iterator[str]:
+    """The file's lines, numbered as the csv reader numbers them; a NUL byte means binary data or
+    UTF-16 without a BOM, never a catalog."""
+    for number, line in enumerate(f, start=1):
+        if "\0" in line:
+            raise CatalogError(f"{_one_line(csv_path)} line {number} contains a NUL byte; save it as a plain CSV "
+                               "text file in UTF-8 (or UTF-16 with BOM)")
+        yield line
+
+
+def _decode_error(csv_path: Path, encoding: str) -> CatalogError:
+    """Where and why ``csv_path`` is not text in ``encoding`` (read again whole: the text reader
+    decodes ahead in blocks, so its error cannot name the line)."""
+    data = csv_path.read_bytes()
+    if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    codec = "utf-16" if encoding == "utf-16" else "utf-8"
+    try:
+        data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = len(re.findall("\r\n|\r|\n", data[:exc.start].decode(codec, errors="replace"))) + 1
+        if codec == "utf-8":
+            return CatalogError(f"{_one_line(csv_path)} is not UTF-8 text: line {line} has byte "
+                                f"0x{data[exc.start]:02x}; {ENCODING_HELP}")
+        return CatalogError(f"{_one_line(csv_path)} is not valid UTF-16 text: line {line}: {exc.reason}; "
+                            f"{ENCODING_HELP}")
+    return CatalogError(f"{_one_line(csv_path)} changed while it was read; read it again when nothing writes it")
+
+
+def _read_rows(reader, header: list[str], csv_path: Path, listing: Listing) -> None:
+    base = listing.source.parent
+    spellings = SkuSpellings()
+    end = reader.line_num
+    for row in reader:
+        line, end = end + 1, reader.line_num  # a quoted field may span lines: name the first
+        if not row:
+            continue  # a blank line
+        item = _csv_item(dict(zip(header, row)), base, f"{csv_path}:{line}", spellings)
+        if isinstance(item, Item):
+            listing.items.append(item)
+        else:
+            listing.skipped.append(item)
+
+
+def _csv_item(row: dict[str, str], base: Path, origin: str, spellings: SkuSpellings) -> Item | Skipped:
+    """The item a manifest row makes, or why it is skipped."""
+    image, sku = row.get("image", "").strip(), row.get("sku", "").strip()
+    if not image or not sku:
+        return Skipped(origin, "row without image or sku")
+    path, reason = _resolve(base / image)
+    if reason:
+        return Skipped(str(base / image), reason)
+    reason = spellings.problem(sku)
+    if reason:
+        return Skipped(origin, reason)
+    name = row.get("name", "").strip() or None
+    category = row.get("category", "").strip().strip("/") or None
+    product = row.get("product", "").strip() or None
+    return Item(path, sku, name, category, product, origin)
