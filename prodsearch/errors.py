@@ -13,6 +13,14 @@ class IndexDirError(ProdsearchError):
     """The index folder is missing, not an index, or damaged."""
 
 
+class ReadOnlyIndexError(IndexDirError):
+    """A write to an index folder this process cannot write (a read-only volume, another user's files)."""
+
+    def __init__(self, index_dir: object, detail: str):
+        super().__init__(f"the index {index_dir} is read-only ({detail}); writing needs a writable copy: "
+                         "copy the folder to a place you can write and write there")
+
+
 class ModelMismatchError(ProdsearchError):
     """The index was built with another model than the one that would embed the queries."""
 

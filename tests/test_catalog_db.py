@@ -13,7 +13,7 @@ from prodsearch.indexer.store import rebuild_vectors, snapshot_path
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 
-from conftest import clustered_vectors
+from conftest import clustered_vectors, unprivileged
 from test_index import image_rows, plain_sku_ranking, write_vectors_index
 
 DIM = 16
@@ -153,3 +153,29 @@ def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data):
         add_vectors(exact, read, ids)
         assert rebuilt.ntotal == 300
         assert np.mean(search(rebuilt, read, 1)[1][:, 0] == search(exact, read, 1)[1][:, 0]) > 0.95
+
+
+def test_reader_that_cannot_write_sees_a_writers_uncommitted_wal(public_tmp, data):
+    """A folder this user cannot write, while another user's writer has WAL files beside the
+    database: read-only mode honours the WAL, so the reader sees the writer's last commit."""
+    import sqlite3
+
+    vectors, owners = data
+    write_vectors_index(public_tmp / "idx", owners, vectors).close()
+    writer = sqlite3.connect(public_tmp / "idx" / "catalog.db")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("update products set name = 'Renamed' where sku = 's00'")
+    writer.commit()
+    try:
+        for path in (public_tmp / "idx").iterdir():
+            path.chmod(0o644)
+        with unprivileged():
+            index = ProductIndex(public_tmp / "idx", read_manifest(public_tmp / "idx"))
+            assert index.products(["s00"])["s00"].name == "Renamed"
+            index.close()
+        (public_tmp / "idx" / "catalog.db-shm").unlink()  # a WAL without its index: cannot be read safely
+        with unprivileged(), pytest.raises(IndexDirError, match=r"is read-only and catalog.db-wal holds changes not yet "
+                                                                r"folded into catalog.db; open it once where it can be written"):
+            CatalogDB(public_tmp / "idx" / "catalog.db")
+    finally:
+        writer.close()

@@ -91,10 +91,10 @@ def test_index_errors(runner, tmp_path):
 def test_query_errors(runner, tmp_path, built_index):
     idx = built_index["index"]
     expect_error(run(runner, "query", tmp_path / "missing.jpg", "--index", idx),
-                 f"photo not found: {tmp_path / 'missing.jpg'}")
+                 f"cannot answer {tmp_path / 'missing.jpg'}: file not found")
     (tmp_path / "notes.jpg").write_text("shopping list")
     expect_error(run(runner, "query", tmp_path / "notes.jpg", "--index", idx),
-                 f"{tmp_path / 'notes.jpg'} is not a readable image (not an image (unrecognised format))")
+                 f"cannot answer {tmp_path / 'notes.jpg'}: not an image (unrecognised format)")
     (tmp_path / "plain").mkdir()
     product_image(1).save(tmp_path / "p.jpg")
     expect_error(run(runner, "query", tmp_path / "p.jpg", "--index", tmp_path / "plain"),
@@ -179,10 +179,13 @@ def test_several_photos_as_one_product(runner, tmp_path, built_index):
     assert lines[1].lstrip().startswith("1. sku-2 ") and len(lines) == 3
     (tmp_path / "bad.jpg").write_bytes(b"not a photo")
     result = run(runner, "query", tmp_path / "sku-2-0.jpg", tmp_path / "bad.jpg", "--index", idx, "--as-one", "--json")
-    fused = json.loads(result.output)
+    assert result.exit_code == 1 and result.stderr == (f"Error: 1 of 2 photos could not be answered: {tmp_path / 'bad.jpg'}: "
+                                                       "not an image (unrecognised format)\n")
+    fused = json.loads(result.stdout)
     assert fused["matches"][0]["sku"] == "sku-2" and list(fused["errors"]) == [str(tmp_path / "bad.jpg")]
     result = run(runner, "query", tmp_path / "bad.jpg", "--index", idx, "--as-one")
-    assert result.exit_code == 1 and result.output.splitlines()[-1] == "Error: none of the 1 photos is a readable image"
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == f"Error: cannot answer {tmp_path / 'bad.jpg'}: not an image (unrecognised format)"
 
     report = json.loads(run(runner, "eval", queries, "--index", idx, "--json", "--silent").output)
     assert report["n"] == 12 and report["products"] == {"n": 6, "photos": 12, "top1": 1.0, "top5": 1.0}

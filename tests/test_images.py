@@ -95,3 +95,46 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch, limit):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ImageLoadError, match="^image too large"):
         load_image(tmp_path / "bomb.png")
+
+
+def test_loading_from_threads_leaves_the_warning_filters_alone(tmp_path, monkeypatch):
+    """The pixel limit is checked explicitly: no thread changes the process-wide warning filters."""
+    import threading
+    import warnings
+
+    product_image(1, size=100).save(tmp_path / "bomb.png")
+    product_image(2, size=60).save(tmp_path / "ok.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    before = list(warnings.filters)
+    outcomes = []
+
+    def load(name):
+        for _ in range(20):
+            try:
+                outcomes.append(load_image(tmp_path / name).size)
+            except ImageLoadError as exc:
+                outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("bomb.png", "ok.png") * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
+    assert outcomes.count((60, 60)) == 80
+    assert outcomes.count("image too large: 100 x 100 = 10000 pixels, more than the 5000 a photo may have") == 80
+
+
+def test_library_warnings_are_logged_as_one_line(caplog):
+    """Pillow's and PyTorch's warnings reach the log (named after the library), not raw stderr."""
+    import warnings
+
+    from prodsearch.cli.app import log_warning
+
+    with warnings.catch_warnings():
+        warnings.showwarning = log_warning
+        warnings.simplefilter("always")
+        warnings.warn_explicit("Corrupt EXIF data.  Expecting to read 12 bytes but only got 6.", UserWarning,
+                               "/venv/site-packages/PIL/TiffImagePlugin.py", 900)
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("warnings.TiffImagePlugin", "WARNING", "UserWarning: Corrupt EXIF data.  Expecting to read 12 bytes but only got 6.")]

@@ -323,8 +323,9 @@ def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, 
     assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
     assert ProductIndex.open(tmp_path / "idx").skus == ["a", "b", "c"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    with pytest.raises(IndexDirError, match=r"holds an index built with model tf_efficientnet_lite0 .*"
-                                            r"not tf_efficientnet_lite1 .*remove the folder or choose another --index"):
+    with pytest.raises(IndexDirError, match=r"holds an index built with model tf_efficientnet_lite0; 'index' rebuilds an "
+                                            r"index only with the same model, and tf_efficientnet_lite1 differs in "
+                                            r"data_config.crop_pct, data_config.input_size, name, weights: leave out --model .*"):
         build_index(root, tmp_path / "idx", model="lite1", num_workers=0)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.tex").write_text("precious")

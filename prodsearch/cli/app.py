@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
@@ -37,6 +39,14 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)
+    warnings.showwarning = log_warning
+
+
+def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Libraries' warnings (Pillow's "Corrupt EXIF data", DataLoader's) as one log line each,
+    naming the library, instead of raw text with a source line on stderr."""
+    module = Path(filename).parent.name if Path(filename).stem == "__init__" else Path(filename).stem
+    logging.getLogger(f"warnings.{module}").warning("%s: %s", category.__name__, message)
 
 
 class Progress:

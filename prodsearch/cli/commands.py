@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import click
 
@@ -22,8 +22,9 @@ MAX_LISTED = 20
 @cli.command()
 @click.argument("catalog", type=click.Path())
 @index_option
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), or a checkpoint (.pt) from 'prodsearch train'.")
+@click.option("--model", default=None,
+              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), or a checkpoint (.pt) from 'prodsearch train' "
+                   f"[default: {DEFAULT_MODEL}; an existing index's own model when rebuilding it].")
 @click.option("--index-type", default="auto", show_default=True,
               help="Vector index: auto (exact below 100k images, IVF below 2M, IVF-PQ with re-ranking above) "
                    "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat.")
@@ -91,26 +92,41 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json, np
         prodsearch query snapshot.jpg --index shop/idx --category Dairy/Milk
         prodsearch query front.jpg back.jpg --index shop/idx --as-one
     """
-    missing = [p for p in photos if not Path(p).is_file()]
-    if missing:
-        raise ProdsearchError(f"photo not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unusable = {p: reason for p in photos if (reason := photo_problem(p))}
+    if len(unusable) == len(photos):  # nothing to answer: say so before loading the model
+        raise unanswered(unusable, len(photos))
     product_index = ProductIndex.open(index_dir, model=model, search_device=device,
                                       search_params=search_params(nprobe, ef_search))
     if as_one:
         fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
         click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
-        if not fused.matches:
-            raise ProdsearchError(f"none of the {len(photos)} photos is a readable image")
-        return
-    results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
-    if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        failed = fused.errors
     else:
-        click.echo("\n".join(format_query_result(r) for r in results))
-    failed = [r for r in results if r.error]
-    if failed:
-        raise ProdsearchError(f"{failed[0].path} is not a readable image ({failed[0].error})"
-                              + (f"; {len(failed) - 1} more photos failed" if len(failed) > 1 else ""))
+        results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            click.echo("\n".join(format_query_result(r) for r in results))
+        failed = {r.path: r.error for r in results if r.error}
+    if failed:  # one rule: the good photos are answered, the bad ones reported, and the exit code says so
+        raise unanswered(failed, len(photos))
+
+
+def photo_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a photo before opening it (the reasons the image reader gives too)."""
+    if not os.path.lexists(path) or (os.path.islink(path) and not os.path.exists(path)):
+        return "file not found"
+    if os.path.isdir(path):
+        return "is a directory"
+    return None
+
+
+def unanswered(failed: dict[str, str], total: int) -> ProdsearchError:
+    listed = "; ".join(f"{path}: {reason}" for path, reason in list(failed.items())[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    if total == 1:
+        return ProdsearchError(f"cannot answer {listed}")
+    return ProdsearchError(f"{len(failed)} of {total} photos could not be answered: {listed}{more}")
 
 
 def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:

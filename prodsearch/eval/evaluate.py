@@ -95,7 +95,7 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
     """Score already-embedded query photos against ``index`` (one embedding pass can serve several
     indexes built with the same model)."""
     matches = index.search(embedded.vectors, top_k=5)
-    catalog = index.catalog.products({items[p].sku for p in embedded.positions.tolist()})
+    catalog = index.products({items[p].sku for p in embedded.positions.tolist()})
     outcomes = []
     for p, row in zip(embedded.positions.tolist(), matches):
         item = items[p]

@@ -11,16 +11,21 @@ import logging
 import os
 import shutil
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import CatalogError, IndexDirError, IndexTypeError
+from prodsearch.errors import IndexDirError, IndexTypeError, ReadOnlyIndexError
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, product_rows, scan
-from prodsearch.indexer.manifest import (Manifest, check_replaceable, check_target, is_index_dir, publish_new,
-                                         publish_replacing, read_manifest, staging_dir, write_manifest)
+from prodsearch.indexer.failpoints import crash_point
+from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, nothing_readable, product_rows, scan
+from prodsearch.indexer.lock import WriterLock
+from prodsearch.indexer.product_index import embedder_for
+from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
+                                         model_differences, read_manifest, write_manifest)
+from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
 from prodsearch.indexer.sources import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resolve_index_type
@@ -52,7 +57,7 @@ def build_index(
     catalog: str | os.PathLike,
     index_dir: str | os.PathLike,
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     embedder: Embedder | None = None,
     index_type: str = "auto",
     batch_size: int | None = None,
@@ -63,15 +68,21 @@ def build_index(
 ) -> BuildReport:
     """Index every readable image of ``catalog`` into ``index_dir``.
 
-    An existing index there is rebuilt from the catalog if it uses the same model; an index built
-    with another model is refused rather than silently replaced.
+    An existing index there is rebuilt from the catalog with its own model (``model``, if given,
+    must be that one: an index built with another model is refused rather than silently replaced);
+    a new one is built with ``model`` or the default model.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
     check_target(index_dir)
     existing, unreadable = _existing_index(index_dir)
+    # Where it cannot write, it says so before the slow work (loading the model, embedding).
+    writer = IndexWriter(index_dir, "index", wait=wait) if existing is not None else None
+    if existing is None:
+        check_can_create(index_dir)
     listing = read_listing(catalog)
-    embedder = embedder or create_embedder(model)
+    if embedder is None:
+        embedder = embedder_for(existing, model, index_dir) if existing else create_embedder(model or DEFAULT_MODEL)
     resolve_index_type(index_type, len(listing.items), embedder.config.embed_dim)  # a bad type fails before embedding
     if existing is not None:
         _check_same_model(index_dir, existing.model, embedder.config)
@@ -81,11 +92,10 @@ def build_index(
                          num_workers=num_workers, progress=progress)
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
-        example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
-        raise CatalogError(f"none of the {len(skipped)} image files in {catalog} could be read{example}")
+        raise nothing_readable(catalog, len(listing.items), skipped)
     products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images])
-    if existing is not None:
-        _replace(index_dir, products, embedded, wait)
+    if writer is not None:
+        _replace(writer, products, embedded)
     else:
         manifest = Manifest(embedder.config, "", str(listing.source))
         create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
@@ -104,11 +114,25 @@ def _existing_index(index_dir: Path) -> tuple[Manifest | None, bool]:
     if not is_index_dir(index_dir):
         return None, False
     try:
-        return read_manifest(index_dir), False
+        manifest = read_manifest(index_dir)
+        _check_catalog(index_dir / CATALOG_DB)
+        return manifest, False
+    except (ReadOnlyIndexError, NewerFormatError):  # not damaged: readable elsewhere, or by a newer prodsearch
+        raise
     except IndexDirError as exc:
         check_replaceable(index_dir, str(exc).split(";")[0])
         log.warning("replacing the unreadable index at %s: %s", index_dir, exc)
         return None, True
+
+
+def _check_catalog(path: Path) -> None:
+    """Raise :class:`IndexDirError` if the catalog database is damaged anywhere (a rebuild in place
+    would fail on it; it is replaced instead)."""
+    db = CatalogDB(path)
+    with closing(db), db.guarded():
+        problem = db.integrity_problem()
+    if problem:
+        raise IndexDirError(f"{path} is damaged ({problem})")
 
 
 def _check_same_index_type(index_dir: Path, built: str, index_type: str) -> None:
@@ -118,19 +142,21 @@ def _check_same_index_type(index_dir: Path, built: str, index_type: str) -> None
 
 
 def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderConfig) -> None:
-    if built.identity() != config.identity():
+    diffs = model_differences(built.identity(), config.identity())
+    if diffs:
+        fields = ", ".join(key for key, _, _ in diffs)
         raise IndexDirError(
-            f"{index_dir} holds an index built with model {built.label} ({built.weights}); 'index' rebuilds "
-            f"an index only with the same model, not {config.label} ({config.weights}): remove the folder "
-            "or choose another --index")
+            f"{index_dir} holds an index built with model {built.label}; 'index' rebuilds an index only with the "
+            f"same model, and {config.label} differs in {fields}: leave out --model to rebuild with the index's own, "
+            "or remove the folder or choose another --index")
 
 
-def _replace(index_dir: Path, products: list[dict], embedded: Embedded, wait: float) -> None:
-    with IndexWriter(index_dir, "index", wait=wait) as writer:
+def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded) -> None:
+    with writer:
         old_ids = [row["id"] for row in writer.db.image_rows()]
         writer.commit(products=products, images=embedded.images, vectors=embedded.vectors, remove=old_ids,
                       snapshot=True)
-    log.info("rebuilt the index at %s in place", index_dir)
+    log.info("rebuilt the index at %s in place", writer.index_dir)
 
 
 def create_index_dir(
@@ -148,20 +174,22 @@ def create_index_dir(
     index_dir = Path(index_dir)
     staged = staging_dir(index_dir)
     try:
-        db = CatalogDB(staged / CATALOG_DB, create=True)
-        with db.db.atomic():
-            db.upsert_products(products)
-            db.add_images(images, vectors, generation=1)
-            db.set_generation(1)
-        factory = resolve_index_type(index_type, len(images), manifest.model.embed_dim)
-        index = rebuild_vectors(db, manifest.model.embed_dim, factory)
-        write_vector_index(index, snapshot_path(staged, 1))
-        with db.db.atomic():
-            db.mark_snapshot(1)
-        db.close()
-        write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
-                                        index_factory=factory))
-        (publish_replacing if replace else publish_new)(staged, index_dir)
+        with WriterLock(staged, "index"):  # a build that dies leaves it unlocked: see remove_stale_staging
+            db = CatalogDB(staged / CATALOG_DB, create=True)
+            with db.db.atomic():
+                db.upsert_products(products)
+                db.add_images(images, vectors, generation=1)
+                db.set_generation(1)
+            factory = resolve_index_type(index_type, len(images), manifest.model.embed_dim)
+            index = rebuild_vectors(db, manifest.model.embed_dim, factory)
+            write_vector_index(index, snapshot_path(staged, 1))
+            with db.db.atomic():
+                db.mark_snapshot(1)
+            db.close()
+            write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
+                                            index_factory=factory))
+            crash_point("build-staged")
+            (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

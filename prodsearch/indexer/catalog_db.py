@@ -18,6 +18,9 @@ holds both.
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
-from prodsearch.errors import IndexDirError
+from prodsearch.errors import IndexDirError, ReadOnlyIndexError
 
 _CHUNK = 500  # values per "in (...)" list: SQLite caps bound parameters per statement
 SCHEMA_VERSION = 1
@@ -41,6 +44,33 @@ PAGE_SIZE = 16384
 def stored_dtype(nbytes: int, dim: int) -> np.dtype | None:
     """The dtype of a stored ``dim``-d vector blob of ``nbytes`` bytes; ``None`` if no dtype fits."""
     return next((dtype for dtype in READ_DTYPES if dtype.itemsize * dim == nbytes), None)
+
+
+def can_write(path: Path, mode: int = os.W_OK) -> bool:
+    """Whether this process may write ``path`` (the effective user counts: setuid programs, tests
+    that drop privileges); a read-only file system says no even to root."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write beside ``path``: WAL mode creates ``-wal`` and ``-shm`` files there."""
+    return can_write(path) and can_write(path.parent, os.W_OK | os.X_OK)
+
+
+def _read_only_uri(path: Path) -> str:
+    """How to read a catalog this process cannot write. A writer's WAL files beside it (``-wal``
+    and ``-shm``) mean it may change meanwhile: read-only mode, which honours them. Without them
+    no writer is active and all data is in the file: ``immutable``, which needs no lock file
+    (a read-only volume has none to offer)."""
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    if wal.is_file() and wal.stat().st_size and shm.is_file():
+        return uri + "?mode=ro"
+    if wal.is_file() and wal.stat().st_size:
+        raise IndexDirError(f"the index {path.parent} is read-only and {wal.name} holds changes not yet folded into "
+                            f"{path.name}; open it once where it can be written (prodsearch info --index DIR) before "
+                            "shipping it read-only")
+    return uri + "?immutable=1"
 
 
 @dataclass(frozen=True)
@@ -61,15 +91,42 @@ class CatalogDB:
     """A connection to ``catalog.db``. Readers call :meth:`begin_snapshot` to see one generation
     throughout; writers group changes in ``with db.atomic():``."""
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False):
+    def __init__(self, path: str | os.PathLike, *, create: bool = False, write: bool = False):
+        """Open ``catalog.db``; ``create`` a new one, or open it to ``write`` (raises
+        :class:`IndexDirError` on a read-only index). A reader of an index folder it cannot write
+        (a read-only volume, another user's files) opens it read-only; see :func:`_read_only_uri`."""
         path = Path(path)
         if not create and not path.is_file():
             raise FileNotFoundError(path)
         self.path = path
-        self.db = sqlite_utils.Database(path)
+        if not create and not _writable(path):
+            if write:
+                raise ReadOnlyIndexError(path.parent, f"this user cannot write {path.name} or its folder")
+            self.db = sqlite_utils.Database(sqlite3.connect(_read_only_uri(path), uri=True))
+        else:
+            self.db = sqlite_utils.Database(path)
         self.db.execute("PRAGMA busy_timeout = 30000")
         if create:
             self._create_schema()
+        with self.guarded():
+            self.state()  # a file that is not a catalog database fails here, with a clear message
+
+    @contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Turn SQLite's reports of a damaged file (truncated, overwritten, not a catalog at all)
+        into :class:`IndexDirError` saying how to rebuild; a busy or locked database is not damage."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if not str(exc).startswith(("no such table", "no such column")):
+                raise
+            raise self._damaged(exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> IndexDirError:
+        return IndexDirError(f"{self.path} is damaged ({exc}); rebuild the index: prodsearch index CATALOG "
+                             f"--index {self.path.parent}")
 
     def _create_schema(self) -> None:
         db = self.db
@@ -189,6 +246,11 @@ class CatalogDB:
         added = {i for i, op in rows if op == "add"}
         removed = {i for i, op in rows if op == "remove"}
         return sorted(added - removed), sorted(removed - added)
+
+    def integrity_problem(self) -> str | None:
+        """SQLite's quick check of every page (reads the whole file): ``None`` when it finds nothing."""
+        check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        return None if check == "ok" else check
 
     def counts(self) -> dict[str, int]:
         return {name: self.db[name].count for name in ("products", "images", "vectors")}

@@ -7,7 +7,8 @@ import os
 import signal
 
 CRASH_ENV = "PRODSEARCH_CRASH_AT"
-POINTS = ("before-commit", "inside-commit", "after-commit", "snapshot-written", "after-snapshot")
+POINTS = ("before-commit", "inside-commit", "after-commit", "snapshot-written", "after-snapshot")  # of a write
+BUILD_POINTS = ("build-staged",)  # of an index built into a new folder
 
 
 def crash_point(name: str) -> None:

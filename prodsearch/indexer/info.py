@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     manifest = read_manifest(index_dir)
     model = manifest.model
     db = CatalogDB(index_dir / CATALOG_DB)
-    try:
+    with closing(db), db.guarded():
         db.begin_snapshot()
         state, counts, problems = db.state(), db.counts(), []
         image_ids = _ids(db, "images")
@@ -78,12 +79,10 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         orphans = db.db.execute("select count(*) from products where sku not in (select sku from images)").fetchone()[0]
         if orphans:
             problems.append(f"{orphans} products without images")
-        check = db.db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
+        check = db.integrity_problem()
+        if check:
             problems.append(f"SQLite integrity check: {check}")
         pending = db.db.execute("select count(*) from changes where generation > ?", [state.snapshot]).fetchone()[0]
-    finally:
-        db.close()
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name != ".lock"}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index

@@ -6,6 +6,7 @@ under the writer lock (see :mod:`.writer`), so the index is always the old one o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from prodsearch.errors import CatalogError, ProdsearchError
-from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, product_rows, scan
-from prodsearch.indexer.manifest import check_model, read_manifest
+from prodsearch.errors import ProdsearchError
+from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
+from prodsearch.indexer.manifest import check_model
 from prodsearch.indexer.product_index import embedder_for
-from prodsearch.indexer.sources import Skipped, read_listing
+from prodsearch.indexer.sources import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedding import Progress
 
@@ -101,21 +102,23 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
           allow_mass_removal: bool = False, **embed_kwargs) -> ChangeReport:
     start = time.perf_counter()
     index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
-    embedder = embedder_for(manifest, model, index_dir)
-    check_model(manifest, embedder.config, index_dir)
+    writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
+    embedder = embedder_for(writer.manifest, model, index_dir)
+    check_model(writer.manifest, embedder.config, index_dir)
     listing = read_listing(catalog)
-    with IndexWriter(index_dir, command, wait=wait) as writer:
+    with writer:
         rows = writer.db.image_rows()
         held = {(r["sku"], r["md5"]): r for r in rows}
+        files = len(listing.items)
+        if not remove_missing:  # an add cannot bring 'milk' into an index that holds 'Milk'
+            listing = _without_case_clashes(listing, {r["sku"] for r in rows})
         scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
         new_keys = [k for k in scanned.files if k not in held]
         embedded = embed_new(embedder, scanned, new_keys, **embed_kwargs)
         skipped = scanned.skipped + embedded.skipped
         unchanged = len(scanned.files) - len(new_keys)
         if not unchanged and not embedded.images:
-            raise CatalogError(f"none of the {len(listing.items)} image files in {catalog} could be read"
-                               f"{_example(skipped)}; nothing was changed in {index_dir}")
+            raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
         # An unreadable file is not a deleted one: the image it was keeps its place in the index.
         unreadable = {s.path for s in skipped}
         gone = [r for key, r in held.items() if key not in scanned.files and r["path"] not in unreadable] \
@@ -145,8 +148,17 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
     return report
 
 
-def _example(skipped: list[Skipped]) -> str:
-    return f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+def _without_case_clashes(listing: Listing, index_skus: set[str]) -> Listing:
+    """The listing less items whose SKU differs from one of the index's only in case (skipped)."""
+    spellings = SkuSpellings(index_skus)
+    items, skipped = [], list(listing.skipped)
+    for item in listing.items:
+        reason = spellings.problem(item.sku)
+        if reason:
+            skipped.append(Skipped(item.origin or str(item.path), f"{reason} (the index holds it)"))
+        else:
+            items.append(item)
+    return dataclasses.replace(listing, items=items, skipped=skipped)
 
 
 def check_removal_share(removing: int, held: int, index_dir: Path) -> None:

@@ -6,6 +6,7 @@ lock behind. Readers take no lock: they read a consistent SQLite snapshot.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -13,7 +14,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prodsearch.errors import ProdsearchError
+from prodsearch.errors import ProdsearchError, ReadOnlyIndexError
 
 LOCK_FILE = ".lock"
 POLL_SECONDS = 0.2
@@ -32,7 +33,12 @@ class WriterLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "WriterLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise ReadOnlyIndexError(self.path.parent, f"cannot write {self.path.name}: {exc.strerror}") from None
+            raise
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -65,3 +71,18 @@ class WriterLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def lock_is_held(folder: str | os.PathLike) -> bool | None:
+    """Whether a live process holds the writer lock of ``folder``; ``None`` if it has no lock file."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False

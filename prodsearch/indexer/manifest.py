@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 
 from prodsearch import __version__
 from prodsearch.errors import IndexDirError, ModelMismatchError
-from prodsearch.indexer.manifest_schema import manifest_problem
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.retrieval.embedder import EmbedderConfig
 
@@ -30,6 +27,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "prodsearch-index"
 FORMAT_VERSION = 2  # 2: catalog.db holds the vectors; FAISS snapshots are derived from it
+
+
+class NewerFormatError(IndexDirError):
+    """An index written by a newer prodsearch: readable by that version, so never replaced."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def read_manifest(index_dir: str | os.PathLike) -> Manifest:
     except OSError as exc:
         raise IndexDirError(f"cannot read {path} ({exc.strerror or exc}); check the folder's permissions") from None
     _check_version(_json_object(text), index_dir, rebuild)
+    from prodsearch.indexer.manifest_schema import manifest_problem  # pydantic: only where a manifest is read
+
     problem = manifest_problem(text)
     if problem:
         raise IndexDirError(f"{path} is damaged ({problem}); {rebuild}")
@@ -111,14 +114,14 @@ def _check_version(data: dict, index_dir: Path, rebuild: str) -> None:
     if data.get("format") != FORMAT or not isinstance(version, int) or version == FORMAT_VERSION:
         return
     if version > FORMAT_VERSION:
-        raise IndexDirError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
+        raise NewerFormatError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
     raise IndexDirError(f"{index_dir} was written by an older prodsearch ({data.get('prodsearch_version')}); {rebuild}")
 
 
 def check_model(manifest: Manifest, config: EmbedderConfig, index_dir: str | os.PathLike) -> None:
     """Refuse to compare vectors from different models: their similarities mean nothing. The
     message names every field that differs (``weights``, ``data_config.input_size``...)."""
-    diffs = _differences(manifest.model.identity(), config.identity())
+    diffs = model_differences(manifest.model.identity(), config.identity())
     if not diffs:
         return
     detail = "; ".join(f"{key}: index has {built!r}, query would use {now!r}" for key, built, now in diffs)
@@ -134,13 +137,13 @@ def check_model(manifest: Manifest, config: EmbedderConfig, index_dir: str | os.
     )
 
 
-def _differences(built: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def model_differences(built: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted field, index's value, query's value) of every field that differs, nested dicts opened."""
     out = []
     for key in sorted(set(built) | set(now), key=str):
         a, b = built.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += model_differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append((f"{prefix}{key}", a, b))
     return out
@@ -198,29 +201,3 @@ def _entries(folder: Path) -> list[str]:
 def _listed(names: list[str], shown: int = 5) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
-
-
-def staging_dir(index_dir: Path) -> Path:
-    """A fresh folder beside ``index_dir`` (same filesystem, so the final rename is atomic)."""
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = index_dir.parent / f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return path
-
-
-def publish_replacing(staged: Path, index_dir: Path) -> None:
-    """Put a complete staged index in place of an unreadable one (older format, damaged): the old
-    folder is renamed aside first, then deleted, so a crash leaves one of the two whole."""
-    aside = index_dir.parent / f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(index_dir, aside)
-    publish_new(staged, index_dir)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def publish_new(staged: Path, index_dir: Path) -> None:
-    """Move a complete staged index to ``index_dir``, which must not hold anything yet: one
-    atomic rename, so the folder appears whole or not at all."""
-    try:
-        os.rename(staged, index_dir)  # replaces an empty folder; fails on a non-empty one
-    except OSError:
-        raise IndexDirError(f"{index_dir} was created by another process meanwhile; choose another --index") from None

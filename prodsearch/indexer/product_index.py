@@ -10,12 +10,12 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from prodsearch.errors import CategoryError, IndexDirError
-from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.catalog_db import CatalogDB, Product
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
@@ -86,11 +86,12 @@ class ProductIndex:
         self.manifest = manifest
         self.embedder = embedder
         self.catalog = CatalogDB(index_dir / CATALOG_DB)
-        loaded = self._load_snapshot()
-        set_search_params(loaded, **(search_params or {}))
-        self.vectors = place_for_search(loaded, lambda: self.catalog.all_vectors(manifest.model.embed_dim),
-                                        manifest.index_factory, resolve_device(search_device), search_backend)
-        self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
+        with self.catalog.guarded():
+            loaded = self._load_snapshot()
+            set_search_params(loaded, **(search_params or {}))
+            self.vectors = place_for_search(loaded, lambda: self.catalog.all_vectors(manifest.model.embed_dim),
+                                            manifest.index_factory, resolve_device(search_device), search_backend)
+            self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
         if self.vectors.ntotal != len(self.image_ids):
             raise IndexDirError(
                 f"{index_dir} is inconsistent ({self.vectors.ntotal} vectors for {len(self.image_ids)} catalog "
@@ -151,6 +152,10 @@ class ProductIndex:
     def _search_as_one(self, photos: np.ndarray, top_k: int, among: np.ndarray | None) -> list[Match]:
         if len(photos) == 0 or len(self) == 0:
             return []
+        with self.catalog.guarded():
+            return self._fuse(photos, top_k, among)
+
+    def _fuse(self, photos: np.ndarray, top_k: int, among: np.ndarray | None) -> list[Match]:
         per_photo = self._rank_skus(photos, max(top_k, FUSION_CANDIDATES), among)
         candidates = np.unique([code for row in per_photo for code, _, _ in row])
         ids = self.image_ids[np.isin(self._image_sku_codes, candidates)]
@@ -180,8 +185,9 @@ class ProductIndex:
     def _matches(self, ranked: list[list[tuple[int, float, int]]]) -> list[list[Match]]:
         """(sku code, score, image id) rows as :class:`Match` lists with the catalog's details."""
         image_ids = {i for row in ranked for _, _, i in row}
-        products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
-        paths = self.catalog.image_paths(image_ids)
+        with self.catalog.guarded():
+            products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
+            paths = self.catalog.image_paths(image_ids)
         out = []
         for row in ranked:
             matches = []
@@ -192,15 +198,21 @@ class ProductIndex:
             out.append(matches)
         return out
 
+    def products(self, skus: Iterable[str]) -> dict[str, Product]:
+        """The catalog's name and category of each SKU it holds."""
+        with self.catalog.guarded():
+            return self.catalog.products(skus)
+
     def _category_ids(self, category: str | None) -> np.ndarray | None:
         return self.images_in_category(category) if category else None
 
     def images_in_category(self, category: str) -> np.ndarray:
         """Ids of the images under ``category``; a category with no products is an error that
         lists the top-level categories there are."""
-        ids = self.catalog.image_ids_in_category(category)
+        with self.catalog.guarded():
+            ids = self.catalog.image_ids_in_category(category)
+            tops = sorted({c.split("/")[0] for c in self.catalog.categories()}) if len(ids) == 0 else []
         if len(ids) == 0:
-            tops = sorted({c.split("/")[0] for c in self.catalog.categories()})
             raise CategoryError(f"no products in category {category!r} in {self.index_dir}; "
                                 + (f"top-level categories: {', '.join(tops[:20])}" if tops else "its products have no categories"))
         return ids

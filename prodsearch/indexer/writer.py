@@ -15,7 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
-from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.errors import ReadOnlyIndexError
+from prodsearch.indexer.catalog_db import CatalogDB, can_write
 from prodsearch.indexer.failpoints import crash_point
 from prodsearch.indexer.index_types import deletes_in_place
 from prodsearch.indexer.lock import WriterLock
@@ -37,15 +38,18 @@ class IndexWriter:
     files a crashed writer left are cleared on entry."""
 
     def __init__(self, index_dir: str | os.PathLike, command: str, *, wait: float = 0.0):
+        """Check that the index can be written (before any slow work: loading a model, embedding)."""
         self.index_dir = Path(index_dir)
         self.lock = WriterLock(self.index_dir, command, wait)
         self.manifest: Manifest = read_manifest(self.index_dir)
+        if not (can_write(self.index_dir, os.W_OK | os.X_OK) and can_write(self.index_dir / CATALOG_DB)):
+            raise ReadOnlyIndexError(self.index_dir, f"this user cannot write the folder or its {CATALOG_DB}")
         self.db: CatalogDB | None = None
 
     def __enter__(self) -> "IndexWriter":
         self.lock.__enter__()
         try:
-            self.db = CatalogDB(self.index_dir / CATALOG_DB)
+            self.db = CatalogDB(self.index_dir / CATALOG_DB, write=True)
             remove_stale_files(self.index_dir, keep=self.db.state().snapshot)
         except BaseException:
             self.lock.__exit__(None, None, None)
@@ -53,9 +57,15 @@ class IndexWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.db is not None:
-            self.db.close()
-        self.lock.__exit__(*exc)
+        try:
+            if self.db is not None:
+                with self.db.guarded():  # SQLite's report of a damaged file becomes IndexDirError
+                    if exc[1] is not None:
+                        raise exc[1]
+        finally:
+            if self.db is not None:
+                self.db.close()
+            self.lock.__exit__(*exc)
 
     def commit(self, *, products: Iterable[dict] = (), images: list[dict] | None = None,
                vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,

@@ -11,8 +11,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
+# Pillow warns about images above Image.MAX_IMAGE_PIXELS (and refuses those above twice that);
+# :func:`check_pixel_count` refuses them all, explicitly. The filter is set once, here: a
+# per-call ``warnings.catch_warnings`` would change the process-wide filters under other threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 class ImageLoadError(Exception):
     """A file that cannot be used as a photo; the message is the reason shown to the user."""
+
+
+def check_pixel_count(size: tuple[int, int]) -> None:
+    """A decompression bomb is an attack or a broken file, never a product photo."""
+    width, height = size
+    limit = Image.MAX_IMAGE_PIXELS  # Pillow's setting, so a program that raises it raises ours too
+    if limit and width * height > limit:
+        raise ImageLoadError(f"image too large: {width} x {height} = {width * height} pixels, more than the "
+                             f"{limit} a photo may have")
 
 
 def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
@@ -22,15 +37,13 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
     at least that long: a 12-megapixel phone photo then decodes several times faster.
     """
     try:
-        with warnings.catch_warnings():
-            # A decompression bomb is an attack or a broken file, never a product photo.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if min_side and img.format == "JPEG":
-                    img.draft("RGB", (min_side, min_side))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+        with Image.open(path) as img:
+            check_pixel_count(img.size)
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError("file not found") from None
     except IsADirectoryError:
@@ -38,7 +51,7 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
     except UnidentifiedImageError:
         size = os.path.getsize(path)
         raise ImageLoadError("empty file" if size == 0 else "not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from None
