@@ -27,6 +27,8 @@ from prodsearch.cli import cli
 from prodsearch.indexer import build_index
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.retrieval import create_embedder
+from prodsearch.retrieval.embedder import DEFAULT_MODEL
+from prodsearch.retrieval.weights import locate_weights
 
 from conftest import product_image, unprivileged, write_csv, write_folder_catalog
 
@@ -61,6 +63,7 @@ class Expect:
     message: str = ""  # a regular expression the last line of stderr must match whole
     unchanged: Path | None = None  # a folder whose files must be byte for byte the same afterwards
     as_nobody: bool = False  # run without root's power over file permissions
+    embeds: bool = False  # loads the model's weights from the installed package
     stdout: str | None = None  # a regular expression stdout must contain
     gone: list[Path] = field(default_factory=list)  # paths that must not exist afterwards
     environ: dict[str, str] = field(default_factory=dict)
@@ -90,6 +93,10 @@ def fingerprint(folder: Path) -> dict[str, str]:
     """Every file's bytes (SQLite's WAL side files and the lock file aside: readers may touch them)."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
             if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock"))}
+
+
+def readable(path) -> bool:
+    return os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def esc(path) -> str:
@@ -191,7 +198,8 @@ def _(env):
 @case("unreadable catalog folder")
 def _(env):
     env.catalog.chmod(0o000)
-    return Expect(["eval", env.catalog, "--index", env.idx, "--silent"], as_nobody=True, unchanged=env.idx,
+    out = writable_out(env)
+    return Expect(["stats", env.catalog, "--out", out], as_nobody=True, environ={"MPLCONFIGDIR": str(out / "mpl")},
                   message=r"Error: cannot read .*catalog: Permission denied; check that it exists and that you may read it")
 
 
@@ -473,7 +481,8 @@ def make_read_only(folder: Path) -> None:
 @case("query a read-only index")
 def _(env):
     make_read_only(env.idx)
-    return Expect(["query", env.photo, "--index", env.idx, "--top-k", 1], code=0, as_nobody=True, unchanged=env.idx,
+    return Expect(["query", env.photo, "--index", env.idx, "--top-k", 1], code=0, as_nobody=True, embeds=True,
+                  unchanged=env.idx,
                   stdout=r"1\. milk ")
 
 
@@ -487,7 +496,7 @@ def _(env):
 @case("eval on a read-only index")
 def _(env):
     make_read_only(env.idx)
-    return Expect(["eval", env.catalog, "--index", env.idx, "--silent", "--json"], code=0, as_nobody=True,
+    return Expect(["eval", env.catalog, "--index", env.idx, "--silent", "--json"], code=0, as_nobody=True, embeds=True,
                   unchanged=env.idx, stdout=r'"n": 6, "top1": 1\.0')
 
 
@@ -648,6 +657,8 @@ def test_bad_input(name, env):
     try:
         if expect.as_nobody:
             with unprivileged():
+                if expect.embeds and not readable(locate_weights(DEFAULT_MODEL).path):
+                    pytest.skip("the installed model weights lie in a folder the unprivileged user cannot read")
                 result = CliRunner().invoke(cli, args, env=expect.environ)
         else:
             result = CliRunner().invoke(cli, args, env=expect.environ)
