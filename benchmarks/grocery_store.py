@@ -25,7 +25,7 @@ from prodsearch.eval.grocery_store import write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.build import build_index
 from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import read_listing
+from prodsearch.catalog.listing import read_listing
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ and B (iconic + train photos), for each model given.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import random
 from collections import defaultdict
 from pathlib import Path
 
+from prodsearch.catalog import read_listing, write_catalog_csv
 from prodsearch.eval.grocery_store import GroceryManifests, score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
 from prodsearch.retrieval.embedder import create_embedder
@@ -29,22 +29,17 @@ DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 def write_pairs(test_manifest: Path, out: Path, seed: int = 0) -> Path:
     """The test manifest with a ``product`` column pairing each SKU's photos at random."""
-    with open(test_manifest, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
     by_sku = defaultdict(list)
-    for row in rows:
-        by_sku[row["sku"]].append(row)
+    for item in read_listing(test_manifest).items:
+        by_sku[item.sku].append(item)
     rng = random.Random(seed)
     paired = []
     for sku, photos in sorted(by_sku.items()):
         rng.shuffle(photos)
         for n in range(len(photos) // 2):
-            paired += [{**p, "product": f"{sku}-pair{n}"} for p in photos[2 * n:2 * n + 2]]
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "sku", "name", "category", "product"])
-        writer.writeheader()
-        writer.writerows(paired)
-    return out
+            paired += [{"image": p.path, "sku": sku, "name": p.name, "category": p.category, "product": f"{sku}-pair{n}"}
+                       for p in photos[2 * n:2 * n + 2]]
+    return write_catalog_csv(out, paired, ("name", "category", "product"))
 
 
 def score(model: str, manifests: GroceryManifests, pairs: Path, work: Path, device: str) -> list[dict]:

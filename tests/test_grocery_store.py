@@ -6,7 +6,7 @@ from prodsearch.errors import CatalogError
 from prodsearch.eval.grocery_store import score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer import ProductIndex
-from prodsearch.indexer.sources import read_listing
+from prodsearch.catalog.listing import read_listing
 
 from conftest import fake_grocery_store
 

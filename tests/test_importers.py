@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from prodsearch.cli import cli
 from prodsearch.errors import CatalogError
 from prodsearch.indexer import build_index, read_listing
-from prodsearch.indexer.importers import import_catalog
+from prodsearch.catalog.importers import import_catalog
 
 from conftest import fake_grocery_store, product_image
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.sources import Listing, read_listing
+from prodsearch.catalog.listing import Listing, read_listing
 
 from conftest import product_image
 

@@ -8,7 +8,7 @@ import pytest
 
 from prodsearch.errors import CatalogError
 from prodsearch.indexer.ingest import Duplicate, file_info, scan
-from prodsearch.indexer.sources import Skipped, SkuSpellings, read_listing
+from prodsearch.catalog.listing import Skipped, SkuSpellings, read_listing
 
 from conftest import product_image, unprivileged, write_csv, write_folder_catalog
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from prodsearch.cli import cli
 from prodsearch.eval.stats import catalog_stats, log2_bin
-from prodsearch.indexer.sources import Item
+from prodsearch.catalog.listing import Item
 
 from conftest import unprivileged, write_folder_catalog
 

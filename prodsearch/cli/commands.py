@@ -13,7 +13,7 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
 from prodsearch.indexer.product_index import FusedResult, Match, ProductIndex, QueryResult
-from prodsearch.indexer.sources import Skipped
+from prodsearch.catalog.listing import Skipped
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, MODELS
 
 MAX_LISTED = 20

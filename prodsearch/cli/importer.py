@@ -6,7 +6,7 @@ import click
 
 from prodsearch.cli.app import cli
 from prodsearch.cli.commands import skipped_lines
-from prodsearch.indexer.importers import FORMATS, ImportReport, import_catalog
+from prodsearch.catalog.importers import FORMATS, ImportReport, import_catalog
 
 
 @cli.command(name="import")

@@ -13,7 +13,7 @@ from prodsearch.cli.commands import MAX_LISTED
 from prodsearch.eval.plots import write_plots
 from prodsearch.eval.stats import CatalogStats, catalog_stats
 from prodsearch.indexer.ingest import file_info, nothing_readable
-from prodsearch.indexer.sources import Item, Listing, Skipped, read_listing
+from prodsearch.catalog.listing import Item, Listing, Skipped, read_listing
 
 
 @cli.command()

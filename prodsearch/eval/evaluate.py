@@ -11,7 +11,7 @@ from typing import Sequence
 from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
 from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
 from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import Item, Skipped, read_listing
+from prodsearch.catalog.listing import Item, Skipped, read_listing
 from prodsearch.retrieval.embedding import FileEmbeddings, Progress
 
 log = logging.getLogger(__name__)

@@ -6,16 +6,16 @@ indexes the iconic photos only; protocol B indexes the iconic photos plus the tr
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from prodsearch.catalog.csv_writer import write_catalog_csv
+from prodsearch.catalog.importers.grocery_store import dataset_dir, read_classes, read_split
+from prodsearch.catalog.listing import read_listing
 from prodsearch.eval.evaluate import EvalReport, score_embedded
 from prodsearch.indexer.build import build_index
-from prodsearch.indexer.importers.grocery_store import dataset_dir, read_classes, read_split
 from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.indexer.sources import read_listing
 from prodsearch.retrieval.embedder import Embedder
 
 
@@ -25,15 +25,6 @@ class GroceryManifests:
     catalog_b: Path  # iconic + train split
     val: Path
     test: Path
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "sku", "name", "category"])
-        for r in rows:
-            writer.writerow([os.path.relpath(r["image"], path.parent), r["sku"], r["name"], r["category"]])
-    return path
 
 
 CLASS_SUBSETS = ("all", "even", "odd")
@@ -55,10 +46,10 @@ def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.Pat
     suffix = "" if classes == "all" else f"_{classes}"
     iconic = read_split(dataset, "iconic", kept)
     return GroceryManifests(
-        catalog_a=_write(out / f"catalog_a_iconic{suffix}.csv", iconic),
-        catalog_b=_write(out / f"catalog_b_iconic_train{suffix}.csv", iconic + read_split(dataset, "train", kept)),
-        val=_write(out / f"queries_val{suffix}.csv", read_split(dataset, "val", kept)),
-        test=_write(out / f"queries_test{suffix}.csv", read_split(dataset, "test", kept)),
+        catalog_a=write_catalog_csv(out / f"catalog_a_iconic{suffix}.csv", iconic),
+        catalog_b=write_catalog_csv(out / f"catalog_b_iconic_train{suffix}.csv", iconic + read_split(dataset, "train", kept)),
+        val=write_catalog_csv(out / f"queries_val{suffix}.csv", read_split(dataset, "val", kept)),
+        test=write_catalog_csv(out / f"queries_test{suffix}.csv", read_split(dataset, "test", kept)),
     )
 
 

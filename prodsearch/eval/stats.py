@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from prodsearch.indexer.sources import Item, Skipped
+from prodsearch.catalog.listing import Item, Skipped
 
 
 @dataclass

@@ -26,7 +26,7 @@ from prodsearch.indexer.product_index import embedder_for
 from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
                                          model_differences, read_manifest, write_manifest)
 from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
-from prodsearch.indexer.sources import Skipped, read_listing
+from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resolve_index_type
 from prodsearch.indexer.vectors import index_type_name, write_vector_index

@@ -7,14 +7,14 @@ twice and an edited photo under the same name is.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from prodsearch.catalog.files import file_md5
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.sources import Item, Listing, Skipped
+from prodsearch.catalog.listing import Item, Listing, Skipped
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.embedding import Progress, embed_files
 
@@ -52,14 +52,6 @@ class Embedded:
     vectors: np.ndarray | None = None
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_info(item: Item, known: dict[str, FileInfo] | None = None) -> FileInfo | Skipped:

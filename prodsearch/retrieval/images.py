@@ -8,9 +8,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-
 # Pillow warns about images above Image.MAX_IMAGE_PIXELS (and refuses those above twice that);
 # :func:`check_pixel_count` refuses them all, explicitly. The filter is set once, here: a
 # per-call ``warnings.catch_warnings`` would change the process-wide filters under other threads.

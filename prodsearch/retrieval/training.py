@@ -25,7 +25,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, TensorDataset
 
 from prodsearch.errors import ProdsearchError
-from prodsearch.indexer.sources import read_listing
+from prodsearch.catalog.listing import read_listing
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, create_embedder

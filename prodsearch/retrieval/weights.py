@@ -8,7 +8,6 @@ renames them key-for-key onto timm's ``tf_efficientnet_lite{0,1,2}``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from prodsearch.catalog.files import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,8 @@ def locate_weights(timm_name: str) -> WeightsFile:
     if len(files) != 1:
         raise RuntimeError(f"expected one .pth file in {dist_name}, found {len(files)}")
     version = importlib.metadata.version(dist_name)
-    digest = _sha256(files[0])[:12]
+    digest = file_hash(files[0], "sha256")[:12]
     return WeightsFile(files[0], f"{dist_name}=={version}:{files[0].name}#sha256={digest}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert_lukemelas_state_dict(

@@ -9,7 +9,6 @@ which is what makes retrieval fine-grained. Only numpy and Pillow; same seed, sa
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prodsearch.catalog.csv_writer import write_catalog_csv
 from prodsearch.synthetic.render import render_product
 from prodsearch.synthetic.snapshot import render_snapshot
 from prodsearch.synthetic.specs import (HEROES, JPEG_QUALITY, LOGOS, LOOKALIKE_FRACTION, SHAPES, ProductSpec,
@@ -39,13 +39,6 @@ class SyntheticDataset:
     products: list[ProductSpec]
 
 
-def _write_csv(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(("image", "sku", "name", "category"))
-        writer.writerows(rows)
-
-
 def write_synthetic_dataset(root: str | os.PathLike, n_skus: int = 48, snapshots_per_sku: int = 3,
                             size: int = 256, seed: int = 0) -> SyntheticDataset:
     """Write root/catalog/<sku>/<sku>.jpg, root/queries/<sku>/<sku>_<i>.jpg and both CSVs, so a
@@ -62,12 +55,12 @@ def write_synthetic_dataset(root: str | os.PathLike, n_skus: int = 48, snapshots
             rel = Path(kind, spec.sku, fname)
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(root / rel, "JPEG", quality=JPEG_QUALITY)
-            rows[kind].append((rel.as_posix(), spec.sku, spec.name, spec.category))
+            rows[kind].append({"image": root / rel, "sku": spec.sku, "name": spec.name, "category": spec.category})
     ds = SyntheticDataset(catalog_dir=root / "catalog", queries_dir=root / "queries",
                           catalog_csv=root / "catalog.csv", queries_csv=root / "queries.csv", products=specs)
     ds.queries_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(ds.catalog_csv, rows["catalog"])
-    _write_csv(ds.queries_csv, rows["queries"])
+    write_catalog_csv(ds.catalog_csv, rows["catalog"])
+    write_catalog_csv(ds.queries_csv, rows["queries"])
     logger.info("wrote synthetic shop: %d SKUs in %d families, %d snapshots, %d px, under %s",
                 len(specs), len({s.family for s in specs}), len(rows["queries"]), size, root)
     return ds

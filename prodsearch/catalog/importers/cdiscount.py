@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.importers.base import Format, Row
-from prodsearch.indexer.sources import Skipped
+from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.listing import Skipped
 
 CATEGORY_NAMES = "category_names.csv"
 BSON_FILES = {"train": ("train.bson", "train_example.bson"), "test": ("test.bson",)}

@@ -9,7 +9,6 @@ once: the Cdiscount training file has 12 million images.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -18,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.importers import cdiscount, grocery_store, products10k
-from prodsearch.indexer.importers.base import Format, Row
-from prodsearch.indexer.sources import Skipped
+from prodsearch.catalog.importers import cdiscount, grocery_store, products10k
+from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.csv_writer import CatalogCsvWriter
+from prodsearch.catalog.listing import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, 
     report = ImportReport(out)
     partial = out.with_name(f".{out.name}.partial")
     try:
-        _write_rows(spec.rows(source, splits, out), partial, out.parent, report)
+        _write_rows(spec.rows(source, splits, out), partial, report)
         if not report.images:
             example = f" (e.g. {report.skipped[0].path}: {report.skipped[0].reason})" if report.skipped else ""
             raise CatalogError(f"no images found in {source} for splits {', '.join(splits)}{example}; "
@@ -70,18 +70,15 @@ def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, 
     return report
 
 
-def _write_rows(rows: Iterator[Row | Skipped], path: Path, base: Path, report: ImportReport) -> None:
-    """Stream rows into the CSV at ``path`` (image paths relative to ``base``), counting into ``report``."""
+def _write_rows(rows: Iterator[Row | Skipped], path: Path, report: ImportReport) -> None:
+    """Stream rows into the CSV at ``path`` (beside the manifest it becomes), counting into ``report``."""
     skus, products, categories = set(), set(), set()
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "sku", "name", "category", "product"])
+    with CatalogCsvWriter(path, ("name", "category", "product")) as writer:
         for row in rows:
             if isinstance(row, Skipped):
                 report.skipped.append(row)
                 continue
-            writer.writerow([os.path.relpath(row.image, base), row.sku, row.name or "", row.category or "",
-                             row.product or ""])
+            writer.write(row.image, row.sku, name=row.name, category=row.category, product=row.product)
             report.images += 1
             skus.add(row.sku)
             products.add(row.product or row.sku)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from prodsearch.errors import CatalogError
-from prodsearch.retrieval.images import IMAGE_EXTENSIONS
+from prodsearch.catalog.files import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.indexer.importers.base import Format, Row
-from prodsearch.indexer.sources import Skipped
+from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.listing import Skipped
 
 LISTS = {"train": "train.csv", "test": "test_kaggletest.csv"}
 

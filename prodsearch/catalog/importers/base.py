@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prodsearch.indexer.sources import Skipped
+from prodsearch.catalog.listing import Skipped
 
 
 @dataclass(frozen=True)
