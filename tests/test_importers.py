@@ -141,3 +141,58 @@ def test_import_cli_and_its_errors(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(CatalogError, match="unknown format 'amazon'; choose one of products10k, cdiscount, grocery-store"):
         import_catalog("amazon", tmp_path, tmp_path / "m.csv")
+
+
+def import_error(*args):
+    result = CliRunner().invoke(cli, ["import", *map(str, args)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.stderr.splitlines()) == 1
+    return result.stderr.strip()
+
+
+def test_malformed_grocery_store_inputs_are_one_line_errors(tmp_path):
+    root = fake_grocery_store(tmp_path / "gs")
+    data = root / "dataset"
+    (data / "val.txt").unlink()
+    assert import_error("grocery-store", root, "--split", "val", "--out", tmp_path / "m.csv") == (
+        f"Error: {data} has no val.txt; expected classes.csv with train.txt, val.txt and test.txt "
+        "(in the folder or its dataset/)")
+    (data / "test.txt").write_text("test/Fruit/Apple/Granny-Smith/x.jpg; 0; 0\n")
+    assert import_error("grocery-store", root, "--split", "test", "--out", tmp_path / "m.csv") == (
+        f"Error: {data / 'test.txt'} line 1 is malformed: expected 'path, class id, coarse class id'; "
+        "is this the right dataset and format?")
+    (data / "train.txt").write_text("train/a.jpg, zero, 0\n")
+    assert "train.txt line 1 is malformed" in import_error("grocery-store", root, "--out", tmp_path / "m.csv")
+    with open(data / "classes.csv", "a") as f:
+        f.write("Broken,9\n")
+    assert "classes.csv line 5 is malformed: expected name, class id" in import_error(
+        "grocery-store", root, "--split", "iconic", "--out", tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_malformed_products10k_list_is_a_one_line_error(tmp_path):
+    (tmp_path / "p10k" / "train").mkdir(parents=True)
+    (tmp_path / "p10k" / "train.csv").write_bytes(b"name,class,group\n0.jpg,7,1\n1.jpg,\xe9t\xe9,1\n")
+    assert import_error("products10k", tmp_path / "p10k", "--out", tmp_path / "m.csv") == (
+        f"Error: {tmp_path / 'p10k' / 'train.csv'} is not UTF-8 text (byte 0xe9 at offset 33); "
+        "is this the right dataset and format?")
+    (tmp_path / "p10k" / "train.csv").write_text("name,class,group\n0.jpg,7,1\n\"1.jpg,7," + "x" * 200_000 + "\n")
+    assert import_error("products10k", tmp_path / "p10k", "--out", tmp_path / "m.csv").startswith(
+        f"Error: {tmp_path / 'p10k' / 'train.csv'} line 3 is malformed: a CSV line (field larger than field limit")
+
+
+def test_cdiscount_category_id_that_is_not_a_number(tmp_path):
+    root = tmp_path / "cd"
+    root.mkdir()
+    cdiscount_bson(root / "train_example.bson", [{"_id": 1, "category_id": 10, "imgs": [{"picture": jpeg(1)}]}])
+    (root / "category_names.csv").write_text("category_id,category_level1,category_level2,category_level3\n"
+                                             "10,A,B,C\nten,A,B,D\n")
+    assert import_error("cdiscount", root, "--out", tmp_path / "m.csv") == (
+        f"Error: {root / 'category_names.csv'} line 3 is malformed: category_id 'ten' is not a whole number; "
+        "is this the right dataset and format?")
+
+
+def test_one_bson_file_given_for_two_splits_is_read_once(tmp_path):
+    cdiscount_bson(tmp_path / "one.bson", [{"_id": i, "category_id": 10, "imgs": [{"picture": jpeg(i)}]} for i in range(3)])
+    report = import_catalog("cdiscount", tmp_path / "one.bson", tmp_path / "m.csv", splits=("train", "test"))
+    assert report.images == 3 and len(manifest_rows(tmp_path / "m.csv")) == 3

@@ -58,7 +58,11 @@ def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, 
     report = ImportReport(out)
     partial = out.with_name(f".{out.name}.partial")
     try:
-        _write_rows(spec.rows(source, splits, out), partial, report)
+        try:
+            _write_rows(spec.rows(source, splits, out), partial, report)
+        except OSError as exc:  # a dataset file or the manifest's folder that cannot be read or written
+            raise CatalogError(f"cannot {'write' if exc.filename == str(partial) else 'read'} "
+                               f"{exc.filename or source}: {exc.strerror or exc}") from None
         if not report.images:
             example = f" (e.g. {report.skipped[0].path}: {report.skipped[0].reason})" if report.skipped else ""
             raise CatalogError(f"no images found in {source} for splits {', '.join(splits)}{example}; "

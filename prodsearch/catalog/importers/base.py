@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prodsearch.catalog.listing import Skipped
+from prodsearch.errors import CatalogError
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,8 @@ class Format:
     splits: tuple[str, ...]  # the splits the layout has
     default_splits: tuple[str, ...]
     summary: str  # the layout in one line, for error messages and help
+
+
+def malformed(path: Path, line: int, expected: str) -> CatalogError:
+    """The one message for a dataset file that does not have its published layout."""
+    return CatalogError(f"{path} line {line} is malformed: {expected}; is this the right dataset and format?")

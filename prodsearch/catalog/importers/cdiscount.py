@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.importers.base import Format, Row, malformed
 from prodsearch.catalog.listing import Skipped
 
 CATEGORY_NAMES = "category_names.csv"
@@ -33,8 +33,11 @@ def read_categories(path: Path) -> dict[int, str]:
         if not needed <= set(reader.fieldnames or []):
             raise CatalogError(f"{path} has header {','.join(reader.fieldnames or [])}; expected {','.join(sorted(needed))}")
         for row in reader:
-            levels = (row[f"category_level{i}"].strip().replace("/", "-") for i in (1, 2, 3))
-            out[int(row["category_id"])] = "/".join(levels)
+            category_id = (row["category_id"] or "").strip()
+            if not category_id.isdigit():
+                raise malformed(path, reader.line_num, f"category_id {category_id!r} is not a whole number")
+            levels = ((row[f"category_level{i}"] or "").strip().replace("/", "-") for i in (1, 2, 3))
+            out[int(category_id)] = "/".join(levels)
     return out
 
 
@@ -63,8 +66,7 @@ def rows(source: Path, splits: tuple[str, ...], out: Path) -> Iterator[Row | Ski
     names_path = root / CATEGORY_NAMES
     categories = read_categories(names_path) if names_path.is_file() else {}
     images = out.parent / f"{out.stem}-images"
-    for split in splits:
-        path = _bson_file(source, split)
+    for path in dict.fromkeys(_bson_file(source, split) for split in splits):  # one file given: read once
         with open(path, "rb") as f:
             try:
                 for doc in bson.decode_file_iter(f):
@@ -80,7 +82,7 @@ def _product_rows(doc: dict, categories: dict[int, str], images: Path, path: Pat
         yield Skipped(f"{path}: product {product or '?'}", "document without _id or pictures")
         return
     category_id = doc.get("category_id")
-    category = categories.get(int(category_id)) if category_id is not None else None
+    category = categories.get(category_id) if isinstance(category_id, int) else None
     if category_id is not None and category is None:
         category = str(category_id)  # no category_names.csv entry: keep the id as a one-level path
     folder = images / (str(category_id) if category_id is not None else "unlabelled")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.importers.base import Format, Row, malformed
 from prodsearch.catalog.listing import Skipped
 
 SPLITS = ("iconic", "train", "val", "test")
@@ -29,10 +29,13 @@ def read_classes(dataset: Path) -> dict[int, dict]:
     """Fine class id -> sku, name, category (top folder / coarse class: ``Fruit/Apple``,
     ``Fruit/Lime``, ``Packages/Juice``), iconic image path."""
     out = {}
-    with open(dataset / "classes.csv", newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if not row or not row[1].strip().isdigit():
-                continue
+    path = dataset / "classes.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if len(row) < 2 or not row[1].strip().isdigit():
+                continue  # the header, blank lines
+            if len(row) < 5 or len(Path(row[4].strip().lstrip("/")).parts) < 2:
+                raise malformed(path, line, "expected name, class id, coarse name, coarse id, iconic image path")
             iconic = Path(row[4].strip().lstrip("/"))
             out[int(row[1])] = {
                 "sku": row[0].strip(),
@@ -47,12 +50,18 @@ def read_split(dataset: Path, name: str, classes: dict[int, dict]) -> list[dict]
     """The photos of one split (``iconic`` included) whose class is in ``classes``."""
     if name == "iconic":
         return [{**c, "image": c["iconic"]} for c in classes.values()]
+    listing = dataset / f"{name}.txt"
+    if not listing.is_file():
+        raise CatalogError(f"{dataset} has no {listing.name}; expected {FORMAT.summary}")
     rows = []
-    for line in (dataset / f"{name}.txt").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            path, fine, _coarse = (part.strip() for part in line.split(","))
-            if int(fine) in classes:
-                rows.append({**classes[int(fine)], "image": dataset / path})
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise malformed(listing, number, "expected 'path, class id, coarse class id'")
+        if int(parts[1]) in classes:
+            rows.append({**classes[int(parts[1])], "image": dataset / parts[0]})
     return rows
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prodsearch.errors import CatalogError
-from prodsearch.catalog.importers.base import Format, Row
+from prodsearch.catalog.importers.base import Format, Row, malformed
 from prodsearch.catalog.listing import Skipped
 
 LISTS = {"train": "train.csv", "test": "test_kaggletest.csv"}
@@ -20,11 +20,18 @@ LISTS = {"train": "train.csv", "test": "test_kaggletest.csv"}
 def _read(path: Path, needed: set[str]) -> Iterator[tuple[int, dict]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = {h.strip() for h in reader.fieldnames or []}
-        if not needed <= header:
-            raise CatalogError(f"{path} has header {','.join(reader.fieldnames or [])}; expected {','.join(sorted(needed))}")
-        for line, row in enumerate(reader, start=2):
-            yield line, {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        try:
+            header = {h.strip() for h in reader.fieldnames or []}
+            if not needed <= header:
+                raise CatalogError(f"{path} has header {','.join(reader.fieldnames or [])}; "
+                                   f"expected {','.join(sorted(needed))}")
+            for row in reader:
+                yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        except csv.Error as exc:
+            raise malformed(path, reader.line_num + 1, f"a CSV line ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                               "is this the right dataset and format?") from None
 
 
 def _groups(root: Path) -> dict[str, str]:
