@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from prodsearch import __version__
+from prodsearch.choices import DEVICE_CHOICES
 from prodsearch.errors import ProdsearchError
-from prodsearch.retrieval.device import DEVICE_CHOICES
 
 
 class DomainErrorGroup(click.Group):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import click
 
+from prodsearch.choices import DEFAULT_MODEL, MODELS
 from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
                                 query_model_option, search_options, silent_option, wait_option, workers_option)
 from prodsearch.errors import ProdsearchError
-from prodsearch.eval.evaluate import EvalReport, evaluate
-from prodsearch.indexer.build import BuildReport, build_index
-from prodsearch.indexer.product_index import FusedResult, Match, ProductIndex, QueryResult
-from prodsearch.catalog.listing import Skipped
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, MODELS
+
+if TYPE_CHECKING:
+    from prodsearch.catalog.listing import Skipped
+    from prodsearch.eval.evaluate import EvalReport
+    from prodsearch.indexer.build import BuildReport
+    from prodsearch.indexer.product_index import FusedResult, Match, ProductIndex, QueryResult
 
 MAX_LISTED = 20
 
@@ -44,6 +47,8 @@ def index(catalog, index_dir, model, index_type, batch_size, device, workers, wa
         prodsearch index shop/catalog/ --index shop/idx
         prodsearch index big-catalog.csv --index big-idx --index-type IVF4096,Flat
     """
+    from prodsearch.indexer.build import build_index
+
     with Progress("Embedding", silent) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
                              device=device, num_workers=workers, progress=progress, wait=wait)
@@ -95,8 +100,7 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json, np
     unusable = {p: reason for p in photos if (reason := photo_problem(p))}
     if len(unusable) == len(photos):  # nothing to answer: say so before loading the model
         raise unanswered(unusable, len(photos))
-    product_index = ProductIndex.open(index_dir, model=model, search_device=device,
-                                      search_params=search_params(nprobe, ef_search))
+    product_index = open_index(index_dir, model, device, nprobe, ef_search)
     if as_one:
         fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
         click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
@@ -127,6 +131,15 @@ def unanswered(failed: dict[str, str], total: int) -> ProdsearchError:
     if total == 1:
         return ProdsearchError(f"cannot answer {listed}")
     return ProdsearchError(f"{len(failed)} of {total} photos could not be answered: {listed}{more}")
+
+
+def open_index(index_dir: str, model: str | None, device: str, nprobe: int | None,
+               ef_search: int | None) -> ProductIndex:
+    """The index a read command searches; loading it (torch, faiss) waits until a command runs."""
+    from prodsearch.indexer.product_index import ProductIndex
+
+    return ProductIndex.open(index_dir, model=model, search_device=device,
+                             search_params=search_params(nprobe, ef_search))
 
 
 def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
@@ -175,8 +188,9 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     Example:
         prodsearch eval shop/snapshots/ --index shop/idx --json
     """
-    product_index = ProductIndex.open(index_dir, model=model, search_device=device,
-                                      search_params=search_params(nprobe, ef_search))
+    from prodsearch.eval.evaluate import evaluate
+
+    product_index = open_index(index_dir, model, device, nprobe, ef_search)
     with Progress("Evaluating", silent) as progress:
         report = evaluate(queries, product_index, batch_size=batch_size, device=device,
                           num_workers=workers, progress=progress)

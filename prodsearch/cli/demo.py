@@ -8,7 +8,6 @@ import click
 
 from prodsearch.cli.app import Progress, cli, device_option, silent_option
 from prodsearch.cli.commands import format_build_report, format_query_result
-from prodsearch.demo import run_demo
 
 
 @cli.command()
@@ -32,6 +31,8 @@ def demo(directory, skus, snapshots, seed, device, silent):
     Example:
         prodsearch demo --dir demo-shop
     """
+    from prodsearch.demo import run_demo
+
     with tempfile.TemporaryDirectory(prefix="prodsearch-demo-") as tmp:
         with Progress("Working", silent) as progress:
             report = run_demo(directory or tmp, n_skus=skus, snapshots_per_sku=snapshots, seed=seed,

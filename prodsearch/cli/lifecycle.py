@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Callable
 
 import click
 
@@ -10,11 +11,23 @@ from prodsearch.cli.app import (Progress, batch_option, cli, device_option, inde
                                 query_model_option, silent_option, wait_option, workers_option)
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
 from prodsearch.errors import ProdsearchError
-from prodsearch.indexer.info import IndexInfo, index_info
-from prodsearch.indexer.lifecycle import (MASS_REMOVAL_SHARE, ChangeReport, add_to_index, remove_from_index,
-                                         update_index)
 
-def catalog_command(name: str, operation, help_text: str, *extra_options):
+if TYPE_CHECKING:
+    from prodsearch.indexer.info import IndexInfo
+    from prodsearch.indexer.lifecycle import ChangeReport
+
+# prodsearch.indexer.lifecycle.MASS_REMOVAL_SHARE, which update's help states without importing the indexer.
+MASS_REMOVAL_SHARE = 0.5
+
+
+def catalog_operation(name: str) -> Callable[..., ChangeReport]:
+    """The API function behind ``add`` or ``update``, imported only once the command runs."""
+    from prodsearch.indexer.lifecycle import add_to_index, update_index
+
+    return {"add": add_to_index, "update": update_index}[name]
+
+
+def catalog_command(name: str, help_text: str, *extra_options):
     """``add`` and ``update`` share their options and output; ``extra_options`` are one command's own."""
 
     @cli.command(name=name, help=help_text)
@@ -27,6 +40,7 @@ def catalog_command(name: str, operation, help_text: str, *extra_options):
     @wait_option
     @silent_option
     def command(catalog, index_dir, model, batch_size, device, workers, wait, silent, **extra):
+        operation = catalog_operation(name)
         with Progress("Embedding", silent) as progress:
             report = operation(catalog, index_dir, model=model, batch_size=batch_size, device=device,
                                num_workers=workers, progress=progress, wait=wait, **extra)
@@ -37,7 +51,7 @@ def catalog_command(name: str, operation, help_text: str, *extra_options):
     return command
 
 
-catalog_command("add", add_to_index, """Add the new SKUs and new photos of CATALOG to an index.
+catalog_command("add", """Add the new SKUs and new photos of CATALOG to an index.
 
     Only photos the index does not hold (by SKU and MD5) are embedded; running the same add again
     changes nothing. Nothing is removed: use 'update' to mirror a catalog exactly.
@@ -47,7 +61,7 @@ catalog_command("add", add_to_index, """Add the new SKUs and new photos of CATAL
         prodsearch add shop/new-arrivals/ --index shop/idx
     """)
 
-catalog_command("update", update_index, f"""Make an index match CATALOG exactly.
+catalog_command("update", f"""Make an index match CATALOG exactly.
 
     Adds new photos, removes photos that disappeared from the catalog, re-embeds files whose content
     changed, and refreshes product names and categories. A photo whose file is still there but
@@ -115,6 +129,8 @@ def remove(index_dir, skus, images, wait):
     Example:
         prodsearch remove --index shop/idx --sku milk-3pct --sku milk-1pct
     """
+    from prodsearch.indexer.lifecycle import remove_from_index
+
     report = remove_from_index(index_dir, skus=skus, image_ids=images, wait=wait)
     click.echo(f"Removed {plural(report.removed, 'image')} from {report.index_dir}"
                + (f"; SKUs gone: {', '.join(report.removed_skus)}" if report.removed_skus else ""))
@@ -132,6 +148,8 @@ def info(index_dir, as_json):
     Example:
         prodsearch info --index shop/idx --json
     """
+    from prodsearch.indexer.info import index_info
+
     result = index_info(index_dir)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_info(result))
     if not result.consistent:

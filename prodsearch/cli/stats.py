@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from prodsearch.cli.app import cli
-from prodsearch.cli.commands import MAX_LISTED
-from prodsearch.eval.plots import write_plots
-from prodsearch.eval.stats import CatalogStats, catalog_stats
-from prodsearch.indexer.ingest import file_info, nothing_readable
 from prodsearch.catalog.listing import Item, Listing, Skipped, read_listing
+from prodsearch.cli.commands import MAX_LISTED
+
+if TYPE_CHECKING:
+    from prodsearch.eval.stats import CatalogStats
 
 
 @cli.command()
@@ -30,6 +31,9 @@ def stats(catalog, out, no_md5):
     Example:
         prodsearch stats gs/catalog.csv --out gs/stats
     """
+    from prodsearch.eval.plots import write_plots
+    from prodsearch.eval.stats import catalog_stats
+
     listing = read_listing(catalog)
     items, md5s, skipped = (listing.items, None, list(listing.skipped)) if no_md5 else readable_items(listing)
     result = catalog_stats(items, str(listing.source), None if md5s is None else md5s.__getitem__)
@@ -45,6 +49,8 @@ def stats(catalog, out, no_md5):
 def readable_items(listing: Listing) -> tuple[list[Item], dict[Item, str], list[Skipped]]:
     """The listing's items that can be hashed, their MD5s, and every file left out with why: the
     statistics describe what an index of the catalog would hold, so unreadable files do not count."""
+    from prodsearch.indexer.ingest import file_info, nothing_readable
+
     items, md5s, skipped = [], {}, list(listing.skipped)
     for item in listing.items:
         info = file_info(item)

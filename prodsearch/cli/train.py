@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
+from prodsearch.choices import CLASSIFICATION_LOSSES, DEFAULT_MODEL, METRIC_LOSSES
 from prodsearch.cli.app import cli, device_option, silent_option, workers_option
-from prodsearch.retrieval.embedder import DEFAULT_MODEL
-from prodsearch.retrieval.losses import CLASSIFICATION_LOSSES, METRIC_LOSSES
-from prodsearch.retrieval.training import TrainConfig, TrainResult, train as run_training
+
+if TYPE_CHECKING:
+    from prodsearch.retrieval.training import TrainResult
 
 
 class TrainProgress:
@@ -99,6 +101,8 @@ def train(train_set, out, val, model, embed_dim, img_size, resize, epochs, lr_st
         prodsearch train shop/train.csv --out runs/p10k --img-size 448 --resize 512 --epochs 70 \\
             --balanced-epochs 5 --accuracy-epochs 3
     """
+    from prodsearch.retrieval.training import TrainConfig, train as run_training
+
     config = TrainConfig(
         train=train_set, out=out, val=val, model=model, embed_dim=embed_dim, img_size=img_size, resize=resize,
         epochs=epochs, lr_steps=lr_steps, lr_head=lr_head, lr_backbone=lr_backbone, weight_decay=weight_decay,

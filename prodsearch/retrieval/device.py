@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from prodsearch.choices import DEVICE_CHOICES, PRECISION_CHOICES
 from prodsearch.errors import DeviceError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

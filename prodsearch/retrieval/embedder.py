@@ -17,27 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prodsearch.choices import ALIASES, DEFAULT_MODEL, MODELS
 from prodsearch.errors import UnknownModelError
 from prodsearch.retrieval.weights import has_offline_weights, load_offline_imagenet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"
-
-# Supported architectures and their native resolution.
-MODELS = {
-    "tf_efficientnet_lite0": 224,
-    "tf_efficientnet_lite1": 240,
-    "tf_efficientnet_lite2": 260,
-    "efficientnet_b0": 224,
-    "efficientnet_b1": 240,
-    "efficientnet_b2": 260,
-    "efficientnet_b3": 300,
-}
-ALIASES = {
-    **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in range(3)},
-    **{f"b{i}": f"efficientnet_b{i}" for i in range(4)},
-}
 # Random-init models are seeded, so two processes building "efficientnet_b3" get the same network.
 RANDOM_INIT_SEED = 0
 

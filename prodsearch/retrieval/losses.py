@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 from torch import nn
 
-CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
-METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
+from prodsearch.choices import CLASSIFICATION_LOSSES, METRIC_LOSSES
 
 
 class AccuracyLoss(nn.Module):

@@ -1,0 +1,30 @@
+"""The names a user picks from: models, devices, precisions, losses.
+
+Kept free of heavy imports (torch, timm, faiss) so that the command line can list them in its
+options and help before it loads any of those; the modules that use them re-export them.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+
+# Supported architectures and their native resolution.
+MODELS = {
+    "tf_efficientnet_lite0": 224,
+    "tf_efficientnet_lite1": 240,
+    "tf_efficientnet_lite2": 260,
+    "efficientnet_b0": 224,
+    "efficientnet_b1": 240,
+    "efficientnet_b2": 260,
+    "efficientnet_b3": 300,
+}
+ALIASES = {
+    **{f"lite{i}": f"tf_efficientnet_lite{i}" for i in range(3)},
+    **{f"b{i}": f"efficientnet_b{i}" for i in range(4)},
+}
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
+METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
