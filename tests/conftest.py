@@ -175,3 +175,30 @@ def unprivileged():
     finally:
         os.seteuid(0)
         os.setegid(0)
+
+
+# ------------------------------------------------------------------ indexes straight from vectors
+
+def image_rows(owners):
+    return [{"sku": s, "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1, "size": 1, "mtime": 0.0}
+            for i, s in enumerate(owners)]
+
+
+def write_vectors_index(index_dir, owners, vectors, products=None, index_type="auto"):
+    """An index folder straight from vectors: image i (id i) belongs to SKU owners[i]."""
+    from prodsearch.indexer import ProductIndex
+    from prodsearch.indexer.build import create_index_dir
+    from prodsearch.indexer.manifest import Manifest, read_manifest
+    from prodsearch.retrieval.embedder import EmbedderConfig
+
+    products = products or [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
+    config = EmbedderConfig("test", "none", vectors.shape[1], {"input_size": [3, 8, 8]})
+    create_index_dir(index_dir, Manifest(config, "", "test"), products, image_rows(owners), vectors, index_type)
+    return ProductIndex(index_dir, read_manifest(index_dir))
+
+
+def plain_sku_ranking(query, vectors, owners, top_k):
+    best = {}
+    for v, sku in zip(vectors, owners):
+        best[sku] = max(best.get(sku, -2.0), float(v @ query))
+    return sorted(best.items(), key=lambda kv: -kv[1])[:top_k]

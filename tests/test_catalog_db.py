@@ -13,8 +13,7 @@ from prodsearch.indexer.store import rebuild_vectors, snapshot_path
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 
-from conftest import clustered_vectors, unprivileged
-from test_index import image_rows, plain_sku_ranking, write_vectors_index
+from conftest import clustered_vectors, image_rows, plain_sku_ranking, unprivileged, write_vectors_index
 
 DIM = 16
 
@@ -135,7 +134,7 @@ def test_float16_storage_ranks_like_exact_float32(tmp_path):
         assert [m.sku for m in matches] == [s for s, _ in plain_sku_ranking(q, vectors, owners, 16)]
 
 
-def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data):
+def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data, monkeypatch):
     """A rebuild reads a training sample by id and the vectors a chunk at a time, never all at once,
     and gives the same index as one built from every vector in memory."""
     vectors, owners = data
@@ -147,12 +146,31 @@ def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data):
     assert np.array_equal(np.concatenate([i for i, _ in chunks]), ids)
     assert np.array_equal(np.concatenate([v for _, v in chunks]), read)
     assert np.array_equal(db.vector_ids(), ids)
+    fetched = count_rows_decoded(monkeypatch)
+    chunked = CatalogDB.vector_chunks
+    monkeypatch.setattr(CatalogDB, "vector_chunks", lambda self, dim: chunked(self, dim, rows=64))
+    monkeypatch.setattr("prodsearch.indexer.store.training_rows", lambda index, count, seed=0: np.arange(0, count, 3))
     for spec in ("Flat", "IVF8,SQfp16"):
+        fetched.clear()
         rebuilt = rebuild_vectors(db, DIM, spec)
+        # every read is one chunk or the training sample (every third vector here), never all 300
+        assert fetched == ([] if spec == "Flat" else [100]) + [64, 64, 64, 64, 44]
         exact = create_vector_index(DIM, 0, "Flat")
         add_vectors(exact, read, ids)
         assert rebuilt.ntotal == 300
         assert np.mean(search(rebuilt, read, 1)[1][:, 0] == search(exact, read, 1)[1][:, 0]) > 0.95
+
+
+def count_rows_decoded(monkeypatch) -> list[int]:
+    """Rows of every vector read from the catalog, call by call."""
+    fetched, decode = [], CatalogDB._decode
+
+    def counting(self, ids, blobs, dim):
+        fetched.append(len(blobs))
+        return decode(self, ids, blobs, dim)
+
+    monkeypatch.setattr(CatalogDB, "_decode", counting)
+    return fetched
 
 
 def test_reader_that_cannot_write_sees_a_writers_uncommitted_wal(public_tmp, data):

@@ -77,12 +77,19 @@ def test_kill_at_random_moments(pristine, tmp_path):
     started = time.monotonic()
     start_add(idx, catalog).communicate(timeout=300)
     duration = time.monotonic() - started
-    for i, fraction in enumerate((0.4, 0.75, 0.95)):
+    for i, fraction in enumerate((0.4, 0.75, 0.9)):
         idx = shutil.copytree(index_dir, tmp_path / f"idx{i}")
-        proc = start_add(idx, catalog)
-        time.sleep(duration * fraction)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        while True:  # a kill must land while the writer runs; one that came too late is tried earlier
+            proc = start_add(idx, catalog)
+            time.sleep(duration * fraction)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            if proc.returncode == -signal.SIGKILL:
+                break
+            assert proc.returncode == 0
+            shutil.rmtree(idx)
+            idx = shutil.copytree(index_dir, tmp_path / f"idx{i}")
+            fraction *= 0.8
         assert_old_or_new_and_working(idx, catalog)
     finish_and_check(idx, catalog)
 

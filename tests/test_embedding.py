@@ -59,10 +59,23 @@ def test_bfloat16_embeddings_agree_with_float32(tmp_path, embedder):
     assert np.allclose(in_memory, fp32, atol=1e-5)
 
 
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                      (False, False, None)])
+def test_precision_choice_on_cpus(monkeypatch, avx512_bf16, amx, expected):
+    """auto: bfloat16 only where the CPU computes it natively (elsewhere it is emulated, slower)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert inference_dtype(torch.device("cpu"), "auto") is expected
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_precision_choice_on_gpus(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert inference_dtype(torch.device("cuda"), "auto") is expected
+
+
 def test_precision_choice():
     cpu = torch.device("cpu")
     assert inference_dtype(cpu, "fp32") is None and inference_dtype(cpu, "bf16") is torch.bfloat16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert inference_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
     with pytest.raises(DeviceError, match="unknown precision 'fp8'; use one of auto, fp32, bf16"):
         inference_dtype(cpu, "fp8")

@@ -9,13 +9,11 @@ import pytest
 
 from prodsearch.errors import CatalogError, CategoryError, IndexDirError, ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
-from prodsearch.indexer.build import create_index_dir
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.manifest import Manifest, read_manifest
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
-from prodsearch.retrieval.embedder import EmbedderConfig
 
-from conftest import clustered_vectors, product_image, write_csv, write_folder_catalog
+from conftest import (clustered_vectors, plain_sku_ranking, product_image, write_csv, write_folder_catalog,
+                      write_vectors_index)
 
 
 def test_faiss_search_equals_brute_force():
@@ -31,19 +29,6 @@ def test_faiss_search_equals_brute_force():
     assert np.allclose(scores, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
 
 
-def image_rows(owners):
-    return [{"sku": s, "path": f"/c/{i}.jpg", "md5": str(i), "width": 1, "height": 1, "size": 1, "mtime": 0.0}
-            for i, s in enumerate(owners)]
-
-
-def write_vectors_index(index_dir, owners, vectors, products=None, index_type="auto"):
-    """An index folder straight from vectors: image i (id i) belongs to SKU owners[i]."""
-    products = products or [{"sku": s, "name": s.upper(), "category": "Cat/Sub"} for s in sorted(set(owners))]
-    config = EmbedderConfig("test", "none", vectors.shape[1], {"input_size": [3, 8, 8]})
-    create_index_dir(index_dir, Manifest(config, "", "test"), products, image_rows(owners), vectors, index_type)
-    return ProductIndex(index_dir, read_manifest(index_dir))
-
-
 def synthetic_index(tmp_path, rng, dim=16):
     """An index of random vectors: 30 SKUs with 1-5 images, plus one SKU with 200 near-copies."""
     skus = [f"s{i:02d}" for i in range(30)]
@@ -52,13 +37,6 @@ def synthetic_index(tmp_path, rng, dim=16):
     vectors[-200:] = vectors[-200] + 0.01 * rng.normal(size=(200, dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return write_vectors_index(tmp_path / "idx", owners, vectors), vectors, owners
-
-
-def plain_sku_ranking(query, vectors, owners, top_k):
-    best = {}
-    for v, sku in zip(vectors, owners):
-        best[sku] = max(best.get(sku, -2.0), float(v @ query))
-    return sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
 
 
 @pytest.mark.parametrize("top_k", [1, 5, 12])
@@ -233,7 +211,7 @@ def test_manifest_records_model_and_preprocessing(built_index, embedder):
     assert data["model"]["data_config"]["input_size"] == [3, 224, 224]
     assert data["model"]["data_config"]["mean"] == [0.5, 0.5, 0.5]
     assert data["embed_dim"] == 1280
-    assert data["vector_index"] == {"type": "IndexFlatIP", "factory": "Flat", "metric": "inner_product"}
+    assert data["vector_index"] == {"type": "IndexFlatIP", "factory": "Flat", "requested": "auto", "metric": "inner_product"}
     assert data["prodsearch_version"]
 
 

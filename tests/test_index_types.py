@@ -97,7 +97,7 @@ def test_index_folders_of_each_type_survive_removal(tmp_path, spec, type_name):
     from prodsearch.indexer import ProductIndex, index_info, remove_from_index
     from prodsearch.indexer.manifest import read_manifest
 
-    from test_index import write_vectors_index
+    from conftest import write_vectors_index
 
     rng = np.random.default_rng(1)
     vectors = clustered_vectors(600, 16, rng, clusters=30, noise=0.25)
@@ -123,7 +123,7 @@ def test_search_parameters_reach_the_opened_index(tmp_path):
     from prodsearch.indexer import ProductIndex
     from prodsearch.indexer.manifest import read_manifest
 
-    from test_index import write_vectors_index
+    from conftest import write_vectors_index
 
     vectors = clustered_vectors(600, 16, np.random.default_rng(2), clusters=30, noise=0.25)
     write_vectors_index(tmp_path / "idx", [f"s{i % 60}" for i in range(600)], vectors, index_type="IVF16,Flat")
@@ -131,3 +131,45 @@ def test_search_parameters_reach_the_opened_index(tmp_path):
     assert nprobe(ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"))) == 16  # the default
     tuned = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"), search_params={"nprobe": 3})
     assert nprobe(tuned) == 3
+
+
+@pytest.mark.parametrize("requested,built,count,expected", [
+    ("auto", "Flat", 20_000, "Flat"), ("auto", "Flat", 150_000, "IVF2048,SQfp16"),
+    ("auto", "IVF2048,SQfp16", 5_000, "Flat"), ("IVF32,Flat", "IVF32,Flat", 20_000, "IVF512,Flat"),
+    ("IVF32_HNSW32,PQ8,Refine(SQ8)", "IVF32_HNSW32,PQ8,Refine(SQ8)", 20_000, "IVF512_HNSW32,PQ8,Refine(SQ8)"),
+    ("HNSW32,Flat", "HNSW32,Flat", 20_000, "HNSW32,Flat")])
+def test_a_rebuild_resizes_the_index_type(requested, built, count, expected):
+    from prodsearch.indexer.index_types import resize_index_type
+
+    assert resize_index_type(requested, built, count, 16) == expected
+
+
+def test_rebuilding_a_small_ivf_index_from_many_vectors_retrains_it(tmp_path):
+    """'index' into an existing IVF index rebuilds it for the new size: the lists of 100 vectors
+    (IVF32) would leave a catalog 200x larger with 1/16 of the lists it needs."""
+    import faiss
+
+    from prodsearch.indexer import ProductIndex, index_info
+    from prodsearch.indexer.build import _replace
+    from prodsearch.indexer.ingest import Embedded
+    from prodsearch.indexer.manifest import read_manifest
+    from prodsearch.indexer.writer import IndexWriter
+
+    from conftest import image_rows, write_vectors_index
+
+    rng = np.random.default_rng(3)
+    write_vectors_index(tmp_path / "idx", [f"s{i % 10}" for i in range(100)], clustered_vectors(100, 16, rng),
+                        index_type="IVF32,Flat")
+    manifest = read_manifest(tmp_path / "idx")
+    assert (manifest.index_factory, manifest.index_requested) == ("IVF32,Flat", "IVF32,Flat")
+    owners = [f"t{i % 500}" for i in range(20_000)]
+    vectors = clustered_vectors(20_000, 16, rng, clusters=200)
+    products = [{"sku": s, "name": s, "category": None} for s in sorted(set(owners))]
+    _replace(IndexWriter(tmp_path / "idx", "index"), products, Embedded(image_rows(owners), vectors), "IVF512,Flat")
+    manifest = read_manifest(tmp_path / "idx")
+    assert (manifest.index_factory, manifest.index_requested) == ("IVF512,Flat", "IVF32,Flat")
+    index = ProductIndex(tmp_path / "idx", manifest)
+    assert faiss.extract_index_ivf(index.vectors.index).nlist == 512 and len(index) == 20_000
+    assert index.search(vectors[:1], 1)[0][0].sku == owners[0]
+    info = index_info(tmp_path / "idx")
+    assert info.consistent and info.pending_changes == 0

@@ -45,7 +45,7 @@ def test_product_index_answers_the_same_with_the_torch_search(tmp_path):
     from prodsearch.indexer import ProductIndex
     from prodsearch.indexer.manifest import read_manifest
 
-    from test_index import write_vectors_index
+    from conftest import write_vectors_index
 
     rng = np.random.default_rng(3)
     vectors = clustered_vectors(400, 16, rng, clusters=50)

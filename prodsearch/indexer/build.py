@@ -28,7 +28,7 @@ from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_repla
 from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
 from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
-from prodsearch.indexer.index_types import resolve_index_type
+from prodsearch.indexer.index_types import resize_index_type, resolve_index_type
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig, create_embedder
@@ -95,7 +95,10 @@ def build_index(
         raise nothing_readable(catalog, len(listing.items), skipped)
     products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images])
     if writer is not None:
-        _replace(writer, products, embedded)
+        dim = existing.model.embed_dim
+        factory = (index_type if index_type != "auto"
+                   else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
+        _replace(writer, products, embedded, factory)
     else:
         manifest = Manifest(embedder.config, "", str(listing.source))
         create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
@@ -151,12 +154,14 @@ def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderCo
             "or remove the folder or choose another --index")
 
 
-def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded) -> None:
+def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, factory: str) -> None:
+    """Every row replaced in one transaction, then the vector index built afresh as ``factory``
+    (trained on the new vectors: an IVF index keeps no centroids of a catalog that is gone)."""
     with writer:
         old_ids = [row["id"] for row in writer.db.image_rows()]
         writer.commit(products=products, images=embedded.images, vectors=embedded.vectors, remove=old_ids,
-                      snapshot=True)
-    log.info("rebuilt the index at %s in place", writer.index_dir)
+                      rebuild_as=factory)
+    log.info("rebuilt the index at %s in place as %s", writer.index_dir, factory)
 
 
 def create_index_dir(
@@ -187,7 +192,7 @@ def create_index_dir(
                 db.mark_snapshot(1)
             db.close()
             write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
-                                            index_factory=factory))
+                                            index_factory=factory, index_requested=index_type))
             crash_point("build-staged")
             (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:

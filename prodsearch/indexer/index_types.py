@@ -24,6 +24,7 @@ place; graph (HNSW) and refine indexes cannot, and the caller rebuilds them from
 from __future__ import annotations
 
 import math
+import re
 
 import faiss
 import numpy as np
@@ -58,6 +59,16 @@ def choose_index_type(count: int, dim: int) -> str:
     if count < PQ_LIMIT:
         return f"IVF{nlist_for(count)},SQfp16"
     return f"IVF{nlist_for(count)}_HNSW32,PQ{pq_subquantizers(dim)},Refine(SQ8)"
+
+
+def resize_index_type(requested: str, built: str, count: int, dim: int) -> str:
+    """The factory string a rebuild for ``count`` vectors uses: ``auto`` chooses again by size, an
+    IVF type keeps its kind with the list count for the new size (a catalog that grew 100x needs
+    10x the lists), any other type stays as built."""
+    if requested == "auto":
+        return choose_index_type(count, dim)
+    match = re.fullmatch(r"IVF(\d+)(.*)", built)
+    return f"IVF{nlist_for(count)}{match.group(2)}" if match else built
 
 
 def deletes_in_place(spec: str) -> bool:

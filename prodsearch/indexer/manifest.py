@@ -45,6 +45,7 @@ class Manifest:
     prodsearch_version: str = __version__
     created: str = ""
     index_factory: str = "auto"  # the FAISS factory string it was built as, for rebuilding it alike
+    index_requested: str = ""  # what --index-type asked for ("auto" or a factory): a rebuild resizes by it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +55,8 @@ class Manifest:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.model.to_dict(),
             "embed_dim": self.model.embed_dim,
-            "vector_index": {"type": self.index_type, "factory": self.index_factory, "metric": "inner_product"},
+            "vector_index": {"type": self.index_type, "factory": self.index_factory,
+                             "requested": self.index_requested or self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
         }
 
@@ -67,11 +69,15 @@ class Manifest:
             prodsearch_version=d["prodsearch_version"],
             created=d.get("created", ""),
             index_factory=d["vector_index"].get("factory", "auto"),
+            index_requested=d["vector_index"].get("requested") or d["vector_index"].get("factory", "auto"),
         )
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
-    (index_dir / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    """Write the manifest whole or not at all (a rebuild in place rewrites it beside readers)."""
+    partial = index_dir / f".{MANIFEST}.tmp-{os.getpid()}"
+    partial.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, index_dir / MANIFEST)
 
 
 def read_manifest(index_dir: str | os.PathLike) -> Manifest:

@@ -42,6 +42,7 @@ class ModelSection(_Schema):
 class VectorIndexSection(_Schema):
     type: str
     factory: str = "auto"
+    requested: Optional[str] = None
     metric: Literal["inner_product"] = "inner_product"
 
 

@@ -7,6 +7,7 @@ a new FAISS snapshot when the log has grown long enough. Readers never wait for 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from prodsearch.indexer.catalog_db import CatalogDB, can_write
 from prodsearch.indexer.failpoints import crash_point
 from prodsearch.indexer.index_types import deletes_in_place
 from prodsearch.indexer.lock import WriterLock
-from prodsearch.indexer.manifest import Manifest, read_manifest
-from prodsearch.indexer.store import CATALOG_DB, load_vectors, needs_snapshot, remove_stale_files, write_snapshot
+from prodsearch.indexer.manifest import Manifest, read_manifest, write_manifest
+from prodsearch.indexer.store import (CATALOG_DB, load_vectors, needs_snapshot, rebuild_vectors, remove_stale_files,
+                                     write_snapshot)
+from prodsearch.indexer.vectors import index_type_name
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,11 @@ class IndexWriter:
 
     def commit(self, *, products: Iterable[dict] = (), images: list[dict] | None = None,
                vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,
-               snapshot: bool = False) -> Commit:
+               rebuild_as: str | None = None) -> Commit:
         """Apply removals, product upserts, new images and moved files' paths atomically, as the next
-        generation; write a FAISS snapshot if asked, if the change log has grown long, or after a
-        removal from an index type that cannot delete in place."""
+        generation; write a FAISS snapshot if the change log has grown long, or after a removal from
+        an index type that cannot delete in place. ``rebuild_as``: write the snapshot as a fresh
+        index of that factory string, trained on the vectors now stored."""
         db = self.db
         crash_point("before-commit")
         with db.db.atomic():
@@ -93,9 +97,21 @@ class IndexWriter:
         count = db.counts()["images"]
         # An index that cannot delete is rebuilt once here, not by every reader that opens it.
         rebuild = bool(remove) and not deletes_in_place(self.manifest.index_factory)
-        if snapshot or rebuild or needs_snapshot(db, count):
+        if rebuild_as is not None:
+            self._rebuild(rebuild_as)
+        elif rebuild or needs_snapshot(db, count):
             index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim, self.manifest.index_factory)
             write_snapshot(self.index_dir, db, index)
             crash_point("after-snapshot")
         log.info("generation %d: +%d images, -%d images", generation, len(added), len(remove))
         return Commit(generation, added, orphans)
+
+    def _rebuild(self, factory: str) -> None:
+        """A fresh snapshot of type ``factory``; the manifest follows once the snapshot is in place
+        (a reader between the two reads a snapshot file whatever its type)."""
+        index = rebuild_vectors(self.db, self.manifest.model.embed_dim, factory)
+        write_snapshot(self.index_dir, self.db, index)
+        crash_point("after-snapshot")
+        if factory != self.manifest.index_factory:
+            self.manifest = dataclasses.replace(self.manifest, index_type=index_type_name(index), index_factory=factory)
+            write_manifest(self.index_dir, self.manifest)
