@@ -24,7 +24,7 @@ from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.build import build_index
 from prodsearch.indexer.info import index_info
 from prodsearch.indexer.lifecycle import add_to_index, remove_from_index, update_index
-from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.factory import create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 

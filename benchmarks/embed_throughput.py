@@ -23,7 +23,7 @@ import torch
 
 from prodsearch.eval.report import markdown_table
 from prodsearch.retrieval.device import inference_dtype, resolve_device
-from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import embed_files, prepare
 from prodsearch.retrieval.images import load_image
 from prodsearch.retrieval.preprocess import build_transform

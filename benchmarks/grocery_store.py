@@ -26,7 +26,8 @@ from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.build import build_index
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.catalog.listing import read_listing
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, create_embedder
+from prodsearch.retrieval.embedder import DEFAULT_MODEL
+from prodsearch.retrieval.factory import create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"

@@ -21,7 +21,7 @@ from pathlib import Path
 from prodsearch.catalog import read_listing, write_catalog_csv
 from prodsearch.eval.grocery_store import GroceryManifests, score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
-from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.factory import create_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"

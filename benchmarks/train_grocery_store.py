@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prodsearch.eval.grocery_store import GroceryManifests, score_protocols, write_grocery_store_manifests
 from prodsearch.eval.report import markdown_table
-from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.training import TrainConfig, train
 
 log = logging.getLogger("train_grocery_store")

@@ -26,7 +26,7 @@ from prodsearch.eval.metrics import recall_against_exact
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.index_types import set_search_params, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
-from prodsearch.retrieval.embedder import create_embedder
+from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import embed_files
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 from prodsearch.eval.evaluate import EvalReport, evaluate
 from prodsearch.indexer.build import BuildReport, build_index
 from prodsearch.indexer.product_index import ProductIndex, QueryResult
-from prodsearch.retrieval.embedding import Progress
+from prodsearch.retrieval.embedding import FilesDone
 from prodsearch.synthetic import SyntheticDataset, write_synthetic_dataset
 
 
@@ -42,7 +42,7 @@ def run_demo(
     snapshots_per_sku: int = 3,
     seed: int = 0,
     device: str = "auto",
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
 ) -> DemoReport:
     """Generate the synthetic shop in ``directory``, index it, evaluate it, answer one query."""
     start = time.perf_counter()

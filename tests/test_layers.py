@@ -14,6 +14,7 @@ PACKAGE = Path(prodsearch.__file__).parent
 LAYERS = {
     "errors": 0,
     "choices": 0,  # names the CLI offers before anything heavy is imported
+    "train_config": 0,  # training settings and defaults, which train --help shows without torch
     "catalog": 1,
     "synthetic": 2,  # renders demo shops; writes them through the catalog
     "retrieval": 3,
@@ -74,3 +75,65 @@ def test_the_check_sees_an_upward_import(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n    from prodsearch.cli.app import cli\n")
     assert imports(path) == [(2, "prodsearch.cli.app")]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the prodsearch modules it imports (``from pkg import sub`` counts as importing sub)."""
+    modules = {module_name(p).removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for succ in graph[node]:
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    """Package __init__ files re-export their modules; apart from that no module imports one that
+    imports it back, even lazily (a factory above the builders, as timm's _factory.py)."""
+    graph = module_graph()
+    packages = {name for name in graph if (PACKAGE.parent / name.replace(".", "/")).is_dir()}
+    without_reexports = {name: {t for t in targets if t not in packages} for name, targets in graph.items()}
+    assert cycles(without_reexports) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -12,7 +12,7 @@ from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_ac
 from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.catalog.listing import Item, Skipped, read_listing
-from prodsearch.retrieval.embedding import FileEmbeddings, Progress
+from prodsearch.retrieval.embedding import FileEmbeddings, FilesDone
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def evaluate(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
 ) -> EvalReport:
     """Embed every labelled query photo, rank SKUs, and score top-1 / top-5."""
     listing = read_listing(queries)

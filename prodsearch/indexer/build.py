@@ -31,8 +31,9 @@ from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resize_index_type, resolve_index_type
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig, create_embedder
-from prodsearch.retrieval.embedding import Progress
+from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig
+from prodsearch.retrieval.factory import create_embedder
+from prodsearch.retrieval.embedding import FilesDone
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def build_index(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
     wait: float = 0.0,
 ) -> BuildReport:
     """Index every readable image of ``catalog`` into ``index_dir``.

@@ -16,7 +16,7 @@ from prodsearch.catalog.files import file_md5
 from prodsearch.errors import CatalogError
 from prodsearch.catalog.listing import Item, Listing, Skipped
 from prodsearch.retrieval.embedder import Embedder
-from prodsearch.retrieval.embedding import Progress, embed_files
+from prodsearch.retrieval.embedding import FilesDone, embed_files
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def embed_new(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
 ) -> Embedded:
     """Embed the files of ``keys``; unreadable ones are skipped with their reason."""
     items = [scanned.files[k] for k in keys]

@@ -20,7 +20,7 @@ from prodsearch.indexer.manifest import check_model
 from prodsearch.indexer.product_index import embedder_for
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
-from prodsearch.retrieval.embedding import Progress
+from prodsearch.retrieval.embedding import FilesDone
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def add_to_index(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
     wait: float = 0.0,
 ) -> ChangeReport:
     """Add the catalog's new SKUs and new images of known SKUs; what the index holds is skipped
@@ -83,7 +83,7 @@ def update_index(
     batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
     wait: float = 0.0,
     allow_mass_removal: bool = False,
 ) -> ChangeReport:

@@ -22,7 +22,8 @@ from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.torch_search import place_for_search
 from prodsearch.indexer.vectors import search
 from prodsearch.retrieval.device import resolve_device
-from prodsearch.retrieval.embedder import Embedder, create_embedder
+from prodsearch.retrieval.embedder import Embedder
+from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 
 log = logging.getLogger(__name__)

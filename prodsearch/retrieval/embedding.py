@@ -24,7 +24,7 @@ from prodsearch.retrieval.preprocess import build_transform, decode_min_side
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # called with (files done, files in total)
+FilesDone = Callable[[int, int], None]  # called with (files done, files in total)
 
 # Below this many files, starting worker processes costs more than it saves.
 MIN_FILES_FOR_WORKERS = 32
@@ -97,7 +97,7 @@ def embed_files(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     num_workers: int | None = None,
-    progress: Progress | None = None,
+    progress: FilesDone | None = None,
     pooled: bool = False,
     precision: str = "auto",
 ) -> FileEmbeddings:

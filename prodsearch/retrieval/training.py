@@ -28,7 +28,8 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.catalog.listing import read_listing
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, create_embedder
+from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder
+from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import MIN_FILES_FOR_WORKERS, decode_worker_init, embed_files
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
@@ -38,7 +39,7 @@ from prodsearch.retrieval.train_data import (AugmentedImages, LabelledSet, balan
 log = logging.getLogger(__name__)
 
 STAGES = ("main", "balanced", "accuracy")
-Progress = Callable[[dict[str, Any]], None]
+EpochDone = Callable[[dict[str, Any]], None]  # called with each finished epoch's figures
 
 
 class TrainingError(ProdsearchError):
@@ -140,7 +141,7 @@ class Trainer:
     """One training run's state: data, embedder, losses, frozen parts, cached features, history.
     :func:`train` drives it stage by stage and epoch by epoch."""
 
-    def __init__(self, config: TrainConfig, progress: Progress | None):
+    def __init__(self, config: TrainConfig, progress: EpochDone | None):
         self.config, self.progress = config, progress
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
@@ -338,7 +339,7 @@ class Trainer:
 
 
 def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
-          progress: Progress | None = None) -> TrainResult:
+          progress: EpochDone | None = None) -> TrainResult:
     """Run (or, from a ``last.pt``, continue) a training run; return where the model was written.
 
     With ``resume`` the run's saved configuration is used, not ``config``, except where the
