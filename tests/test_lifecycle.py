@@ -301,3 +301,25 @@ def test_update_refuses_to_remove_most_of_the_index(shop):
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Updated {idx}: 0 images added, 4 removed")
     assert_consistent(idx, images=2, skus=1)
+
+
+def test_the_writer_lock_held_by_another_process(shop):
+    """The lock is an OS file lock (filelock): another process holding it keeps writers out, naming
+    it, and the lock is free the moment that process dies."""
+    import subprocess
+    import sys
+
+    catalog, idx = shop
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom prodsearch.indexer.lock import WriterLock\n"
+         f"with WriterLock({str(idx)!r}, 'other'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(IndexBusyError, match=rf"being written by another prodsearch process \(pid {holder.pid}, "
+                                                 r"'other' since .*\)"):
+            remove_from_index(idx, skus=["a"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_from_index(idx, skus=["a"]).removed == 2  # free once its holder is gone

@@ -83,7 +83,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         if check:
             problems.append(f"SQLite integrity check: {check}")
         pending = db.db.execute("select count(*) from changes where generation > ?", [state.snapshot]).fetchone()[0]
-    files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name != ".lock"}
+    files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (".lock", ".writer")}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),

@@ -160,8 +160,8 @@ def is_index_dir(path: Path) -> bool:
 
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
-# files, FAISS snapshots, the writer lock, and temporary files a crashed writer left.
-INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|\.lock|.*\.tmp-.*)$")
+# files, FAISS snapshots, the writer lock and who holds it, and temporary files a crashed writer left.
+INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|\.lock|\.writer|.*\.tmp-.*)$")
 
 
 def check_target(index_dir: Path) -> None:
