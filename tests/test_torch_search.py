@@ -60,3 +60,26 @@ def test_product_index_answers_the_same_with_the_torch_search(tmp_path):
     assert all(same(a, b) for a, b in zip(faiss_index.search(queries, 5, category="C"),
                                           torch_index.search(queries, 5, category="C")))
     assert same(faiss_index.search_as_one(queries[:3], 5), torch_index.search_as_one(queries[:3], 5))
+
+
+@pytest.mark.parametrize("factory,on_gpu", [("Flat", True), ("IVF1024,Flat", True), ("IVF1024,SQfp16", True),
+                                            ("IVF4096,PQ64", True), ("HNSW32,Flat", False),
+                                            ("IVF4096_HNSW32,PQ64,Refine(SQ8)", False), ("IVF1024,PQ64,Refine(SQ8)", False)])
+def test_faiss_gpu_receives_only_the_types_it_can_hold(monkeypatch, factory, on_gpu):
+    """With faiss-gpu and a GPU (both faked here), only GPU-capable types are moved; the others stay
+    on FAISS's CPU index. Without a GPU nothing moves."""
+    import faiss
+    import torch
+
+    from prodsearch.indexer.torch_search import place_for_search
+
+    cpu_index = object()
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: ("gpu", index), raising=False)
+    stored = lambda: pytest.fail("the stored vectors are read only for the torch search")  # noqa: E731
+    placed = place_for_search(cpu_index, stored, factory, torch.device("cuda"))
+    assert placed == (("gpu", cpu_index) if on_gpu else cpu_index)
+    assert place_for_search(cpu_index, stored, factory, torch.device("cpu")) is cpu_index
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)  # faiss-cpu: flat indexes go to torch, others stay
+    if factory != "Flat":
+        assert place_for_search(cpu_index, stored, factory, torch.device("cuda")) is cpu_index

@@ -9,6 +9,7 @@ FAISS's exact neighbours.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import faiss
@@ -68,11 +69,23 @@ def place_for_search(index: faiss.Index, stored: Callable[[], tuple[np.ndarray, 
     ``stored()`` reads (ids, vectors) from the catalog, called only for it."""
     if backend is None and device.type != "cuda":
         return index
-    if backend is None and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
-        log.info("searching on the GPU with faiss-gpu")
-        return faiss.index_cpu_to_all_gpus(index)
+    if backend is None and faiss.get_num_gpus() > 0:  # faiss-gpu (faiss-cpu reports 0)
+        if gpu_can_hold(factory):
+            log.info("searching on the GPU with faiss-gpu")
+            return faiss.index_cpu_to_all_gpus(index)
+        log.info("faiss-gpu cannot place a %s index on the GPU; it is searched on the CPU", factory)
+        return index
     if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")):
         return index  # approximate indexes stay with FAISS on the CPU without faiss-gpu
     ids, vecs = stored()
     log.info("searching %d vectors with torch on %s", len(ids), device)
     return TorchExactIndex(vecs, ids, device=str(device))
+
+
+# The index types FAISS has GPU versions of: flat, and inverted lists over flat, scalar-quantised or
+# PQ codes. Graphs (HNSW), re-ranking (Refine) and IVF with an HNSW quantizer stay on the CPU.
+_GPU_TYPES = re.compile(r"Flat|IVF\d+,(Flat|SQ(4|6|8|fp16)|PQ\d+(x\d+)?)")
+
+
+def gpu_can_hold(factory: str) -> bool:
+    return _GPU_TYPES.fullmatch(factory) is not None
