@@ -89,12 +89,17 @@ class State:
 
 class CatalogDB:
     """A connection to ``catalog.db``. Readers call :meth:`begin_snapshot` to see one generation
-    throughout; writers group changes in ``with db.atomic():``."""
+    throughout, and :meth:`end_snapshot` soon after: while a read transaction is open, SQLite cannot
+    checkpoint the WAL past it and the ``-wal`` file grows with every write. Writers group changes
+    in ``with db.atomic():``."""
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False, write: bool = False):
+    def __init__(self, path: str | os.PathLike, *, create: bool = False, write: bool = False,
+                 check_same_thread: bool = True):
         """Open ``catalog.db``; ``create`` a new one, or open it to ``write`` (raises
         :class:`IndexDirError` on a read-only index). A reader of an index folder it cannot write
-        (a read-only volume, another user's files) opens it read-only; see :func:`_read_only_uri`."""
+        (a read-only volume, another user's files) opens it read-only; see :func:`_read_only_uri`.
+        ``check_same_thread=False`` lets another thread close the connection (sqlite3's flag); it is
+        still meant to be used by one thread at a time."""
         path = Path(path)
         if not create and not path.is_file():
             raise FileNotFoundError(path)
@@ -102,9 +107,10 @@ class CatalogDB:
         if not create and not _writable(path):
             if write:
                 raise ReadOnlyIndexError(path.parent, f"this user cannot write {path.name} or its folder")
-            self.db = sqlite_utils.Database(sqlite3.connect(_read_only_uri(path), uri=True))
+            self.db = sqlite_utils.Database(sqlite3.connect(_read_only_uri(path), uri=True,
+                                                            check_same_thread=check_same_thread))
         else:
-            self.db = sqlite_utils.Database(path)
+            self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=check_same_thread))
         self.db.execute("PRAGMA busy_timeout = 30000")
         if create:
             self._create_schema()
@@ -175,6 +181,19 @@ class CatalogDB:
         rows = self._run_in("select sku, name, category from products where sku in ({})", set(skus))
         return {r[0]: Product(*r) for r in rows}
 
+    def all_products(self, rows: int = 100_000) -> Iterator[Product]:
+        """Every product, read ``rows`` at a time."""
+        cursor = self.db.execute("select sku, name, category from products")
+        while batch := cursor.fetchmany(rows):
+            yield from (Product(*r) for r in batch)
+
+    def image_chunks(self, rows: int = 100_000) -> Iterator[list[tuple[int, str, str]]]:
+        """(id, sku, path) of every image in id order, ``rows`` at a time: what a reader keeps of
+        each image, read without holding millions of rows at once."""
+        cursor = self.db.execute("select id, sku, path from images order by id")
+        while batch := cursor.fetchmany(rows):
+            yield batch
+
     def image_ids_in_category(self, prefix: str) -> np.ndarray:
         """Sorted ids of the images whose product's category is ``prefix`` or below it
         (``Fruit`` holds ``Fruit/Apple`` but not ``Fruitcake``)."""
@@ -200,6 +219,16 @@ class CatalogDB:
         """The stored embeddings of ``ids``, in that order, as float32."""
         ids = [int(i) for i in ids]
         found = dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
+        return self._decode(ids, [found[i] for i in ids], dim)
+
+    def vectors_if_stored(self, ids: Sequence[int], dim: int) -> np.ndarray | None:
+        """Like :meth:`vectors`, or ``None`` if some of ``ids`` are stored no more. A stored vector never
+        changes (ids are not reused), so one read outside any transaction is the vector of every
+        generation that holds the image."""
+        ids = [int(i) for i in ids]
+        found = dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
+        if len(found) < len(set(ids)):
+            return None
         return self._decode(ids, [found[i] for i in ids], dim)
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:

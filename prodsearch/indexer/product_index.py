@@ -2,76 +2,56 @@
 
 Nearest catalog images are grouped by SKU and a SKU scores its best image's similarity, so a SKU
 with many catalog photos is not favoured over one with a single photo.
+
+One :class:`ProductIndex` serves many threads at once (a web server's pool). What answers quote is
+held in memory as an :class:`IndexView` of one catalog generation, read in one short SQLite
+transaction and never changed afterwards; each call takes the current view once and uses only it,
+and :meth:`ProductIndex.refresh` swaps in a newer one while calls on the old one finish. So an
+answer is that of one generation even when writers have since removed its images or renamed its
+products, and no read transaction is held between calls: one would stop SQLite's WAL checkpoints,
+and ``catalog.db-wal`` would grow with every write. The view costs memory beside the vector index:
+the images' paths and the products' names, packed (their UTF-8 bytes and 9 bytes each).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import faiss
 import numpy as np
+import torch
 
-from prodsearch.errors import CategoryError, IndexDirError
+from prodsearch.errors import CategoryError, IndexDirError, ProdsearchError
 from prodsearch.indexer.catalog_db import CatalogDB, Product
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
+from prodsearch.indexer.index_view import IndexView, read_images, read_products
+from prodsearch.indexer.results import FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
 from prodsearch.indexer.torch_search import place_for_search
-from prodsearch.indexer.vectors import search
 from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.factory import create_embedder
-from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
+from prodsearch.retrieval.embedding import FileEmbeddings, embed_files, prepare
 
 log = logging.getLogger(__name__)
 
 MAX_OPEN_ATTEMPTS = 5
-FUSION_CANDIDATES = 50  # SKUs per photo that compete when several photos are fused
-
-
-@dataclass(frozen=True)
-class Match:
-    sku: str
-    score: float
-    name: str
-    category: str | None
-    image_id: int
-    image_path: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    path: str
-    matches: list[Match]
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "error": self.error, "matches": [m.to_dict() for m in self.matches]}
-
-
-@dataclass(frozen=True)
-class FusedResult:
-    """Several photos of one product, answered together."""
-
-    paths: list[str]
-    matches: list[Match]
-    errors: dict[str, str]  # photo -> why it was left out
-
-    def to_dict(self) -> dict:
-        return {"paths": self.paths, "errors": self.errors, "matches": [m.to_dict() for m in self.matches]}
 
 
 class ProductIndex:
     """Open with :meth:`open`; search embeddings with :meth:`search` or photos with :meth:`query`.
 
-    It sees the index as it was when opened (one SQLite read snapshot for its lifetime), however
-    writers change it meanwhile; open it again to see their changes.
+    Any number of threads may call one instance at once. It answers from the generation it loaded,
+    however writers change the index meanwhile, until :meth:`refresh` loads the newest; each call
+    uses one :class:`IndexView` throughout, so an answer never mixes generations. No SQLite read
+    transaction stays open between calls (each thread reads through its own connection), so a
+    long-lived reader never stops the WAL checkpoints that keep ``catalog.db-wal`` small.
     """
 
     def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None, *,
@@ -86,33 +66,21 @@ class ProductIndex:
         self.index_dir = index_dir
         self.manifest = manifest
         self.embedder = embedder
-        self.catalog = CatalogDB(index_dir / CATALOG_DB)
-        with self.catalog.guarded():
-            loaded = self._load_snapshot()
-            set_search_params(loaded, **(search_params or {}))
-            self.vectors = place_for_search(loaded, lambda: self.catalog.all_vectors(manifest.model.embed_dim),
-                                            manifest.index_factory, resolve_device(search_device), search_backend)
-            self.image_ids, self.skus, self._image_sku_codes = self.catalog.image_skus()
-        if self.vectors.ntotal != len(self.image_ids):
-            raise IndexDirError(
-                f"{index_dir} is inconsistent ({self.vectors.ntotal} vectors for {len(self.image_ids)} catalog "
-                f"images); rebuild it with: prodsearch index CATALOG --index {index_dir}")
-
-    def _load_snapshot(self):
-        """The vectors of the generation the catalog shows; a writer may replace the snapshot file
-        between reading the catalog and the file, then the read starts again."""
-        for _ in range(MAX_OPEN_ATTEMPTS):
-            self.catalog.begin_snapshot()
-            state = self.catalog.state()
-            if snapshot_path(self.index_dir, state.snapshot).is_file():
-                try:
-                    return load_vectors(self.index_dir, self.catalog, self.manifest.model.embed_dim,
-                                        self.manifest.index_factory)
-                except RuntimeError:  # faiss: the file vanished while being read
-                    pass
-            self.catalog.end_snapshot()
-        raise IndexDirError(f"{self.index_dir} has no readable vector snapshot; rebuild it with: "
-                            f"prodsearch index CATALOG --index {self.index_dir}")
+        self._search_device, self._search_backend = search_device, search_backend
+        self._search_params = dict(search_params or {})
+        self._connections: dict[threading.Thread, CatalogDB] = {}
+        self._connections_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._prepared: set[torch.device] = set()
+        self._closed = False
+        db = CatalogDB(index_dir / CATALOG_DB, check_same_thread=False)
+        self._connections[threading.current_thread()] = db
+        try:
+            self._view = self._load_view(db)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, *, model: str | None = None, embedder: Embedder | None = None,
@@ -129,15 +97,134 @@ class ProductIndex:
         check_model(manifest, embedder.config, index_dir)
         return cls(index_dir, manifest, embedder, search_device=search_device, search_params=search_params)
 
+    # ------------------------------------------------------------------ the current generation
+
+    @property
+    def generation(self) -> int:
+        """The catalog generation answers come from (see :meth:`refresh`)."""
+        return self._view.generation
+
+    @property
+    def vectors(self):
+        """The current generation's vector index (a FAISS index, or :class:`TorchExactIndex`)."""
+        return self._view.vectors
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """The current generation's image ids, sorted (read-only)."""
+        return self._view.image_ids
+
+    @property
+    def skus(self) -> list[str]:
+        """The current generation's SKUs, sorted (shared: do not modify)."""
+        return self._view.skus
+
+    @property
+    def catalog(self) -> CatalogDB:
+        """This thread's connection to ``catalog.db``: it sees the newest generation, not
+        necessarily the one answers come from."""
+        return self._connection()
+
     def sku_codes(self, ids: np.ndarray) -> np.ndarray:
         """SKU code (index into ``self.skus``) of each image id; -1 where the id is unknown."""
-        if len(self.image_ids) == 0:
-            return np.full(np.shape(ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.image_ids, ids).clip(0, len(self.image_ids) - 1)
-        return np.where(self.image_ids[pos] == ids, self._image_sku_codes[pos], -1)
+        return self._view.sku_codes(ids)
 
     def __len__(self) -> int:
-        return self.vectors.ntotal
+        return len(self._view)
+
+    def refresh(self) -> bool:
+        """Load the newest generation if writers committed since the current one was loaded; calls
+        already running finish on the one they started with. Returns whether it changed."""
+        with self._refresh_lock:
+            db = self._connection()
+            with db.guarded():
+                if db.state().generation == self._view.generation:
+                    return False
+            old, self._view = self._view.generation, self._load_view(db)
+            log.info("%s: answering from generation %d (was %d)", self.index_dir, self._view.generation, old)
+        return True
+
+    def _current(self) -> IndexView:
+        if self._closed:
+            raise ValueError(f"this ProductIndex of {self.index_dir} is closed")
+        return self._view
+
+    def _load_view(self, db: CatalogDB) -> IndexView:
+        with db.guarded():
+            view = self._read_newest(db)
+        if len(view) != len(view.image_ids):
+            raise IndexDirError(
+                f"{self.index_dir} is inconsistent ({len(view)} vectors for {len(view.image_ids)} catalog "
+                f"images); rebuild it with: prodsearch index CATALOG --index {self.index_dir}")
+        return view
+
+    def _read_newest(self, db: CatalogDB) -> IndexView:
+        """The generation the catalog shows, read in one read transaction that ends before this
+        returns. A writer may replace the snapshot file between reading the catalog and the file;
+        then the read starts again."""
+        for _ in range(MAX_OPEN_ATTEMPTS):
+            db.begin_snapshot()
+            try:
+                view = self._read_view(db)
+            finally:
+                db.end_snapshot()
+            if view is not None:
+                return view
+        raise IndexDirError(f"{self.index_dir} has no readable vector snapshot; rebuild it with: "
+                            f"prodsearch index CATALOG --index {self.index_dir}")
+
+    def _read_view(self, db: CatalogDB) -> IndexView | None:
+        """The generation ``db``'s read transaction sees; ``None`` if its snapshot file is gone."""
+        state, dim, factory = db.state(), self.manifest.model.embed_dim, self.manifest.index_factory
+        if not snapshot_path(self.index_dir, state.snapshot).is_file():
+            return None
+        try:
+            loaded = load_vectors(self.index_dir, db, dim, factory)
+        except RuntimeError:  # faiss: the file vanished while being read
+            return None
+        set_search_params(loaded, **self._search_params)
+        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory, resolve_device(self._search_device),
+                                  self._search_backend)
+        ids, codes, paths, skus = read_images(db)
+        names, category_codes, categories = read_products(db, skus)
+        return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories,
+                         _search_lock(loaded, placed))
+
+    # ------------------------------------------------------------------ connections
+
+    def _connection(self) -> CatalogDB:
+        """This thread's catalog connection, opened on first use: threads must not run statements on
+        one connection at once (sqlite-utils keeps transaction state per connection)."""
+        db = self._connections.get(threading.current_thread())
+        return db if db is not None else self._open_connection()
+
+    def _open_connection(self) -> CatalogDB:
+        """A connection for this thread; those of threads that have ended are closed meanwhile, so a
+        server that starts a thread per request does not collect them."""
+        with self._connections_lock:
+            if self._closed:
+                raise ValueError(f"this ProductIndex of {self.index_dir} is closed")
+            for thread in [t for t in self._connections if not t.is_alive()]:
+                self._connections.pop(thread).close()
+            db = self._connections[threading.current_thread()] = CatalogDB(self.index_dir / CATALOG_DB,
+                                                                           check_same_thread=False)
+            return db
+
+    def close(self) -> None:
+        """Close every thread's catalog connection (once no call is running)."""
+        with self._connections_lock:
+            self._closed = True
+            for db in self._connections.values():
+                db.close()
+            self._connections.clear()
+
+    # ------------------------------------------------------------------ answers
+
+    def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
+        """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
+        products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
+        view = self._current()
+        return view.answer(queries, top_k, self._category_ids(view, category))
 
     def search_as_one(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> list[Match]:
         """Rank SKUs for several photos of one product (rows of ``photos``) by fusing their evidence.
@@ -146,109 +233,82 @@ class ProductIndex:
         photo (a photo where it looks unlike the product lowers it). Candidates are the union of
         each photo's top SKUs; their similarities to every photo are computed exactly from the
         stored vectors, so every candidate is scored on all photos. The match's image is the one
-        closest to any photo.
+        closest to any photo. Those vectors are read from the catalog: where writers have removed
+        some since the current generation, the index refreshes and answers from the newest.
         """
-        return self._search_as_one(photos, top_k, self._category_ids(category))
+        view = self._current()
+        return self._fused(view, photos, top_k, category, self._category_ids(view, category))
 
-    def _search_as_one(self, photos: np.ndarray, top_k: int, among: np.ndarray | None) -> list[Match]:
-        if len(photos) == 0 or len(self) == 0:
-            return []
-        with self.catalog.guarded():
-            return self._fuse(photos, top_k, among)
+    def _fused(self, view: IndexView, photos: np.ndarray, top_k: int, category: str | None,
+               among: np.ndarray | None) -> list[Match]:
+        """:meth:`IndexView.fuse` with the candidates' stored vectors, the only rows an answer reads
+        from SQLite. A stored vector never changes, but images removed since the view's generation
+        have none any more: then the answer comes from the newest generation instead."""
+        for _ in range(MAX_OPEN_ATTEMPTS):
+            db = self._connection()
+            with db.guarded():
+                fused = view.fuse(photos, top_k, among, db.vectors_if_stored)
+            if fused is not None:
+                return fused
+            view = self._newer_than(view, db)
+            among = self._category_ids(view, category)
+        raise ProdsearchError(f"{self.index_dir} changed {MAX_OPEN_ATTEMPTS} times while these photos were compared "
+                              "with it; ask again")
 
-    def _fuse(self, photos: np.ndarray, top_k: int, among: np.ndarray | None) -> list[Match]:
-        per_photo = self._rank_skus(photos, max(top_k, FUSION_CANDIDATES), among)
-        candidates = np.unique([code for row in per_photo for code, _, _ in row])
-        ids = self.image_ids[np.isin(self._image_sku_codes, candidates)]
-        if among is not None:
-            ids = np.intersect1d(ids, among)
-        sims = photos @ self.catalog.vectors(ids.tolist(), photos.shape[1]).T  # (photos, candidate images)
-        codes = self.sku_codes(ids)
-        fused = []
-        for code in candidates:
-            cols = np.flatnonzero(codes == code)
-            best = sims[:, cols].max(axis=1)  # each photo's best image of this SKU
-            closest = cols[np.argmax(sims[:, cols].max(axis=0))]
-            fused.append((int(code), float(best.mean()), int(ids[closest])))
-        fused.sort(key=lambda t: -t[1])
-        return self._matches([fused[:top_k]])[0]
-
-    def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
-        """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
-        products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
-        return self._search(queries, top_k, self._category_ids(category))
-
-    def _search(self, queries: np.ndarray, top_k: int, among: np.ndarray | None) -> list[list[Match]]:
-        if len(queries) == 0 or len(self) == 0:
-            return [[] for _ in range(len(queries))]
-        return self._matches(self._rank_skus(queries, top_k, among))
-
-    def _matches(self, ranked: list[list[tuple[int, float, int]]]) -> list[list[Match]]:
-        """(sku code, score, image id) rows as :class:`Match` lists with the catalog's details."""
-        image_ids = {i for row in ranked for _, _, i in row}
-        with self.catalog.guarded():
-            products = self.catalog.products({self.skus[c] for row in ranked for c, _, _ in row})
-            paths = self.catalog.image_paths(image_ids)
-        out = []
-        for row in ranked:
-            matches = []
-            for code, score, image_id in row:
-                sku = self.skus[code]
-                p = products[sku]
-                matches.append(Match(sku, float(score), p.name, p.category, int(image_id), paths[image_id]))
-            out.append(matches)
-        return out
+    def _newer_than(self, view: IndexView, db: CatalogDB) -> IndexView:
+        self.refresh()
+        newest = self._current()
+        if newest is view:
+            raise IndexDirError(f"{db.path} is damaged (images without a stored vector); rebuild the index: "
+                                f"prodsearch index CATALOG --index {self.index_dir}")
+        return newest
 
     def products(self, skus: Iterable[str]) -> dict[str, Product]:
-        """The catalog's name and category of each SKU it holds."""
-        with self.catalog.guarded():
-            return self.catalog.products(skus)
+        """The name and category of each SKU the index holds."""
+        return self._current().products(skus)
 
-    def _category_ids(self, category: str | None) -> np.ndarray | None:
-        return self.images_in_category(category) if category else None
+    def _category_ids(self, view: IndexView, category: str | None) -> np.ndarray | None:
+        return self._images_in_category(view, category) if category else None
 
     def images_in_category(self, category: str) -> np.ndarray:
         """Ids of the images under ``category``; a category with no products is an error that
         lists the top-level categories there are."""
-        with self.catalog.guarded():
-            ids = self.catalog.image_ids_in_category(category)
-            tops = sorted({c.split("/")[0] for c in self.catalog.categories()}) if len(ids) == 0 else []
+        return self._images_in_category(self._current(), category)
+
+    def _images_in_category(self, view: IndexView, category: str) -> np.ndarray:
+        ids = view.image_ids_in_category(category)
         if len(ids) == 0:
+            tops = view.top_categories()
             raise CategoryError(f"no products in category {category!r} in {self.index_dir}; "
                                 + (f"top-level categories: {', '.join(tops[:20])}" if tops else "its products have no categories"))
         return ids
 
-    def _rank_skus(self, queries: np.ndarray, top_k: int,
-                   among: np.ndarray | None = None) -> list[list[tuple[int, float, int]]]:
-        """(sku code, best similarity, best image id) per query, best first, ``top_k`` distinct SKUs.
-
-        Searches a few images per wanted SKU and widens the search until enough distinct SKUs are
-        found, because one SKU's many photos can fill the nearest neighbours.
-        """
-        pool = len(self) if among is None else len(among)
-        n_skus = len(self.skus) if among is None else len(np.unique(self.sku_codes(among)))
-        want = min(top_k, n_skus)
-        k = min(pool, max(4 * top_k, 32))
-        while True:
-            scores, ids = search(self.vectors, queries, k, among)
-            codes = self.sku_codes(ids)
-            ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
-            if k >= pool or all(len(row) >= want for row in ranked):
-                return ranked
-            k = min(pool, k * 4)
-
     def embed(self, paths: Sequence[str | os.PathLike], **kwargs) -> FileEmbeddings:
         if self.embedder is None:
             raise ValueError("this ProductIndex was opened without an embedder; use ProductIndex.open")
+        self._prepare(kwargs.get("device", "auto"))
         return embed_files(self.embedder, paths, **kwargs)
+
+    def _prepare(self, device: str | torch.device | None) -> None:
+        """:func:`embed_files` moves the model to its device on every call. The first move is made
+        here, once, under a lock: threads moving the tensors of a model another thread is running
+        could free them under it. Later moves find every tensor in place and change nothing."""
+        device = resolve_device(device)
+        if device in self._prepared:
+            return
+        with self._embed_lock:
+            if device not in self._prepared:
+                prepare(self.embedder, device)
+                self._prepared.add(device)
 
     def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
               **embed_kwargs) -> list[QueryResult]:
         """Embed photos and rank SKUs for each (within ``category`` if given); unreadable photos
         get an ``error`` instead of matches."""
-        among = self._category_ids(category)  # an unknown category fails before any embedding
+        view = self._current()
+        among = self._category_ids(view, category)  # an unknown category fails before any embedding
         embedded = self.embed(paths, **embed_kwargs)
-        ranked = dict(zip(embedded.positions.tolist(), self._search(embedded.vectors, top_k, among)))
+        ranked = dict(zip(embedded.positions.tolist(), view.answer(embedded.vectors, top_k, among)))
         return [
             QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
             for i, p in enumerate(paths)
@@ -258,13 +318,17 @@ class ProductIndex:
                      **embed_kwargs) -> "FusedResult":
         """Embed several photos of one product and rank SKUs by their fused evidence
         (:meth:`search_as_one`); unreadable photos are left out and reported."""
-        among = self._category_ids(category)
+        view = self._current()
+        among = self._category_ids(view, category)
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
-        return FusedResult([str(p) for p in paths], self._search_as_one(embedded.vectors, top_k, among), errors)
+        return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among), errors)
 
-    def close(self) -> None:
-        self.catalog.close()
+
+def _search_lock(loaded, placed) -> AbstractContextManager:
+    """A FAISS GPU index must not be searched by two threads at once (its GPU resources are not
+    thread-safe); FAISS CPU indexes and torch searches may be."""
+    return threading.Lock() if placed is not loaded and isinstance(placed, faiss.Index) else nullcontext()
 
 
 def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
@@ -279,15 +343,6 @@ def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embe
         return create_embedder(built.source)
     return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
                            img_size=built.data_config["input_size"][-1])
-
-
-def _first_per_sku(codes: np.ndarray, scores: np.ndarray, ids: np.ndarray, want: int) -> list[tuple[int, float, int]]:
-    """Keep each SKU's first (= best) hit, in rank order, until ``want`` SKUs."""
-    valid = codes >= 0
-    codes, scores, ids = codes[valid], scores[valid], ids[valid]
-    _, first = np.unique(codes, return_index=True)
-    first = np.sort(first)[:want]
-    return list(zip(codes[first].tolist(), scores[first].tolist(), ids[first].tolist()))
 
 
 def open_index(index_dir: str | os.PathLike, *, model: str | None = None) -> ProductIndex:
