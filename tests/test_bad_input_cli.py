@@ -90,9 +90,9 @@ def env(pristine, public_tmp):
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
-    """Every file's bytes (SQLite's WAL side files and the lock file aside: readers may touch them)."""
+    """Every file's bytes (SQLite's WAL side files and the writer lock's files aside: a refused writer touches them)."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock"))}
+            if p.is_file() and not p.name.endswith(("-wal", "-shm", ".lock", ".writer"))}
 
 
 def readable(path) -> bool:

@@ -137,3 +137,14 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_all_sql_is_in_the_catalog_database_class():
+    """Only prodsearch/indexer/catalog_db.py speaks SQL or opens SQLite: one place to read for what
+    an index's database holds and how it is written."""
+    import re
+
+    speaking = re.compile(r"\.(execute|executemany|executescript|atomic)\(|import sqlite3|import sqlite_utils|sqlite_utils\.")
+    offenders = [str(path.relative_to(PACKAGE.parent)) for path in sorted(PACKAGE.rglob("*.py"))
+                 if path.name != "catalog_db.py" and speaking.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []

@@ -182,14 +182,14 @@ def create_index_dir(
     try:
         with WriterLock(staged, "index"):  # a build that dies leaves it unlocked: see remove_stale_staging
             db = CatalogDB(staged / CATALOG_DB, create=True)
-            with db.db.atomic():
+            with db.transaction():
                 db.upsert_products(products)
                 db.add_images(images, vectors, generation=1)
                 db.set_generation(1)
             factory = resolve_index_type(index_type, len(images), manifest.model.embed_dim)
             index = rebuild_vectors(db, manifest.model.embed_dim, factory)
             write_vector_index(index, snapshot_path(staged, 1))
-            with db.db.atomic():
+            with db.transaction():
                 db.mark_snapshot(1)
             db.close()
             write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,

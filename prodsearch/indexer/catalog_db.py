@@ -91,7 +91,7 @@ class CatalogDB:
     """A connection to ``catalog.db``. Readers call :meth:`begin_snapshot` to see one generation
     throughout, and :meth:`end_snapshot` soon after: while a read transaction is open, SQLite cannot
     checkpoint the WAL past it and the ``-wal`` file grows with every write. Writers group changes
-    in ``with db.atomic():``."""
+    in ``with db.transaction():``. Every statement prodsearch runs on an index is in this class."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = False, write: bool = False,
                  check_same_thread: bool = True):
@@ -245,6 +245,19 @@ class CatalogDB:
             ids = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
             yield ids, self._decode(ids, [r[1] for r in batch], dim)
 
+    def image_ids(self) -> np.ndarray:
+        """Every image id, sorted."""
+        return np.array([r[0] for r in self.db.execute("select id from images order by id")], dtype=np.int64)
+
+    def orphan_product_count(self) -> int:
+        """Products without images (a write removes them; any left mean damage)."""
+        return self.db.execute("select count(*) from products where sku not in (select sku from images)").fetchone()[0]
+
+    def pending_changes(self) -> int:
+        """Changes logged since the newest FAISS snapshot: what opening the index applies to it."""
+        snapshot = self.state().snapshot
+        return self.db.execute("select count(*) from changes where generation > ?", [snapshot]).fetchone()[0]
+
     def vector_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("select id from vectors order by id")], dtype=np.int64)
 
@@ -292,7 +305,13 @@ class CatalogDB:
             rows += self.db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
         return rows
 
-    # ------------------------------------------------------------------ writing (inside db.atomic())
+    # ------------------------------------------------------------------ writing (inside db.transaction())
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One SQLite transaction: everything inside is committed together, or nothing."""
+        with self.db.atomic():
+            yield
 
     def upsert_products(self, products: Iterable[dict]) -> None:
         self.db["products"].upsert_all(products, pk="sku")

@@ -59,7 +59,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     with closing(db), db.guarded():
         db.begin_snapshot()
         state, counts, problems = db.state(), db.counts(), []
-        image_ids = _ids(db, "images")
+        image_ids = db.image_ids()
         try:
             vectors = load_vectors(index_dir, db, model.embed_dim, manifest.index_factory)
             faiss_ids, ntotal = np.sort(vector_ids(vectors)), vectors.ntotal
@@ -76,13 +76,13 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         wrong = sum(count for nbytes, count in sizes.items() if dtypes[nbytes] is None)
         if wrong:
             problems.append(f"{wrong} stored vectors are neither float16 nor float32 {model.embed_dim}-d vectors")
-        orphans = db.db.execute("select count(*) from products where sku not in (select sku from images)").fetchone()[0]
+        orphans = db.orphan_product_count()
         if orphans:
             problems.append(f"{orphans} products without images")
         check = db.integrity_problem()
         if check:
             problems.append(f"SQLite integrity check: {check}")
-        pending = db.db.execute("select count(*) from changes where generation > ?", [state.snapshot]).fetchone()[0]
+        pending = db.pending_changes()
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (".lock", ".writer")}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
@@ -91,7 +91,3 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})))
-
-
-def _ids(db: CatalogDB, table: str) -> np.ndarray:
-    return np.array([r[0] for r in db.db.execute(f"select id from {table} order by id").fetchall()], dtype=np.int64)

@@ -67,8 +67,7 @@ def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto", seed: int
 
 
 def needs_snapshot(db: CatalogDB, vector_count: int) -> bool:
-    state = db.state()
-    pending = db.db.execute("select count(*) from changes where generation > ?", [state.snapshot]).fetchone()[0]
+    pending = db.pending_changes()
     minimum = int(os.environ.get("PRODSEARCH_SNAPSHOT_CHANGES", MIN_SNAPSHOT_CHANGES))
     return pending >= max(minimum, vector_count // 10)
 
@@ -79,7 +78,7 @@ def write_snapshot(index_dir: Path, db: CatalogDB, index: faiss.Index) -> None:
     write_vector_index(index, snapshot_path(index_dir, generation))
     fsync_dir(index_dir)
     crash_point("snapshot-written")
-    with db.db.atomic():
+    with db.transaction():
         db.mark_snapshot(generation)
     remove_stale_files(index_dir, keep=generation)
 

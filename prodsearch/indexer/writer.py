@@ -79,7 +79,7 @@ class IndexWriter:
         index of that factory string, trained on the vectors now stored."""
         db = self.db
         crash_point("before-commit")
-        with db.db.atomic():
+        with db.transaction():
             generation = db.state().generation + 1
             remove = list(remove)
             if remove:
