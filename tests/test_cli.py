@@ -53,11 +53,16 @@ def test_index_query_eval_end_to_end(runner, tmp_path, built_index):
     assert "n: 6\ntop-1: 1.0000\ntop-5: 1.0000" in result.output
 
 
-def test_index_progress_bar_and_silent(runner, tmp_path):
+def test_index_progress_bar_and_quiet(runner, tmp_path, monkeypatch):
     catalog = write_folder_catalog(tmp_path / "cat", ["a", "b"])
+    piped = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i0")])
+    assert piped.exit_code == 0 and piped.stderr == ""  # bars are for a terminal: piped, stderr stays empty
+    monkeypatch.setattr("prodsearch.cli.app.stderr_is_terminal", lambda: True)
     noisy = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i1")])
-    silent = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i2"), "--silent"])
-    assert "Embedding" in noisy.output and "Embedding" not in silent.output
+    quiet = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i2"), "-q"])
+    silent = runner.invoke(cli, ["index", str(catalog), "--index", str(tmp_path / "i3"), "--silent"])  # the old name
+    assert "Embedding" in noisy.stderr and "Embedding" not in noisy.stdout
+    assert "Embedding" not in quiet.output and "Embedding" not in silent.output
 
 
 def expect_error(result, message):
@@ -124,7 +129,7 @@ def test_device_cuda_without_gpu(runner, tmp_path, built_index, monkeypatch):
 
 
 def test_demo_small(runner, tmp_path):
-    result = run(runner, "demo", "--dir", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "--silent")
+    result = run(runner, "demo", "--out", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "-q")
     assert result.exit_code == 0, result.output
     assert "Generated 6 SKUs" in result.output
     assert "Indexed 6 images of 6 SKUs" in result.output

@@ -126,7 +126,8 @@ def test_import_cli_and_its_errors(tmp_path):
     run = lambda *args: CliRunner().invoke(cli, ["import", *map(str, args)])  # noqa: E731
     result = run("grocery-store", root, "--out", tmp_path / "m.csv", "--split", "val", "--split", "test")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"Wrote {tmp_path / 'm.csv'}: 6 images of 3 SKUs, 3 categories (")
+    assert result.stdout.startswith(f"Wrote {tmp_path / 'm.csv'}: 6 images of 3 SKUs, 3 categories (")
+    assert result.stderr == ""  # no progress bar off a terminal
     assert len(read_listing(tmp_path / "m.csv").items) == 6
     result = run("grocery-store", root, "--out", tmp_path / "n.csv", "--split", "holdout")
     assert result.exit_code == 1

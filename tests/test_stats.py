@@ -56,7 +56,7 @@ def test_stats_command_writes_json_and_plots(tmp_path):
     shutil.copy(root / "a" / "a_0.jpg", root / "b" / "copy.jpg")
     result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats")])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[:3] == ["7 images of 3 products (3 SKUs)", "images per product: min 2, median 2, mean 2.33, max 3",
                          "  products with 2 images: 2, 3 images: 1"]
     assert lines[3] == "duplicates (MD5): 2 of 7 images are copies of 1 files; 1 files under several products"
@@ -73,7 +73,7 @@ def test_stats_skips_dangling_symlinks(tmp_path):
     os.symlink("gone.jpg", root / "a" / "dangling.jpg")
     result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats")])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0] == "4 images of 2 products (2 SKUs)"
     assert lines[lines.index("skipped: 1") + 1] == f"  {root / 'a' / 'dangling.jpg'}: broken symlink (target missing)"
     data = json.loads((tmp_path / "stats" / "stats.json").read_text())
@@ -91,7 +91,7 @@ def test_stats_skips_unreadable_files(public_tmp, monkeypatch):
             pytest.skip("file permissions do not apply here")
         result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(base / "stats")])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0] == "3 images of 2 products (2 SKUs)"
     unreadable = str((root / "b" / "b_1.jpg").resolve())
     assert lines[lines.index("skipped: 1") + 1] == f"  {unreadable}: cannot read file: Permission denied"
@@ -106,7 +106,7 @@ def test_stats_lists_at_most_20_skipped_files(tmp_path):
         (root / "a" / f"notes{i:02d}.txt").write_text("x")
     result = CliRunner().invoke(cli, ["stats", str(root), "--out", str(tmp_path / "stats"), "--no-md5"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     start = lines.index("skipped: 25")
     assert lines[start + 1] == f"  {root / 'a' / 'notes00.txt'}: unsupported file type .txt"
     assert lines[start + 21] == "  ... and 5 more"

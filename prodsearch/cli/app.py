@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,29 +53,62 @@ def log_warning(message, category, filename, lineno, file=None, line=None) -> No
     logging.getLogger(f"warnings.{module}").warning("%s: %s", category.__name__, message)
 
 
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def shows_progress(quiet: bool) -> bool:
+    """Progress bars are drawn for a person at a terminal. Piped or logged, stderr keeps to warnings
+    and errors (click would write each bar's label alone on a line, which tells nothing), so that a
+    run that succeeds writes nothing there and one that fails writes one line."""
+    return not quiet and stderr_is_terminal()
+
+
 class Progress:
     """Click progress bars on stderr, fed with ``(done, total)``; a count that restarts opens a new
-    bar (one per phase). ``silent`` shows nothing."""
+    bar (one per phase), a ``total`` of None a bar that counts without an end (a stream of rows).
+    Nothing is shown with ``quiet`` or off a terminal. Redrawn at most every ``REDRAW_SECONDS``: a
+    bar fed once per row of a 12-million-row import must not cost more than the import."""
 
-    def __init__(self, label: str, silent: bool = False):
-        self.label, self.silent = label, silent
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, label: str, quiet: bool = False):
+        self.label, self.hidden = label, not shows_progress(quiet)
         self.bar = None
-        self.done = 0
+        self.done = 0  # what the bar shows
+        self.latest = 0  # what was reported last (drawn by the next redraw or by close)
+        self.drawn_at = 0.0
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.silent:
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.hidden:
             return
-        if self.bar is not None and done < self.done:
+        if self.bar is not None and done < self.latest:
             self.close()
         if self.bar is None:
+            self.open(total)
+        self.latest = done
+        now = time.monotonic()
+        if done == total or now - self.drawn_at >= self.REDRAW_SECONDS:
+            self.draw()
+            self.drawn_at = now
+
+    def open(self, total: int | None) -> None:
+        if total is None:  # an iterable without a length: click counts rows, with no bar to fill
+            self.bar = click.progressbar((_ for _ in ()), label=self.label, file=sys.stderr, show_pos=True,
+                                         bar_template="%(label)s  %(info)s")
+        else:
             self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
-            self.bar.__enter__()
-            self.done = 0
-        self.bar.update(done - self.done)
-        self.done = done
+        self.bar.__enter__()
+        self.done = self.latest = 0
+
+    def draw(self) -> None:
+        if self.latest > self.done:
+            self.bar.update(self.latest - self.done)
+            self.done = self.latest
 
     def close(self) -> None:
         if self.bar is not None:
+            self.draw()
             self.bar.__exit__(None, None, None)
             self.bar = None
 
@@ -82,6 +119,25 @@ class Progress:
         self.close()
 
 
+class AliasOption(click.Option):
+    """An option with old spellings that still work but are left out of ``--help``
+    (``--silent`` for ``--quiet``, ``demo --dir`` for ``--out``): one flag, one documented name."""
+
+    def __init__(self, *args, hidden_aliases: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = hidden_aliases
+
+    def get_help_record(self, ctx: click.Context):
+        shown = copy.copy(self)
+        shown.opts = [name for name in self.opts if name not in self.hidden_aliases]
+        return click.Option.get_help_record(shown, ctx)
+
+
+def echo_json(data: Any, indent: int | None = 2) -> None:
+    """The one JSON document a ``--json`` command prints on stdout (progress bars are on stderr)."""
+    click.echo(json.dumps(data, indent=indent))
+
+
 index_option = click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),
                             help="Index folder (written by 'prodsearch index').")
 device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
@@ -90,10 +146,12 @@ batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=
                             help="Images per model call [default: 8 on CPU, 128 on CUDA].")
 workers_option = click.option("--workers", type=click.IntRange(min=0), default=None,
                               help="Image-decoding worker processes [default: up to 4, 0 for few files].")
-silent_option = click.option("--silent", is_flag=True, help="Hide progress bars.")
+quiet_option = click.option("-q", "--quiet", "--silent", "quiet", is_flag=True, cls=AliasOption,
+                            hidden_aliases=("--silent",), help="Hide progress bars (drawn on stderr at a terminal).")
 query_model_option = click.option("--model", default=None,
                                   help="Embedder (name or checkpoint) to embed photos with [default: the index's].")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document on stdout instead of text (keys: README).")
 
 
 def search_options(command):

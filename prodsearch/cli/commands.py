@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING
 
 import click
 
 from prodsearch.choices import DEFAULT_MODEL, MODELS
-from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
-                                query_model_option, search_options, silent_option, wait_option, workers_option)
+from prodsearch.cli.app import (Progress, batch_option, cli, device_option, echo_json, index_option, json_option,
+                                query_model_option, quiet_option, search_options, wait_option, workers_option)
+from prodsearch.cli.reports import build_report_dict, eval_report_dict
 from prodsearch.errors import ProdsearchError
 
 if TYPE_CHECKING:
@@ -35,8 +35,9 @@ MAX_LISTED = 20
 @device_option
 @workers_option
 @wait_option
-@silent_option
-def index(catalog, index_dir, model, index_type, batch_size, device, workers, wait, silent):
+@quiet_option
+@json_option
+def index(catalog, index_dir, model, index_type, batch_size, device, workers, wait, quiet, as_json):
     """Build an index of the catalog photos in CATALOG.
 
     CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
@@ -49,10 +50,13 @@ def index(catalog, index_dir, model, index_type, batch_size, device, workers, wa
     """
     from prodsearch.indexer.build import build_index
 
-    with Progress("Embedding", silent) as progress:
+    with Progress("Embedding", quiet) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
                              device=device, num_workers=workers, progress=progress, wait=wait)
-    click.echo(format_build_report(report))
+    if as_json:
+        echo_json(build_report_dict(report))
+    else:
+        click.echo(format_build_report(report))
 
 
 def skipped_lines(skipped: list[Skipped]) -> list[str]:
@@ -103,12 +107,15 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json, np
     product_index = open_index(index_dir, model, device, nprobe, ef_search)
     if as_one:
         fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
-        click.echo(json.dumps(fused.to_dict(), indent=2) if as_json else format_fused_result(fused))
+        if as_json:
+            echo_json(fused.to_dict())
+        else:
+            click.echo(format_fused_result(fused))
         failed = fused.errors
     else:
         results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
         if as_json:
-            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+            echo_json([r.to_dict() for r in results])
         else:
             click.echo("\n".join(format_query_result(r) for r in results))
         failed = {r.path: r.error for r in results if r.error}
@@ -172,10 +179,10 @@ def format_matches(matches: list[Match]) -> list[str]:
 @batch_option
 @device_option
 @workers_option
-@silent_option
+@quiet_option
 @json_option
 @search_options
-def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_json, nprobe, ef_search):
+def eval_(queries, index_dir, model, batch_size, device, workers, quiet, as_json, nprobe, ef_search):
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
@@ -191,10 +198,13 @@ def eval_(queries, index_dir, model, batch_size, device, workers, silent, as_jso
     from prodsearch.eval.evaluate import evaluate
 
     product_index = open_index(index_dir, model, device, nprobe, ef_search)
-    with Progress("Evaluating", silent) as progress:
+    with Progress("Evaluating", quiet) as progress:
         report = evaluate(queries, product_index, batch_size=batch_size, device=device,
                           num_workers=workers, progress=progress)
-    click.echo(json.dumps(report.to_dict()) if as_json else format_eval_report(report))
+    if as_json:
+        echo_json(eval_report_dict(report), indent=None)  # one line, as eval has always printed it
+    else:
+        click.echo(format_eval_report(report))
 
 
 WORST_CATEGORIES = 10  # categories listed by eval; --json has them all

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import tempfile
+from typing import TYPE_CHECKING
 
 import click
 
-from prodsearch.cli.app import Progress, cli, device_option, silent_option
+from prodsearch.cli.app import AliasOption, Progress, cli, device_option, echo_json, json_option, quiet_option
 from prodsearch.cli.commands import format_build_report, format_query_result
+from prodsearch.cli.reports import demo_report_dict
+
+if TYPE_CHECKING:
+    from prodsearch.demo import DemoReport
 
 
 @cli.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
-              help="Keep the generated shop and its index here [default: a temporary folder].")
+@click.option("--out", "--dir", "out", type=click.Path(file_okay=False), default=None, cls=AliasOption,
+              hidden_aliases=("--dir",),
+              help="Folder to write the generated shop and its index to, and keep [default: a temporary folder].")
 @click.option("--skus", type=click.IntRange(min=2), default=48, show_default=True, help="Products to generate.")
 @click.option("--snapshots", type=click.IntRange(min=1), default=3, show_default=True,
               help="Customer snapshots per product.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated shop.")
 @device_option
-@silent_option
-def demo(directory, skus, snapshots, seed, device, silent):
+@quiet_option
+@json_option
+def demo(out, skus, snapshots, seed, device, quiet, as_json):
     """Run the whole job on a generated shop: index, evaluate, query.
 
     Packaged goods (boxes, cartons, bottles, cans; look-alike variants that differ only in a
@@ -29,21 +36,29 @@ def demo(directory, skus, snapshots, seed, device, silent):
 
     \b
     Example:
-        prodsearch demo --dir demo-shop
+        prodsearch demo --out demo-shop
     """
     from prodsearch.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="prodsearch-demo-") as tmp:
-        with Progress("Working", silent) as progress:
-            report = run_demo(directory or tmp, n_skus=skus, snapshots_per_sku=snapshots, seed=seed,
+        with Progress("Working", quiet) as progress:
+            report = run_demo(out or tmp, n_skus=skus, snapshots_per_sku=snapshots, seed=seed,
                               device=device, progress=progress)
-        data = report.dataset
-        families = len({p.family for p in data.products})
-        click.echo(f"Generated {len(data.products)} SKUs in {families} product lines "
-                   f"and {report.evaluation.n} customer snapshots in {data.catalog_dir.parent}")
-        click.echo(format_build_report(report.build))
-        ev = report.evaluation
-        click.echo(f"Customer snapshots: n={ev.n}  top-1 {ev.top1:.3f}  top-5 {ev.top5:.3f}")
-        click.echo(f"\nExample query (true SKU: {report.example_truth}):")
-        click.echo(format_query_result(report.example))
-        click.echo(f"\nDone in {report.seconds:.1f}s." + ("" if directory else " (temporary files removed; keep them with --dir)"))
+        if as_json:
+            echo_json(demo_report_dict(report, out))
+        else:
+            click.echo(format_demo_report(report, kept=out is not None))
+
+
+def format_demo_report(report: DemoReport, kept: bool) -> str:
+    data, ev = report.dataset, report.evaluation
+    families = len({p.family for p in data.products})
+    return "\n".join([
+        f"Generated {len(data.products)} SKUs in {families} product lines "
+        f"and {ev.n} customer snapshots in {data.catalog_dir.parent}",
+        format_build_report(report.build),
+        f"Customer snapshots: n={ev.n}  top-1 {ev.top1:.3f}  top-5 {ev.top5:.3f}",
+        f"\nExample query (true SKU: {report.example_truth}):",
+        format_query_result(report.example),
+        f"\nDone in {report.seconds:.1f}s." + ("" if kept else " (temporary files removed; keep them with --out)"),
+    ])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from prodsearch.cli.app import cli
+from prodsearch.cli.app import Progress, cli, echo_json, json_option, quiet_option
 from prodsearch.cli.commands import skipped_lines
+from prodsearch.cli.reports import import_report_dict
 from prodsearch.catalog.importers import FORMATS, ImportReport, import_catalog
 
 
@@ -13,11 +14,14 @@ from prodsearch.catalog.importers import FORMATS, ImportReport, import_catalog
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(sorted(FORMATS)))
 @click.argument("source", type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The CSV manifest to write (image,sku,name,category,product).")
+              help="The CSV manifest file to write (image,sku,name,category,product); cdiscount pictures "
+                   "are extracted beside it.")
 @click.option("--split", "splits", multiple=True,
               help="A split to import (repeatable) [default: products10k train; cdiscount train; "
                    "grocery-store iconic and train].")
-def import_(fmt, source, out, splits):
+@quiet_option
+@json_option
+def import_(fmt, source, out, splits, quiet, as_json):
     """Write a manifest for a dataset in its published layout.
 
     \b
@@ -33,7 +37,12 @@ def import_(fmt, source, out, splits):
         prodsearch import grocery-store ../shared/datasets/grocery-store --out gs/catalog.csv
         prodsearch import grocery-store ../shared/datasets/grocery-store --split test --out gs/test.csv
     """
-    click.echo(format_import_report(import_catalog(fmt, source, out, splits=splits)))
+    with Progress("Writing rows", quiet) as progress:
+        report = import_catalog(fmt, source, out, splits=splits, progress=progress)
+    if as_json:
+        echo_json(import_report_dict(report))
+    else:
+        click.echo(format_import_report(report))
 
 
 def format_import_report(report: ImportReport) -> str:

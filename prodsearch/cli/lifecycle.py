@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Callable
 
 import click
 
-from prodsearch.cli.app import (Progress, batch_option, cli, device_option, index_option, json_option,
-                                query_model_option, silent_option, wait_option, workers_option)
+from prodsearch.cli.app import (Progress, batch_option, cli, device_option, echo_json, index_option, json_option,
+                                query_model_option, quiet_option, wait_option, workers_option)
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
+from prodsearch.cli.reports import change_report_dict
 from prodsearch.errors import ProdsearchError
 
 if TYPE_CHECKING:
@@ -38,13 +38,17 @@ def catalog_command(name: str, help_text: str, *extra_options):
     @device_option
     @workers_option
     @wait_option
-    @silent_option
-    def command(catalog, index_dir, model, batch_size, device, workers, wait, silent, **extra):
+    @quiet_option
+    @json_option
+    def command(catalog, index_dir, model, batch_size, device, workers, wait, quiet, as_json, **extra):
         operation = catalog_operation(name)
-        with Progress("Embedding", silent) as progress:
+        with Progress("Embedding", quiet) as progress:
             report = operation(catalog, index_dir, model=model, batch_size=batch_size, device=device,
                                num_workers=workers, progress=progress, wait=wait, **extra)
-        click.echo(format_change_report(report, name))
+        if as_json:
+            echo_json(change_report_dict(report))
+        else:
+            click.echo(format_change_report(report, name))
 
     for option in extra_options:
         command = option(command)
@@ -119,7 +123,8 @@ def format_change_report(report: ChangeReport, verb: str) -> str:
 @click.option("--sku", "skus", multiple=True, help="A SKU to remove with all its photos (repeatable).")
 @click.option("--image", "images", multiple=True, type=int, help="An image id to remove (repeatable).")
 @wait_option
-def remove(index_dir, skus, images, wait):
+@json_option
+def remove(index_dir, skus, images, wait, as_json):
     """Remove products (--sku) or single photos (--image) from an index.
 
     Image ids are shown by 'prodsearch query --json'. Unknown SKUs or ids are an error and then
@@ -132,8 +137,15 @@ def remove(index_dir, skus, images, wait):
     from prodsearch.indexer.lifecycle import remove_from_index
 
     report = remove_from_index(index_dir, skus=skus, image_ids=images, wait=wait)
-    click.echo(f"Removed {plural(report.removed, 'image')} from {report.index_dir}"
-               + (f"; SKUs gone: {', '.join(report.removed_skus)}" if report.removed_skus else ""))
+    if as_json:
+        echo_json(change_report_dict(report))
+    else:
+        click.echo(format_remove_report(report))
+
+
+def format_remove_report(report: ChangeReport) -> str:
+    gone = f"; SKUs gone: {', '.join(report.removed_skus)}" if report.removed_skus else ""
+    return f"Removed {plural(report.removed, 'image')} from {report.index_dir}{gone}"
 
 
 @cli.command()
@@ -151,7 +163,10 @@ def info(index_dir, as_json):
     from prodsearch.indexer.info import index_info
 
     result = index_info(index_dir)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_info(result))
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(format_info(result))
     if not result.consistent:
         raise ProdsearchError(f"{index_dir} is inconsistent: {'; '.join(result.problems)}; "
                               f"rebuild it with: prodsearch index CATALOG --index {index_dir}")

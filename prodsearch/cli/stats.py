@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import click
 
-from prodsearch.cli.app import cli
+from prodsearch.cli.app import Progress, cli, echo_json, json_option, quiet_option
 from prodsearch.catalog.listing import Item, Listing, Skipped, read_listing
 from prodsearch.cli.commands import MAX_LISTED
+from prodsearch.cli.reports import stats_dict
 
 if TYPE_CHECKING:
     from prodsearch.eval.stats import CatalogStats
@@ -19,9 +20,12 @@ if TYPE_CHECKING:
 
 @cli.command()
 @click.argument("catalog", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for stats.json and the plots.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write stats.json and the plots to (created if missing).")
 @click.option("--no-md5", is_flag=True, help="Skip hashing every file (no duplicate analysis).")
-def stats(catalog, out, no_md5):
+@quiet_option
+@json_option
+def stats(catalog, out, no_md5, quiet, as_json):
     """Describe a catalog: images per product, products per category at each level of the
     category tree, how concentrated the categories are, and duplicate files (MD5).
 
@@ -35,25 +39,36 @@ def stats(catalog, out, no_md5):
     from prodsearch.eval.stats import catalog_stats
 
     listing = read_listing(catalog)
-    items, md5s, skipped = (listing.items, None, list(listing.skipped)) if no_md5 else readable_items(listing)
+    if no_md5:
+        items, md5s, skipped = listing.items, None, list(listing.skipped)
+    else:
+        with Progress("Hashing", quiet) as progress:
+            items, md5s, skipped = readable_items(listing, progress)
     result = catalog_stats(items, str(listing.source), None if md5s is None else md5s.__getitem__)
     result.skipped = skipped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stats.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     plots = write_plots(result, out)
-    click.echo(format_stats(result))
-    click.echo(f"Wrote {out / 'stats.json'} and {len(plots)} plots: {', '.join(p.name for p in plots)}")
+    if as_json:
+        echo_json(stats_dict(result, out, plots))
+    else:
+        click.echo(format_stats(result))
+        click.echo(f"Wrote {out / 'stats.json'} and {len(plots)} plots: {', '.join(p.name for p in plots)}")
 
 
-def readable_items(listing: Listing) -> tuple[list[Item], dict[Item, str], list[Skipped]]:
+def readable_items(listing: Listing, progress: Callable[[int, int], None] | None = None
+                   ) -> tuple[list[Item], dict[Item, str], list[Skipped]]:
     """The listing's items that can be hashed, their MD5s, and every file left out with why: the
-    statistics describe what an index of the catalog would hold, so unreadable files do not count."""
+    statistics describe what an index of the catalog would hold, so unreadable files do not count.
+    ``progress`` gets ``(files hashed, files)``: hashing a large catalog reads every byte of it."""
     from prodsearch.indexer.ingest import file_info, nothing_readable
 
     items, md5s, skipped = [], {}, list(listing.skipped)
-    for item in listing.items:
+    for done, item in enumerate(listing.items, start=1):
         info = file_info(item)
+        if progress is not None:
+            progress(done, len(listing.items))
         if isinstance(info, Skipped):
             skipped.append(info)
         else:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from prodsearch.choices import CLASSIFICATION_LOSSES, DEFAULT_MODEL, METRIC_LOSSES
-from prodsearch.cli.app import cli, device_option, silent_option, workers_option
+from prodsearch.choices import CLASSIFICATION_LOSSES, DEVICE_CHOICES, METRIC_LOSSES
+from prodsearch.cli.app import cli, echo_json, json_option, quiet_option, shows_progress
+from prodsearch.cli.reports import train_result_dict
+from prodsearch.train_config import TrainConfig
 
 if TYPE_CHECKING:
     from prodsearch.retrieval.training import TrainResult
@@ -17,11 +21,11 @@ if TYPE_CHECKING:
 class TrainProgress:
     """One progress bar per epoch, showing the running loss and images/s."""
 
-    def __init__(self, silent: bool):
-        self.silent, self.bar, self.key, self.text = silent, None, None, ""
+    def __init__(self, quiet: bool):
+        self.hidden, self.bar, self.key, self.text = not shows_progress(quiet), None, None, ""
 
     def __call__(self, event: dict) -> None:
-        if self.silent:
+        if self.hidden:
             return
         key = (event["stage"], event["epoch"])
         if key != self.key:
@@ -46,48 +50,52 @@ def _steps(value: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected epochs separated by commas, like 20,40,60; got {value!r}") from None
 
 
+SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def setting_option(*decls: str, **kwargs: Any):
+    """The option for the :class:`TrainConfig` field of the same name, with that field's default and
+    help: the defaults are defined once, in the config a run saves, not restated here."""
+    spec = SETTINGS[decls[0].lstrip("-").replace("-", "_")]
+    if spec.default is not dataclasses.MISSING:
+        default = spec.default
+        kwargs["default"] = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs.setdefault("show_default", default is not None and not kwargs.get("is_flag"))
+    return click.option(*decls, help=spec.metadata["help"], **kwargs)
+
+
 @cli.command()
 @click.argument("train_set", metavar="TRAIN", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for checkpoints and config.")
-@click.option("--val", type=click.Path(), default=None, help="Validation photos (catalog formats), for monitoring.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Backbone to start from (ImageNet weights).")
-@click.option("--embed-dim", type=click.IntRange(min=8), default=512, show_default=True)
-@click.option("--img-size", type=click.IntRange(min=32), default=224, show_default=True,
-              help="Training crop and evaluation centre crop (paper: 448).")
-@click.option("--resize", type=click.IntRange(min=32), default=256, show_default=True,
-              help="Short side before cropping (paper: 512).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--lr-steps", default="20,40,60", show_default=True, callback=lambda c, p, v: _steps(v),
-              help="Epochs after which the learning rates are multiplied by 0.1.")
-@click.option("--lr-head", type=float, default=3e-4, show_default=True, help="Learning rate of the new layers.")
-@click.option("--lr-backbone", type=float, default=3e-5, show_default=True, help="Learning rate of the backbone.")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
-@click.option("--accumulate", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Optimizer step every N batches (32 x 2 emulates batch 64).")
-@click.option("--m-per-class", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Images per SKU in each batch.")
-@click.option("--classification-loss", type=click.Choice(CLASSIFICATION_LOSSES), default="arcface", show_default=True)
-@click.option("--metric-loss", type=click.Choice(METRIC_LOSSES), default="multisimilarity", show_default=True)
-@click.option("--classification-weight", type=float, default=1.0, show_default=True)
-@click.option("--metric-weight", type=float, default=1.0, show_default=True)
-@click.option("--balanced-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Balanced-subset finetune epochs (at most 5 images per SKU).")
-@click.option("--accuracy-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Accuracy-loss finetune epochs on the balanced subset (paper: 2-3).")
-@click.option("--frozen-stages", type=click.IntRange(min=0, max=7), default=0, show_default=True,
-              help="Do not train the stem and the first N backbone stages (faster on CPU).")
-@click.option("--freeze-backbone", is_flag=True, help="Cache backbone features once, train only the heads.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@setting_option("--out", required=True, type=click.Path(file_okay=False))
+@setting_option("--val", type=click.Path())
+@setting_option("--model")
+@setting_option("--embed-dim", type=click.IntRange(min=8))
+@setting_option("--img-size", type=click.IntRange(min=32))
+@setting_option("--resize", type=click.IntRange(min=32))
+@setting_option("--epochs", type=click.IntRange(min=1))
+@setting_option("--lr-steps", callback=lambda c, p, v: _steps(v))
+@setting_option("--lr-head", type=float)
+@setting_option("--lr-backbone", type=float)
+@setting_option("--weight-decay", type=float)
+@setting_option("--batch-size", type=click.IntRange(min=2))
+@setting_option("--accumulate", type=click.IntRange(min=1))
+@setting_option("--m-per-class", type=click.IntRange(min=1))
+@setting_option("--classification-loss", type=click.Choice(CLASSIFICATION_LOSSES))
+@setting_option("--metric-loss", type=click.Choice(METRIC_LOSSES))
+@setting_option("--classification-weight", type=float)
+@setting_option("--metric-weight", type=float)
+@setting_option("--balanced-epochs", type=click.IntRange(min=0))
+@setting_option("--accuracy-epochs", type=click.IntRange(min=0))
+@setting_option("--frozen-stages", type=click.IntRange(min=0, max=7))
+@setting_option("--freeze-backbone", is_flag=True)
+@setting_option("--seed", type=int)
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue the run saved in this last.pt (its own settings are used).")
-@device_option
-@workers_option
-@silent_option
-def train(train_set, out, val, model, embed_dim, img_size, resize, epochs, lr_steps, lr_head, lr_backbone,
-          weight_decay, batch_size, accumulate, m_per_class, classification_loss, metric_loss,
-          classification_weight, metric_weight, balanced_epochs, accuracy_epochs, frozen_stages,
-          freeze_backbone, seed, resume, device, workers, silent):
+@setting_option("--device", type=click.Choice(DEVICE_CHOICES))
+@setting_option("--workers", type=click.IntRange(min=0))
+@quiet_option
+@json_option
+def train(train_set, resume, quiet, as_json, **settings):
     """Train the embedder on labelled photos in TRAIN (catalog formats: folder per SKU or CSV).
 
     ArcFace (or another classification loss) plus a pair-based metric loss, Adam with weight decay,
@@ -101,23 +109,19 @@ def train(train_set, out, val, model, embed_dim, img_size, resize, epochs, lr_st
         prodsearch train shop/train.csv --out runs/p10k --img-size 448 --resize 512 --epochs 70 \\
             --balanced-epochs 5 --accuracy-epochs 3
     """
-    from prodsearch.retrieval.training import TrainConfig, train as run_training
+    from prodsearch.retrieval.training import train as run_training
 
-    config = TrainConfig(
-        train=train_set, out=out, val=val, model=model, embed_dim=embed_dim, img_size=img_size, resize=resize,
-        epochs=epochs, lr_steps=lr_steps, lr_head=lr_head, lr_backbone=lr_backbone, weight_decay=weight_decay,
-        batch_size=batch_size, accumulate=accumulate, m_per_class=m_per_class,
-        classification_loss=classification_loss, metric_loss=metric_loss,
-        classification_weight=classification_weight, metric_weight=metric_weight,
-        balanced_epochs=balanced_epochs, accuracy_epochs=accuracy_epochs, frozen_stages=frozen_stages,
-        freeze_backbone=freeze_backbone, seed=seed, device=device, workers=workers,
-    )
-    progress = TrainProgress(silent)
+    config = TrainConfig(train=train_set, **settings)
+    start = time.perf_counter()
+    progress = TrainProgress(quiet)
     try:
         result = run_training(config, resume=resume, progress=progress)
     finally:
         progress.close()
-    click.echo(format_train_result(result))
+    if as_json:
+        echo_json(train_result_dict(result, time.perf_counter() - start))
+    else:
+        click.echo(format_train_result(result))
 
 
 def format_train_result(result: TrainResult) -> str:

@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,13 +28,14 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.catalog.listing import read_listing
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder
+from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import MIN_FILES_FOR_WORKERS, decode_worker_init, embed_files
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
 from prodsearch.retrieval.train_data import (AugmentedImages, LabelledSet, balanced_subset, collate_labelled,
                                              train_transform)
+from prodsearch.train_config import TrainConfig  # the settings live in a light module: train --help shows them
 
 log = logging.getLogger(__name__)
 
@@ -44,58 +45,6 @@ EpochDone = Callable[[dict[str, Any]], None]  # called with each finished epoch'
 
 class TrainingError(ProdsearchError):
     """A training set or configuration that cannot be trained on."""
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved as ``config.json`` and inside each checkpoint."""
-
-    train: str
-    out: str
-    val: str | None = None
-    model: str = DEFAULT_MODEL
-    embed_dim: int = 512
-    img_size: int = 224  # random crop in training, centre crop at evaluation (paper: 448)
-    resize: int = 256  # short side before cropping (paper: 512)
-    epochs: int = 10
-    lr_steps: tuple[int, ...] = (20, 40, 60)  # epochs after which learning rates are multiplied by lr_gamma
-    lr_gamma: float = 0.1
-    lr_head: float = 3e-4  # new layers: embedding head and classifier
-    lr_backbone: float = 3e-5  # pretrained backbone
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    accumulate: int = 2  # optimizer step every N batches: batch 32 x 2 emulates the paper's 64
-    m_per_class: int = 4  # images per SKU in a batch (MPerClassSampler), so the metric loss has positives
-    classification_loss: str = "arcface"
-    metric_loss: str = "multisimilarity"
-    classification_weight: float = 1.0
-    metric_weight: float = 1.0
-    balanced_epochs: int = 0  # balanced-subset finetune
-    balanced_max_per_class: int = 5
-    accuracy_epochs: int = 0  # accuracy-loss finetune on the balanced subset (paper: 2-3)
-    finetune_lr_scale: float = 0.1  # finetune stages run at the base learning rates times this
-    frozen_stages: int = 0  # the stem and this many backbone stages are not trained (cheaper on CPU)
-    freeze_backbone: bool = False  # cache pooled backbone features once and train only the heads
-    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics (small batches)
-    amp: str = "auto"  # CUDA mixed precision: auto (bf16 where supported, else fp16) or off
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lr_steps"] = list(self.lr_steps)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        kwargs["lr_steps"] = tuple(kwargs.get("lr_steps", ()))
-        return cls(**kwargs)
-
-    def stage_epochs(self) -> list[int]:
-        return [self.epochs, self.balanced_epochs, self.accuracy_epochs]
 
 
 @dataclass

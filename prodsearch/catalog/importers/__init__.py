@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +40,11 @@ class ImportReport:
 
 
 def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, *,
-                   splits: tuple[str, ...] = ()) -> ImportReport:
+                   splits: tuple[str, ...] = (), progress: Callable[[int, int | None], None] | None = None
+                   ) -> ImportReport:
     """Write the manifest ``out`` for the ``splits`` (default: the format's own) of a dataset in
-    format ``fmt``; the manifest appears complete or not at all."""
+    format ``fmt``; the manifest appears complete or not at all. ``progress(rows written, None)``
+    follows the writing (the total is not known before the dataset has been read)."""
     start = time.perf_counter()
     if fmt not in FORMATS:
         raise CatalogError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -59,7 +61,7 @@ def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, 
     partial = out.with_name(f".{out.name}.partial")
     try:
         try:
-            _write_rows(spec.rows(source, splits, out), partial, report)
+            _write_rows(spec.rows(source, splits, out), partial, report, progress)
         except OSError as exc:  # a dataset file or the manifest's folder that cannot be read or written
             raise CatalogError(f"cannot {'write' if exc.filename == str(partial) else 'read'} "
                                f"{exc.filename or source}: {exc.strerror or exc}") from None
@@ -74,7 +76,8 @@ def import_catalog(fmt: str, source: str | os.PathLike, out: str | os.PathLike, 
     return report
 
 
-def _write_rows(rows: Iterator[Row | Skipped], path: Path, report: ImportReport) -> None:
+def _write_rows(rows: Iterator[Row | Skipped], path: Path, report: ImportReport,
+                progress: Callable[[int, int | None], None] | None = None) -> None:
     """Stream rows into the CSV at ``path`` (beside the manifest it becomes), counting into ``report``."""
     skus, products, categories = set(), set(), set()
     with CatalogCsvWriter(path, ("name", "category", "product")) as writer:
@@ -84,6 +87,8 @@ def _write_rows(rows: Iterator[Row | Skipped], path: Path, report: ImportReport)
                 continue
             writer.write(row.image, row.sku, name=row.name, category=row.category, product=row.product)
             report.images += 1
+            if progress:
+                progress(report.images, None)
             skus.add(row.sku)
             products.add(row.product or row.sku)
             if row.category:
