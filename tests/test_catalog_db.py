@@ -128,7 +128,7 @@ def test_float16_storage_ranks_like_exact_float32(tmp_path):
     exact_scores, exact_ids = search(exact, queries, 64)
     assert np.diff(exact_scores, axis=1).max() < -3e-3  # well separated: no near ties to flip
     index = write_vectors_index(tmp_path / "idx", owners, vectors)
-    scores, ids = search(index.vectors, queries, 64)
+    scores, ids = index.vectors.search(queries, 64)
     assert np.array_equal(ids, exact_ids) and np.abs(scores - exact_scores).max() < 1e-3
     for q, matches in zip(queries, index.search(queries, 16)):
         assert [m.sku for m in matches] == [s for s, _ in plain_sku_ranking(q, vectors, owners, 16)]

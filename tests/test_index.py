@@ -197,7 +197,7 @@ def test_query_embeds_exactly_as_index(built_index):
     index = ProductIndex.open(built_index["index"])
     catalog_file = built_index["catalog"] / "sku-2" / "sku-2_0.jpg"
     stored_id = next(r["id"] for r in index.catalog.db["images"].rows if r["path"] == str(catalog_file.resolve()))
-    stored = index.vectors.reconstruct(stored_id)
+    stored = index.vectors.index.reconstruct(stored_id)
     [result] = index.query([catalog_file])
     assert result.matches[0].sku == "sku-2"
     assert result.matches[0].score == pytest.approx(1.0, abs=1e-3)  # the catalog stores float16

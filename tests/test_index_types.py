@@ -110,7 +110,7 @@ def test_index_folders_of_each_type_survive_removal(tmp_path, spec, type_name):
     assert info.pending_changes == 0 if spec.startswith("HNSW") else info.pending_changes > 0  # rebuilt once, by the writer
     index = ProductIndex(tmp_path / "idx", read_manifest(tmp_path / "idx"))
     assert len(index) == 590 and "s07" not in index.skus
-    inner = __import__("faiss").downcast_index(index.vectors.index)
+    inner = __import__("faiss").downcast_index(index.vectors.index.index)
     assert type(inner).__name__ == type_name
     matches = index.search(vectors[7:8], 3)[0]  # image 7 belonged to s07
     assert "s07" not in [m.sku for m in matches] and len(matches) == 3

@@ -78,8 +78,28 @@ def test_faiss_gpu_receives_only_the_types_it_can_hold(monkeypatch, factory, on_
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: ("gpu", index), raising=False)
     stored = lambda: pytest.fail("the stored vectors are read only for the torch search")  # noqa: E731
     placed = place_for_search(cpu_index, stored, factory, torch.device("cuda"))
-    assert placed == (("gpu", cpu_index) if on_gpu else cpu_index)
-    assert place_for_search(cpu_index, stored, factory, torch.device("cpu")) is cpu_index
+    assert (placed.index, placed.on_gpu) == ((("gpu", cpu_index), True) if on_gpu else (cpu_index, False))
+    assert place_for_search(cpu_index, stored, factory, torch.device("cpu")).index is cpu_index
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)  # faiss-cpu: flat indexes go to torch, others stay
     if factory != "Flat":
-        assert place_for_search(cpu_index, stored, factory, torch.device("cuda")) is cpu_index
+        assert place_for_search(cpu_index, stored, factory, torch.device("cuda")).index is cpu_index
+
+
+def test_every_backend_implements_the_search_interface():
+    """FAISS and torch behind one interface: the same neighbours after the same adds and removals."""
+    from prodsearch.indexer.search_backend import FaissSearch, VectorSearch
+
+    rng = np.random.default_rng(5)
+    base, more, queries = (clustered_vectors(n, 16, rng) for n in (300, 50, 10))
+    faiss_search = FaissSearch(create_vector_index(16))
+    faiss_search.add(base, np.arange(300))
+    torch_search = TorchExactIndex(base, np.arange(300), chunk=64)
+    for backend in (faiss_search, torch_search):
+        assert isinstance(backend, VectorSearch)
+        backend.add(more, np.arange(1000, 1050))
+        assert backend.remove(np.arange(0, 300, 2)) and backend.ntotal == 200
+    among = np.arange(1, 300, 4)
+    for args in ((queries, 5), (queries, 5, among)):
+        (fs, fi), (ts, ti) = faiss_search.search(*args), torch_search.search(*args)
+        assert np.array_equal(fi, ti) and np.allclose(fs, ts, atol=1e-5)
+    assert not np.isin(fi, np.arange(0, 300, 2)).any()

@@ -11,15 +11,14 @@ on :meth:`~prodsearch.indexer.product_index.ProductIndex.refresh`. Paths and nam
 from __future__ import annotations
 
 from bisect import bisect_left
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB, Product
 from prodsearch.indexer.results import Match
-from prodsearch.indexer.vectors import search
+from prodsearch.indexer.search_backend import VectorSearch
 
 FUSION_CANDIDATES = 50  # SKUs per photo that compete when several photos are fused
 
@@ -61,10 +60,11 @@ class PackedStrings:
 class IndexView:
     """One generation of an index as answers need it: the vector index, each image's SKU and path,
     each SKU's name and category. Never changed once built (its arrays are read-only), so threads
-    share it without locks; only a FAISS GPU index needs ``search_lock``."""
+    share it without locks (a FAISS GPU index locks itself: see
+    :class:`~prodsearch.indexer.search_backend.FaissSearch`)."""
 
     generation: int
-    vectors: Any  # faiss.Index, or TorchExactIndex
+    vectors: VectorSearch
     image_ids: np.ndarray  # sorted
     image_sku_codes: np.ndarray  # each image's index into ``skus``
     paths: PackedStrings  # each image's
@@ -72,7 +72,6 @@ class IndexView:
     names: PackedStrings  # each SKU's
     category_codes: np.ndarray  # each SKU's index into ``categories``; -1: the SKU has no product row
     categories: list[str | None]
-    search_lock: AbstractContextManager = field(default_factory=nullcontext)
 
     def __len__(self) -> int:
         return self.vectors.ntotal
@@ -162,8 +161,7 @@ class IndexView:
         want = min(top_k, n_skus)
         k = min(pool, max(4 * top_k, 32))
         while True:
-            with self.search_lock:
-                scores, ids = search(self.vectors, queries, k, among)
+            scores, ids = self.vectors.search(queries, k, among)
             codes = self.sku_codes(ids)
             ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
             if k >= pool or all(len(row) >= want for row in ranked):

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import faiss
 import numpy as np
 import torch
 
@@ -187,8 +185,7 @@ class ProductIndex:
                                   self._search_backend)
         ids, codes, paths, skus = read_images(db)
         names, category_codes, categories = read_products(db, skus)
-        return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories,
-                         _search_lock(loaded, placed))
+        return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories)
 
     # ------------------------------------------------------------------ connections
 
@@ -323,12 +320,6 @@ class ProductIndex:
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
         return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among), errors)
-
-
-def _search_lock(loaded, placed) -> AbstractContextManager:
-    """A FAISS GPU index must not be searched by two threads at once (its GPU resources are not
-    thread-safe); FAISS CPU indexes and torch searches may be."""
-    return threading.Lock() if placed is not loaded and isinstance(placed, faiss.Index) else nullcontext()
 
 
 def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:

@@ -16,11 +16,13 @@ import faiss
 import numpy as np
 import torch
 
+from prodsearch.indexer.search_backend import FaissSearch, VectorSearch
+
 log = logging.getLogger(__name__)
 
 
 class TorchExactIndex:
-    """Exact search over fixed vectors: numpy in, numpy out (like a FAISS index's ``search``)."""
+    """Exact search in torch behind :class:`~prodsearch.indexer.search_backend.VectorSearch`."""
 
     def __init__(self, vectors: np.ndarray, ids: np.ndarray, device: str = "cpu",
                  dtype: torch.dtype | None = None, chunk: int = 1 << 20):
@@ -36,6 +38,16 @@ class TorchExactIndex:
     @property
     def ntotal(self) -> int:
         return len(self.ids)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        added = torch.from_numpy(np.asarray(vectors, dtype=np.float32)).to(self.device, self.dtype)
+        self.vectors = torch.cat([self.vectors, added])
+        self.ids = torch.cat([self.ids, torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)])
+
+    def remove(self, ids: np.ndarray) -> bool:
+        keep = ~torch.isin(self.ids, torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device))
+        self.vectors, self.ids = self.vectors[keep], self.ids[keep]
+        return True
 
     @torch.inference_mode()
     def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -62,21 +74,21 @@ class TorchExactIndex:
 
 
 def place_for_search(index: faiss.Index, stored: Callable[[], tuple[np.ndarray, np.ndarray]], factory: str,
-                     device: torch.device, backend: str | None = None):
+                     device: torch.device, backend: str | None = None) -> VectorSearch:
     """Where searches of an opened index run. On CUDA: FAISS's own GPU index when faiss-gpu is
     installed, else (exact indexes) :class:`TorchExactIndex` on the GPU; elsewhere the FAISS CPU
     index as loaded. ``backend="torch"`` forces the torch path (on any device: tests use the CPU);
     ``stored()`` reads (ids, vectors) from the catalog, called only for it."""
     if backend is None and device.type != "cuda":
-        return index
+        return FaissSearch(index)
     if backend is None and faiss.get_num_gpus() > 0:  # faiss-gpu (faiss-cpu reports 0)
         if gpu_can_hold(factory):
             log.info("searching on the GPU with faiss-gpu")
-            return faiss.index_cpu_to_all_gpus(index)
+            return FaissSearch(faiss.index_cpu_to_all_gpus(index), on_gpu=True)
         log.info("faiss-gpu cannot place a %s index on the GPU; it is searched on the CPU", factory)
-        return index
+        return FaissSearch(index)
     if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")):
-        return index  # approximate indexes stay with FAISS on the CPU without faiss-gpu
+        return FaissSearch(index)  # approximate indexes stay with FAISS on the CPU without faiss-gpu
     ids, vecs = stored()
     log.info("searching %d vectors with torch on %s", len(ids), device)
     return TorchExactIndex(vecs, ids, device=str(device))

@@ -52,8 +52,6 @@ def search(index: faiss.Index, queries: np.ndarray, k: int,
     that every index type honours, so a filtered top-k is never emptied by vectors outside it.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if not isinstance(index, faiss.Index):  # TorchExactIndex: the GPU path without faiss-gpu
-        return index.search(queries, k, among)
     if among is None:
         return index.search(queries, k)
     selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
