@@ -22,9 +22,8 @@ from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
 from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.lock import WriterLock
-from prodsearch.indexer.product_index import embedder_for
-from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
-                                         model_differences, read_manifest, write_manifest)
+from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, embedder_for,
+                                         is_index_dir, model_differences, read_manifest, write_manifest)
 from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
 from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path

@@ -16,8 +16,7 @@ from typing import Iterable
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
-from prodsearch.indexer.manifest import check_model
-from prodsearch.indexer.product_index import embedder_for
+from prodsearch.indexer.manifest import check_model, embedder_for
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedding import FilesDone

@@ -20,7 +20,8 @@ from typing import Any
 from prodsearch import __version__
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
-from prodsearch.retrieval.embedder import EmbedderConfig
+from prodsearch.retrieval.embedder import Embedder, EmbedderConfig
+from prodsearch.retrieval.factory import create_embedder
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +208,18 @@ def _entries(folder: Path) -> list[str]:
 def _listed(names: list[str], shown: int = 5) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
+    """The embedder that embeds for an index: ``model`` if given, else the one its manifest names
+    (read by queries and writers alike)."""
+    built = manifest.model
+    if model:
+        return create_embedder(model)
+    if built.source:
+        if not Path(built.source).is_file():
+            raise IndexDirError(f"index {index_dir} was built with the checkpoint {built.source}, which is "
+                                "not there any more; pass its new path with --model PATH")
+        return create_embedder(built.source)
+    return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
+                           img_size=built.data_config["input_size"][-1])

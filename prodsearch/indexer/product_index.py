@@ -26,7 +26,7 @@ import torch
 
 from prodsearch.errors import CategoryError, IndexDirError, ProdsearchError
 from prodsearch.indexer.catalog_db import CatalogDB, Product
-from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
+from prodsearch.indexer.manifest import Manifest, check_model, embedder_for, read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.index_view import IndexView, read_images, read_products
@@ -34,7 +34,6 @@ from prodsearch.indexer.results import FusedResult, Match, QueryResult  # noqa: 
 from prodsearch.indexer.torch_search import place_for_search
 from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import Embedder
-from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files, prepare
 
 log = logging.getLogger(__name__)
@@ -320,20 +319,6 @@ class ProductIndex:
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
         return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among), errors)
-
-
-def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
-    """The embedder queries would use: ``model`` if given, else the one the manifest names."""
-    built = manifest.model
-    if model:
-        return create_embedder(model)
-    if built.source:
-        if not Path(built.source).is_file():
-            raise IndexDirError(f"index {index_dir} was built with the checkpoint {built.source}, which is "
-                                "not there any more; pass its new path with --model PATH")
-        return create_embedder(built.source)
-    return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
-                           img_size=built.data_config["input_size"][-1])
 
 
 def open_index(index_dir: str | os.PathLike, *, model: str | None = None) -> ProductIndex:
