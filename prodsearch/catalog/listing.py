@@ -50,6 +50,9 @@ class Skipped:
     path: str
     reason: str
 
+    def to_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "reason": self.reason}
+
 
 @dataclass
 class Listing:

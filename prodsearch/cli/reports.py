@@ -40,7 +40,7 @@ def path_or_none(path: str | PathLike | None) -> str | None:
 
 def skipped_list(skipped: list[Skipped]) -> list[dict[str, str]]:
     """Every skipped file with why: a list, not a count, so a script can act on them."""
-    return [{"path": str(s.path), "reason": s.reason} for s in skipped]
+    return [s.to_dict() for s in skipped]
 
 
 def duplicate_list(duplicates: list[Duplicate]) -> list[dict[str, str]]:
@@ -96,9 +96,8 @@ def import_report_dict(report: ImportReport) -> dict[str, Any]:
 
 
 def eval_report_dict(report: EvalReport) -> dict[str, Any]:
-    """``eval --json``: the report's own dict, except that ``skipped`` lists the files (the API's
-    dict counts them) as every other command does."""
-    return {**report.to_dict(), "skipped": skipped_list(report.skipped)}
+    """``eval --json``: the report's own dict."""
+    return report.to_dict()
 
 
 def stats_dict(stats: CatalogStats, out: str | PathLike, plots: list[PathLike]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class EvalReport:
             "n": self.n,
             "top1": self.top1,
             "top5": self.top5,
-            "skipped": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
             "unknown_sku": self.unknown_sku,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
