@@ -3,7 +3,7 @@
 Each command runs as a subprocess (one untimed warm-up, then ``--runs`` timed runs) on the current
 tree and on a temporary ``git worktree`` of ``--before`` (default ``HEAD``: the tree before an
 uncommitted change; once the change is committed, pass the commit before it). The worktree lives
-in /tmp/cli-before and is removed afterwards. Light on purpose: this script imports no prodsearch.
+in /tmp/cli-before and is removed afterwards.
 
     python benchmarks/cli_startup.py
     python benchmarks/cli_startup.py --before HEAD~1 --runs 9
@@ -21,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from prodsearch.eval.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_DIR = Path("/tmp/cli-before")
@@ -72,19 +74,12 @@ def worktree(rev: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(BEFORE_DIR)], check=True)
 
 
-def table(rows: list[list[str]]) -> str:
-    header = ["tree", "command", "median s", "min s", "max s"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def measure(label: str, tree: Path, runs: int) -> list[list[str]]:
+def measure(label: str, tree: Path, runs: int) -> list[dict[str, str]]:
     rows = []
     for args in COMMANDS:
         t = wall_times(tree, args, runs)
-        rows.append([label, "prodsearch " + " ".join(args), f"{statistics.median(t):.3f}", f"{min(t):.3f}",
-                     f"{max(t):.3f}"])
+        rows.append({"tree": label, "command": "prodsearch " + " ".join(args), "median s": f"{statistics.median(t):.3f}",
+                     "min s": f"{min(t):.3f}", "max s": f"{max(t):.3f}"})
     return rows
 
 
@@ -100,7 +95,7 @@ def main() -> None:
         rows += measure(f"before ({args.before} = {rev})", before, args.runs)
     print(cpu_line())
     print(f"{args.runs} timed runs each after one warm-up, subprocess wall time")
-    print(table(rows))
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -124,13 +124,10 @@ def _one_line(text: object, limit: int = 200) -> str:
 
 
 def _resolve(path: Path) -> tuple[Path | None, str | None]:
-    """The regular file ``path`` leads to, or why there is none; never raises, since one odd path
-    (a loop, a dangling link, a name the system refuses) must not stop a run."""
+    """Where ``path`` leads, or why nowhere; never raises, since one odd path (a loop, a dangling
+    link, a name the system refuses) must not stop a run."""
     try:
-        resolved = path.resolve(strict=True)
-        if not resolved.is_file():
-            return None, "not a regular file"
-        return resolved, None
+        return path.resolve(strict=True), None
     except RuntimeError:  # Python < 3.13 reports a symlink loop this way
         return None, "symlink loop"
     except FileNotFoundError:
@@ -141,6 +138,14 @@ def _resolve(path: Path) -> tuple[Path | None, str | None]:
         return None, f"cannot read path: {exc.strerror or exc}"
     except ValueError as exc:  # a NUL byte, a name the file system cannot encode
         return None, f"invalid path: {exc}"
+
+
+def _resolve_file(path: Path) -> tuple[Path | None, str | None]:
+    """The regular file ``path`` leads to, or why there is none."""
+    resolved, reason = _resolve(path)
+    if resolved is not None and not resolved.is_file():
+        return None, "not a regular file"
+    return resolved, reason
 
 
 # -- folder catalogs -----------------------------------------------------------------------------
@@ -182,7 +187,7 @@ def _sku_folder_problem(path: Path, real_root: Path) -> str | None:
     the catalog folder: elsewhere it could pull in any folder on the machine, or loop."""
     if not os.path.islink(path):
         return None
-    target, reason = _resolve_dir(path)
+    target, reason = _resolve(path)
     if reason:
         return reason
     if target == real_root:
@@ -190,15 +195,6 @@ def _sku_folder_problem(path: Path, real_root: Path) -> str | None:
     if not target.is_relative_to(real_root):
         return f"symlinked SKU folder to {target}, outside the catalog folder"
     return None
-
-
-def _resolve_dir(path: Path) -> tuple[Path | None, str | None]:
-    try:
-        return path.resolve(strict=True), None
-    except RuntimeError:
-        return None, "symlink loop"
-    except (OSError, ValueError) as exc:
-        return None, f"cannot read folder: {getattr(exc, 'strerror', None) or exc}"
 
 
 def _walk_sku_folder(folder: Path) -> list[tuple[Path, str | None]]:
@@ -233,7 +229,7 @@ def _folder_item(path: Path, root: Path, real_root: Path, spellings: SkuSpelling
         str(rel).encode("utf-8")
     except UnicodeEncodeError:
         return "file or folder name is not valid UTF-8; rename it"
-    resolved, reason = _resolve(path)
+    resolved, reason = _resolve_file(path)
     if reason:
         return reason
     if not resolved.is_relative_to(real_root):
@@ -324,7 +320,7 @@ def _csv_item(row: dict[str, str], base: Path, origin: str, spellings: SkuSpelli
     image, sku = row.get("image", "").strip(), row.get("sku", "").strip()
     if not image or not sku:
         return Skipped(origin, "row without image or sku")
-    path, reason = _resolve(base / image)
+    path, reason = _resolve_file(base / image)
     if reason:
         return Skipped(str(base / image), reason)
     reason = spellings.problem(sku)

@@ -59,10 +59,11 @@ def index(catalog, index_dir, model, index_type, batch_size, device, workers, wa
         click.echo(format_build_report(report))
 
 
-def skipped_lines(skipped: list[Skipped]) -> list[str]:
-    """How many files were skipped, and the first few with their reasons."""
-    more = [f"    ... and {len(skipped) - MAX_LISTED} more"] if len(skipped) > MAX_LISTED else []
-    return [f"  skipped: {len(skipped)}"] + [f"    {s.path}: {s.reason}" for s in skipped[:MAX_LISTED]] + more
+def skipped_lines(skipped: list[Skipped], indent: str = "  ") -> list[str]:
+    """How many files were skipped, and the first few with their reasons (indented below)."""
+    inner = indent + "  "
+    more = [f"{inner}... and {len(skipped) - MAX_LISTED} more"] if len(skipped) > MAX_LISTED else []
+    return [f"{indent}skipped: {len(skipped)}"] + [f"{inner}{s.path}: {s.reason}" for s in skipped[:MAX_LISTED]] + more
 
 
 def format_build_report(report: BuildReport) -> str:

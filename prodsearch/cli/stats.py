@@ -11,7 +11,7 @@ import click
 
 from prodsearch.cli.app import Progress, cli, echo_json, json_option, quiet_option
 from prodsearch.catalog.listing import Item, Listing, Skipped, read_listing
-from prodsearch.cli.commands import MAX_LISTED
+from prodsearch.cli.commands import skipped_lines
 from prodsearch.cli.reports import stats_dict
 
 if TYPE_CHECKING:
@@ -99,8 +99,5 @@ def format_stats(s: CatalogStats) -> str:
         lines.append(f"duplicates (MD5): {d.duplicate_images} of {d.images} images are copies of {d.groups} files; "
                      f"{d.across_products} files under several products"
                      + (f"; under several categories: {spans}" if spans else ""))
-    lines.append(f"skipped: {len(s.skipped)}")
-    lines += [f"  {k.path}: {k.reason}" for k in s.skipped[:MAX_LISTED]]
-    if len(s.skipped) > MAX_LISTED:
-        lines.append(f"  ... and {len(s.skipped) - MAX_LISTED} more")
+    lines += skipped_lines(s.skipped, indent="")
     return "\n".join(lines)

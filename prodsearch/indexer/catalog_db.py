@@ -52,8 +52,9 @@ def can_write(path: Path, mode: int = os.W_OK) -> bool:
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
-def _writable(path: Path) -> bool:
-    """Whether SQLite can write beside ``path``: WAL mode creates ``-wal`` and ``-shm`` files there."""
+def catalog_writable(path: Path) -> bool:
+    """Whether this process can write the catalog database ``path`` and beside it (WAL mode creates
+    ``-wal`` and ``-shm`` files there)."""
     return can_write(path) and can_write(path.parent, os.W_OK | os.X_OK)
 
 
@@ -104,7 +105,7 @@ class CatalogDB:
         if not create and not path.is_file():
             raise FileNotFoundError(path)
         self.path = path
-        if not create and not _writable(path):
+        if not create and not catalog_writable(path):
             if write:
                 raise ReadOnlyIndexError(path.parent, f"this user cannot write {path.name} or its folder")
             self.db = sqlite_utils.Database(sqlite3.connect(_read_only_uri(path), uri=True,
@@ -169,14 +170,6 @@ class CatalogDB:
         meta = dict(self.db.execute("select key, value from meta").fetchall())
         return State(meta["generation"], meta["snapshot"], meta["next_id"])
 
-    def image_skus(self) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(image ids sorted, SKUs sorted, SKU code of each image): what ranking needs in memory."""
-        rows = self.db.execute("select id, sku from images order by id").fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        skus = sorted({r[1] for r in rows})
-        code = {sku: i for i, sku in enumerate(skus)}
-        return ids, skus, np.fromiter((code[r[1]] for r in rows), dtype=np.int64, count=len(rows))
-
     def products(self, skus: Iterable[str]) -> dict[str, Product]:
         rows = self._run_in("select sku, name, category from products where sku in ({})", set(skus))
         return {r[0]: Product(*r) for r in rows}
@@ -194,21 +187,6 @@ class CatalogDB:
         while batch := cursor.fetchmany(rows):
             yield batch
 
-    def image_ids_in_category(self, prefix: str) -> np.ndarray:
-        """Sorted ids of the images whose product's category is ``prefix`` or below it
-        (``Fruit`` holds ``Fruit/Apple`` but not ``Fruitcake``)."""
-        prefix = prefix.strip("/")
-        rows = self.db.execute(
-            "select images.id from images join products on products.sku = images.sku "
-            "where products.category = ? or substr(products.category, 1, ?) = ? order by images.id",
-            [prefix, len(prefix) + 1, prefix + "/"]).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-    def categories(self) -> list[str]:
-        """Every distinct category path of the catalog's products."""
-        return [r[0] for r in self.db.execute(
-            "select distinct category from products where category is not null and category != '' order by category")]
-
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
         return dict(self._run_in("select id, path from images where id in ({})", {int(i) for i in ids}))
 
@@ -217,19 +195,21 @@ class CatalogDB:
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """The stored embeddings of ``ids``, in that order, as float32."""
-        ids = [int(i) for i in ids]
-        found = dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
+        ids, found = self._stored_blobs(ids)
         return self._decode(ids, [found[i] for i in ids], dim)
 
     def vectors_if_stored(self, ids: Sequence[int], dim: int) -> np.ndarray | None:
         """Like :meth:`vectors`, or ``None`` if some of ``ids`` are stored no more. A stored vector never
         changes (ids are not reused), so one read outside any transaction is the vector of every
         generation that holds the image."""
-        ids = [int(i) for i in ids]
-        found = dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
+        ids, found = self._stored_blobs(ids)
         if len(found) < len(set(ids)):
             return None
         return self._decode(ids, [found[i] for i in ids], dim)
+
+    def _stored_blobs(self, ids: Sequence[int]) -> tuple[list[int], dict[int, bytes]]:
+        ids = [int(i) for i in ids]
+        return ids, dict(self._run_in("select id, vector from vectors where id in ({})", set(ids)))
 
     def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors) of every image, for writing a full FAISS snapshot."""

@@ -96,8 +96,8 @@ class IndexView:
         return self.paths[np.searchsorted(self.image_ids, image_id)]
 
     def image_ids_in_category(self, prefix: str) -> np.ndarray:
-        """Sorted ids of the images whose product's category is ``prefix`` or below it, as
-        :meth:`CatalogDB.image_ids_in_category` finds them."""
+        """Sorted ids of the images whose product's category is ``prefix`` or below it
+        (``Fruit`` holds ``Fruit/Apple`` but not ``Fruitcake``)."""
         prefix = prefix.strip("/")
         wanted = [code for code, category in enumerate(self.categories)
                   if category is not None and (category == prefix or category.startswith(prefix + "/"))]

@@ -11,6 +11,7 @@ import numpy as np
 
 from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
+from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vectors import vector_ids
@@ -83,7 +84,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         if check:
             problems.append(f"SQLite integrity check: {check}")
         pending = db.pending_changes()
-    files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (".lock", ".writer")}
+    files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),

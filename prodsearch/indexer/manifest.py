@@ -191,10 +191,9 @@ def check_replaceable(index_dir: Path, why: str) -> None:
 
 def _has_own_format(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _json_object(path.read_bytes()).get("format") == FORMAT
+    except OSError:
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def _entries(folder: Path) -> list[str]:

@@ -30,6 +30,7 @@ from prodsearch.indexer.manifest import Manifest, check_model, embedder_for, rea
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.index_view import IndexView, read_images, read_products
+from prodsearch.indexer.search_backend import VectorSearch
 from prodsearch.indexer.results import FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
 from prodsearch.indexer.torch_search import place_for_search
 from prodsearch.retrieval.device import resolve_device
@@ -71,10 +72,8 @@ class ProductIndex:
         self._embed_lock = threading.Lock()
         self._prepared: set[torch.device] = set()
         self._closed = False
-        db = CatalogDB(index_dir / CATALOG_DB, check_same_thread=False)
-        self._connections[threading.current_thread()] = db
         try:
-            self._view = self._load_view(db)
+            self._view = self._load_view(self._open_connection())
         except BaseException:
             self.close()
             raise
@@ -102,8 +101,8 @@ class ProductIndex:
         return self._view.generation
 
     @property
-    def vectors(self):
-        """The current generation's vector index (a FAISS index, or :class:`TorchExactIndex`)."""
+    def vectors(self) -> VectorSearch:
+        """The current generation's vector search (FAISS on the CPU or GPU, or the torch search)."""
         return self._view.vectors
 
     @property

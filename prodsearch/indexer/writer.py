@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from prodsearch.errors import ReadOnlyIndexError
-from prodsearch.indexer.catalog_db import CatalogDB, can_write
+from prodsearch.indexer.catalog_db import CatalogDB, catalog_writable
 from prodsearch.indexer.failpoints import crash_point
 from prodsearch.indexer.index_types import deletes_in_place
 from prodsearch.indexer.lock import WriterLock
@@ -45,7 +45,7 @@ class IndexWriter:
         self.index_dir = Path(index_dir)
         self.lock = WriterLock(self.index_dir, command, wait)
         self.manifest: Manifest = read_manifest(self.index_dir)
-        if not (can_write(self.index_dir, os.W_OK | os.X_OK) and can_write(self.index_dir / CATALOG_DB)):
+        if not catalog_writable(self.index_dir / CATALOG_DB):
             raise ReadOnlyIndexError(self.index_dir, f"this user cannot write the folder or its {CATALOG_DB}")
         self.db: CatalogDB | None = None
 
