@@ -77,7 +77,7 @@ def main() -> None:
     for name, catalog in (("10k", big), ("1k", small)):
         index_dir = out / f"index-{name}"
         shutil.rmtree(index_dir, ignore_errors=True)
-        seconds, report = timed(build_index, catalog, index_dir, embedder=embedder)
+        seconds, report = timed(build_index, catalog, index_dir, model=embedder)
         rows.append({"operation": f"build ({name} index)", "images": report.images, "seconds": seconds})
         seconds, report = timed(add_to_index, new, index_dir)
         rows.append({"operation": f"add 100 new images to the {name} index", "images": report.added, "seconds": seconds})
@@ -95,7 +95,7 @@ def main() -> None:
     if not both.is_dir():
         shutil.copytree(big, both)
         shutil.copytree(new, both, dirs_exist_ok=True)
-    seconds, report = timed(build_index, both, index_dir, embedder=embedder)
+    seconds, report = timed(build_index, both, index_dir, model=embedder)
     rebuild = seconds
     rows.append({"operation": "full rebuild of the 10k index + 100 (in place)", "images": report.images, "seconds": seconds})
     assert index_info(index_dir).consistent

@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
-
-import torch
 
 from prodsearch.eval.evaluate import evaluate
 from prodsearch.eval.grocery_store import write_grocery_store_manifests
@@ -26,37 +23,39 @@ from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.build import build_index
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.catalog.listing import read_listing
-from prodsearch.retrieval.embedder import DEFAULT_MODEL
-from prodsearch.retrieval.factory import create_embedder
+from prodsearch.choices import DEFAULT_MODEL, PRECISION_CHOICES, RUNTIME_CHOICES
+from prodsearch.retrieval.encoders import create_encoder
+from prodsearch.retrieval.runtime import describe
+
+from cli_startup import cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 
-def median_query_ms(index: ProductIndex, photos: list[Path], device: str) -> float:
+def median_query_ms(index: ProductIndex, photos: list[Path]) -> float:
     """Median wall time of `query` on one photo at a time (decode, embed, search, catalog lookup)."""
-    index.query(photos[:1], device=device, num_workers=0)  # warm-up
+    index.query(photos[:1], num_workers=0)  # warm-up
     times = []
     for photo in photos:
         start = time.perf_counter()
-        index.query([photo], device=device, num_workers=0)
+        index.query([photo], num_workers=0)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def run(dataset: Path, out: Path, model: str, device: str, batch_size: int | None, workers: int | None,
+def run(dataset: Path, out: Path, model: str, options: dict[str, str], batch_size: int | None, workers: int | None,
         latency_queries: int) -> list[dict]:
     manifests = write_grocery_store_manifests(dataset, out)
-    embedder = create_embedder(model)
+    encoder = create_encoder(model, **options)
     test_photos = [it.path for it in read_listing(manifests.test).items]
     latency_photos = test_photos[:: max(1, len(test_photos) // latency_queries)][:latency_queries]
     rows = []
     for protocol, catalog in (("A: iconic", manifests.catalog_a), ("B: iconic + train", manifests.catalog_b)):
         index_dir = out / f"index-{protocol[0]}"
-        build = build_index(catalog, index_dir, embedder=embedder, device=device, batch_size=batch_size,
-                            num_workers=workers)
-        index = ProductIndex.open(index_dir, embedder=embedder)
-        report = evaluate(manifests.test, index, device=device, batch_size=batch_size, num_workers=workers)
+        build = build_index(catalog, index_dir, model=encoder, batch_size=batch_size, num_workers=workers)
+        index = ProductIndex.open(index_dir, model=encoder)
+        report = evaluate(manifests.test, index, batch_size=batch_size, num_workers=workers)
         rows.append({
             "protocol": protocol,
             "catalog images": build.images,
@@ -65,15 +64,14 @@ def run(dataset: Path, out: Path, model: str, device: str, batch_size: int | Non
             "top-5": report.top5,
             "index img/s": build.images_per_second,
             "eval img/s": report.images_per_second,
-            "median query ms": median_query_ms(index, latency_photos, device),
+            "median query ms": median_query_ms(index, latency_photos),
         })
         logging.info("%s: %s", protocol, rows[-1])
     return rows
 
 
-def machine() -> str:
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}"
+def machine(encoder) -> str:
+    return f"{cpu_line()}; {describe(encoder)}"
 
 
 def main() -> None:
@@ -82,7 +80,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "grocery-store",
                         help="where manifests and indexes are written")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--latency-queries", type=int, default=50)
@@ -90,11 +90,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
-    rows = run(args.dataset, args.out, args.model, args.device, args.batch_size, args.workers, args.latency_queries)
+    options = {"runtime": args.runtime, "device": args.device, "precision": args.precision}
+    rows = run(args.dataset, args.out, args.model, options, args.batch_size, args.workers, args.latency_queries)
+    encoder = create_encoder(args.model, **options)
     if args.json:
-        print(json.dumps({"model": args.model, "machine": machine(), "rows": rows}, indent=2))
+        print(json.dumps({"model": args.model, "machine": machine(encoder), "rows": rows}, indent=2))
     else:
-        print(f"Grocery Store, model {args.model}, {machine()}\n")
+        print(f"Grocery Store, model {args.model}, {machine(encoder)}\n")
         print(markdown_table(rows))
 
 

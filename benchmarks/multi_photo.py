@@ -48,7 +48,7 @@ def score(model: str, manifests: GroceryManifests, pairs: Path, work: Path, devi
              "per photo top-1": report.top1, "per photo top-5": report.top5,
              "pairs": report.products.n, "fused pair top-1": report.products.top1,
              "fused pair top-5": report.products.top5}
-            for protocol, report in score_protocols(embedder, manifests, pairs, work, device).items()]
+            for protocol, report in score_protocols(embedder, manifests, pairs, work, device=device).items()]
 
 
 def main() -> None:

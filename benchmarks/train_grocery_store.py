@@ -42,7 +42,7 @@ PRESETS = {
 
 def score(model: str, manifests: GroceryManifests, work: Path, device: str) -> dict[str, float]:
     """Test top-1 / top-5 under protocols A and B; the test photos are embedded once for both."""
-    reports = score_protocols(create_embedder(model), manifests, manifests.test, work, device)
+    reports = score_protocols(model, manifests, manifests.test, work, device=device)
     out = {}
     for protocol, report in reports.items():
         out |= {f"{protocol} top-1": report.top1, f"{protocol} top-5": report.top5}

@@ -26,7 +26,7 @@ from prodsearch.eval.metrics import recall_against_exact
 from prodsearch.eval.report import markdown_table
 from prodsearch.indexer.index_types import set_search_params, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
-from prodsearch.retrieval.factory import create_embedder
+from prodsearch.retrieval.encoders import create_encoder
 from prodsearch.retrieval.embedding import embed_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def embedded(model: str, paths: list[Path], cache: Path) -> np.ndarray:
     key = hashlib.sha1((model + "\n".join(map(str, paths))).encode()).hexdigest()[:12]
     file = cache / f"{key}.npy"
     if not file.exists():
-        result = embed_files(create_embedder(model), paths)
+        result = embed_files(create_encoder(model), paths)
         if len(result.positions) != len(paths):
             raise SystemExit(f"{len(paths) - len(result.positions)} photos could not be read: {result.failures}")
         cache.mkdir(parents=True, exist_ok=True)

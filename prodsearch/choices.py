@@ -1,4 +1,4 @@
-"""The names a user picks from: models, devices, precisions, losses.
+"""The names a user picks from: models, devices, runtimes, precisions, losses.
 
 Kept free of heavy imports (torch, timm, faiss) so that the command line can list them in its
 options and help before it loads any of those; the modules that use them re-export them.
@@ -24,7 +24,9 @@ ALIASES = {
 }
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+# Where the model runs: ONNX Runtime (CPU; no torch import) or torch (CUDA, bf16, training).
+RUNTIME_CHOICES = ("auto", "onnx", "torch")
 
 CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
 METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")

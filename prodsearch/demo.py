@@ -41,16 +41,19 @@ def run_demo(
     n_skus: int = 48,
     snapshots_per_sku: int = 3,
     seed: int = 0,
+    runtime: str = "auto",
     device: str = "auto",
+    precision: str = "auto",
     progress: FilesDone | None = None,
 ) -> DemoReport:
     """Generate the synthetic shop in ``directory``, index it, evaluate it, answer one query."""
     start = time.perf_counter()
     directory = Path(directory)
     dataset = write_synthetic_dataset(directory / "data", n_skus=n_skus, snapshots_per_sku=snapshots_per_sku, seed=seed)
-    build = build_index(dataset.catalog_csv, directory / "index", device=device, progress=progress)
-    index = ProductIndex.open(directory / "index")
-    evaluation = evaluate(dataset.queries_csv, index, device=device, progress=progress)
+    options = {"runtime": runtime, "device": device, "precision": precision}
+    build = build_index(dataset.catalog_csv, directory / "index", progress=progress, **options)
+    index = ProductIndex.open(directory / "index", **options)
+    evaluation = evaluate(dataset.queries_csv, index, progress=progress)
     photo, truth = _example_query(dataset)
-    [example] = index.query([photo], top_k=5, device=device)
+    [example] = index.query([photo], top_k=5)
     return DemoReport(dataset, build, evaluation, example, truth, time.perf_counter() - start)

@@ -88,6 +88,38 @@ def embedder():
     return create_embedder()
 
 
+GROCERY_STORE = Path(os.environ.get("PRODSEARCH_GROCERY_STORE",
+                                    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery-store"))
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> list[Path]:
+    """A dozen real phone and catalog photos of the Grocery Store dataset (read in place, never
+    copied); tests that need them are skipped where the dataset is not beside the project."""
+    phone = sorted((GROCERY_STORE / "dataset" / "test").glob("**/*.jpg"))
+    photos = phone[:: max(1, len(phone) // 10)][:10]
+    photos += sorted((GROCERY_STORE / "dataset" / "iconic-images-and-descriptions").glob("**/*_Iconic.jpg"))[:2]
+    if len(photos) < 12:
+        pytest.skip(f"the Grocery Store dataset is not at {GROCERY_STORE} (set PRODSEARCH_GROCERY_STORE)")
+    return photos
+
+
+@pytest.fixture(scope="session")
+def torch_encoder(embedder):
+    """The default embedder on torch, float32 on the CPU."""
+    from prodsearch.retrieval.torch_encoder import TorchEncoder
+
+    return TorchEncoder(embedder, "cpu", "fp32")
+
+
+@pytest.fixture(scope="session")
+def onnx_encoder(embedder):
+    """The default embedder exported to ONNX Runtime."""
+    from prodsearch.retrieval.encoders import create_encoder
+
+    return create_encoder(embedder, runtime="onnx")
+
+
 @pytest.fixture
 def folder_catalog(tmp_path) -> Path:
     return write_folder_catalog(tmp_path / "catalog", [f"sku-{i}" for i in range(6)])
@@ -107,7 +139,7 @@ def built_index(tmp_path_factory, embedder):
         (queries / sku).mkdir(parents=True)
         snapshot(product_image(1000 * s), seed=s).save(queries / sku / "q.jpg", quality=90)
     index_dir = root / "idx"
-    build_index(catalog, index_dir, embedder=embedder, num_workers=0)
+    build_index(catalog, index_dir, model=embedder, num_workers=0)
     return {"root": root, "catalog": catalog, "queries": queries, "index": index_dir, "skus": skus}
 
 

@@ -25,7 +25,7 @@ def small_embedder():
 @pytest.fixture
 def index(tmp_path, small_embedder):
     catalog = write_folder_catalog(tmp_path / "catalog", ["good"], per_sku=2)
-    build_index(catalog, tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    build_index(catalog, tmp_path / "idx", model=small_embedder, num_workers=0)
     return tmp_path / "idx"
 
 

@@ -40,7 +40,7 @@ SKUS = ["milk", "juice", "bread"]
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("pristine")
     catalog = write_folder_catalog(root / "catalog", SKUS, per_sku=2)
-    build_index(catalog, root / "idx", embedder=create_embedder(img_size=64), num_workers=0)
+    build_index(catalog, root / "idx", model=create_embedder(img_size=64), num_workers=0)
     # Run each command once as root: the modules they import lazily could not be read as nobody.
     CliRunner().invoke(cli, ["stats", str(catalog), "--out", str(root / "stats")], env={"MPLCONFIGDIR": str(root)})
     return root

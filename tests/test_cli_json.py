@@ -140,7 +140,7 @@ def test_index_json_is_the_build_report(tmp_path, embedder, terminal):
     assert result.exit_code == 0, result.output
     assert "Embedding" in result.stderr  # the bar stays on stderr; stdout is the document alone
     data = json.loads(result.stdout)
-    report = build_index(catalog, tmp_path / "api", embedder=embedder, num_workers=0)
+    report = build_index(catalog, tmp_path / "api", model=embedder, num_workers=0)
     assert data["index_dir"] == str(tmp_path / "cli")
     assert (data["images"], data["skus"], data["shared_across_skus"]) == (report.images, report.skus,
                                                                           report.shared_across_skus) == (7, 3, 2)
@@ -153,7 +153,7 @@ def test_index_json_is_the_build_report(tmp_path, embedder, terminal):
 def test_add_update_remove_json_are_the_change_reports(tmp_path, small_embedder):
     """Each change runs twice, on two copies of one index: through the CLI and through the API."""
     catalog = write_folder_catalog(tmp_path / "cat", ["a", "b", "c"], per_sku=2)
-    build_index(catalog, tmp_path / "cli", embedder=small_embedder, num_workers=0)
+    build_index(catalog, tmp_path / "cli", model=small_embedder, num_workers=0)
     shutil.copytree(tmp_path / "cli", tmp_path / "api")
     cli_idx, api_idx = tmp_path / "cli", tmp_path / "api"
 

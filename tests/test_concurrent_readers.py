@@ -253,7 +253,7 @@ def photo_shop(tmp_path_factory):
         for k in range(2):
             product_image(100 * s + k, 64).save(root / f"{s}_{k}.png")
             rows.append({"image": f"{s}_{k}.png", "sku": f"P{s}", "name": f"Product {s}", "category": category})
-    build_index(write_csv(root / "catalog.csv", rows), root / "idx", embedder=create_embedder(img_size=64),
+    build_index(write_csv(root / "catalog.csv", rows), root / "idx", model=create_embedder(img_size=64),
                 num_workers=0)
     return root
 

@@ -27,7 +27,7 @@ START, NEW = 20, 200
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     catalog = write_folder_catalog(root / "catalog", [f"s{i}" for i in range(10)], per_sku=2)
-    build_index(catalog, root / "idx", embedder=create_embedder(img_size=64), num_workers=0)
+    build_index(catalog, root / "idx", model=create_embedder(img_size=64), num_workers=0)
     new = write_folder_catalog(root / "new", [f"n{i}" for i in range(40)], per_sku=NEW // 40, seed0=500)
     return root / "idx", new
 

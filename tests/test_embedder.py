@@ -37,9 +37,9 @@ def test_projection_to_embed_dim_is_deterministic():
     assert torch.allclose(out_a.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_imagenet_features_tell_products_apart(embedder):
+def test_imagenet_features_tell_products_apart(torch_encoder):
     """The same product twice is closer than two different products."""
-    vecs = embed_pil(embedder, [product_image(1), product_image(1).rotate(5), product_image(2)], device="cpu")
+    vecs = embed_pil(torch_encoder, [product_image(1), product_image(1).rotate(5), product_image(2)])
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2]
 
 
@@ -74,8 +74,8 @@ def test_b0_without_offline_weights_warns_and_is_seeded(caplog):
         assert ka == kb and torch.equal(va, vb)
 
 
-def test_embed_pil_accepts_any_mode(embedder):
+def test_embed_pil_accepts_any_mode(onnx_encoder):
     img = product_image(3)
-    vecs = embed_pil(embedder, [img, img.convert("RGBA"), img.convert("P", palette=Image.Palette.ADAPTIVE)], device="cpu")
+    vecs = embed_pil(onnx_encoder, [img, img.convert("RGBA"), img.convert("P", palette=Image.Palette.ADAPTIVE)])
     assert np.allclose(vecs[0], vecs[1], atol=1e-5)
     assert vecs[0] @ vecs[2] > 0.95

@@ -146,7 +146,7 @@ def test_build_dedups_within_sku_and_reports(tmp_path, embedder):
     root = write_folder_catalog(tmp_path / "cat", ["a", "b", "c"], per_sku=2)
     shutil.copy(root / "a" / "a_0.jpg", root / "a" / "copy.jpg")  # same SKU: stored once
     shutil.copy(root / "a" / "a_0.jpg", root / "b" / "from_a.jpg")  # other SKU: kept, flagged
-    report = build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    report = build_index(root, tmp_path / "idx", model=embedder, num_workers=0)
     assert (report.skus, report.images) == (3, 7)
     assert [(d.path.endswith("a_0.jpg") or d.path.endswith("copy.jpg"), d.sku) for d in report.duplicates] == [(True, "a")]
     assert report.shared_across_skus == 2
@@ -165,7 +165,7 @@ def test_build_from_csv_keeps_names_and_categories(tmp_path, embedder):
         {"image": "1.png", "sku": "M1", "name": "", "category": ""},
         {"image": "2.png", "sku": "J", "name": "", "category": "Drinks/Juice"},
     ])
-    build_index(csv_path, tmp_path / "idx", embedder=embedder, num_workers=0)
+    build_index(csv_path, tmp_path / "idx", model=embedder, num_workers=0)
     products = CatalogDB(tmp_path / "idx" / "catalog.db").products(["M1", "J"])
     assert (products["M1"].name, products["M1"].category) == ("Milk 1%", "Dairy/Milk")
     assert (products["J"].name, products["J"].category) == ("J", "Drinks/Juice")
@@ -177,7 +177,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path, embedder):
     (root / "b" / "text.png").write_text("hello")
     data = (root / "a" / "a_0.jpg").read_bytes()
     (root / "b" / "cut.jpg").write_bytes(data[: len(data) // 3])
-    report = build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    report = build_index(root, tmp_path / "idx", model=embedder, num_workers=0)
     assert report.images == 2
     reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in report.skipped}
     assert reasons["empty.jpg"] == "empty file"
@@ -189,7 +189,7 @@ def test_catalog_of_only_bad_files(tmp_path, embedder):
     (tmp_path / "cat" / "a").mkdir(parents=True)
     (tmp_path / "cat" / "a" / "x.jpg").write_bytes(b"")
     with pytest.raises(CatalogError, match=r"none of the 1 image files in .* could be read; e.g. .*x.jpg: empty file"):
-        build_index(tmp_path / "cat", tmp_path / "idx", embedder=embedder)
+        build_index(tmp_path / "cat", tmp_path / "idx", model=embedder)
     assert not (tmp_path / "idx").exists()
 
 
@@ -296,9 +296,9 @@ def test_incomplete_and_inconsistent_indexes(built_index, tmp_path):
 
 def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, embedder):
     root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
-    build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    build_index(root, tmp_path / "idx", model=embedder, num_workers=0)
     write_folder_catalog(root, ["c"])
-    assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
+    assert build_index(root, tmp_path / "idx", model=embedder, num_workers=0).skus == 3
     assert ProductIndex.open(tmp_path / "idx").skus == ["a", "b", "c"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(IndexDirError, match=r"holds an index built with model tf_efficientnet_lite0; 'index' rebuilds an "
@@ -308,7 +308,7 @@ def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.tex").write_text("precious")
     with pytest.raises(IndexDirError, match="docs exists and is not a prodsearch index"):
-        build_index(root, tmp_path / "docs", embedder=embedder)
+        build_index(root, tmp_path / "docs", model=embedder)
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "precious"
 
 
@@ -316,7 +316,7 @@ def test_rebuild_in_place_but_never_another_model_or_a_foreign_folder(tmp_path, 
 def test_index_replaces_an_index_it_cannot_read(tmp_path, embedder, damage):
     """The error for an unreadable index says "rebuild the index: prodsearch index ..."; that must work."""
     root = write_folder_catalog(tmp_path / "cat", ["a", "b"])
-    build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0)
+    build_index(root, tmp_path / "idx", model=embedder, num_workers=0)
     manifest = tmp_path / "idx" / "manifest.json"
     if damage == "older format":
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1}))
@@ -327,7 +327,7 @@ def test_index_replaces_an_index_it_cannot_read(tmp_path, embedder, damage):
     with pytest.raises(IndexDirError, match="rebuild the index: prodsearch index CATALOG --index"):
         ProductIndex.open(tmp_path / "idx")
     write_folder_catalog(root, ["c"])
-    assert build_index(root, tmp_path / "idx", embedder=embedder, num_workers=0).skus == 3
+    assert build_index(root, tmp_path / "idx", model=embedder, num_workers=0).skus == 3
     assert ProductIndex.open(tmp_path / "idx").skus == ["a", "b", "c"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -357,7 +357,7 @@ def test_index_never_replaces_a_folder_that_is_not_provably_an_index(tmp_path, e
     with pytest.raises(IndexDirError, match=r"victim is not a prodsearch index that can be rebuilt .*"
                                             r"it holds important.txt, photos, which no prodsearch index does\); "
                                             r"nothing was changed"):
-        build_index(root, victim, embedder=embedder, num_workers=0)
+        build_index(root, victim, model=embedder, num_workers=0)
     assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "manifest.json", "photos"]
     assert (victim / "important.txt").read_text() == "precious"
     assert (victim / "manifest.json").read_text() == manifest
@@ -370,5 +370,5 @@ def test_index_never_replaces_a_lone_foreign_manifest(tmp_path, embedder):
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "manifest.json").write_text('{"name": "my-web-app"}')
     with pytest.raises(IndexDirError, match=r"app is not a prodsearch index that can be rebuilt .*it holds manifest.json\)"):
-        build_index(root, tmp_path / "app", embedder=embedder, num_workers=0)
+        build_index(root, tmp_path / "app", model=embedder, num_workers=0)
     assert (tmp_path / "app" / "manifest.json").read_text() == '{"name": "my-web-app"}'

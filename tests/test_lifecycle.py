@@ -38,7 +38,7 @@ def small_embedder():
 def shop(tmp_path, small_embedder):
     """A catalog folder (skus a, b, c; 2 photos each) and its index."""
     catalog = write_folder_catalog(tmp_path / "catalog", ["a", "b", "c"], per_sku=2)
-    build_index(catalog, tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    build_index(catalog, tmp_path / "idx", model=small_embedder, num_workers=0)
     return catalog, tmp_path / "idx"
 
 
@@ -70,7 +70,7 @@ def test_add_never_removes_and_keeps_known_names(tmp_path, small_embedder):
     product_image(1).save(tmp_path / "1.png")
     product_image(2).save(tmp_path / "2.png")
     csv_path = write_csv(tmp_path / "c.csv", [{"image": "1.png", "sku": "M", "name": "Milk 3%", "category": "Dairy"}])
-    build_index(csv_path, tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    build_index(csv_path, tmp_path / "idx", model=small_embedder, num_workers=0)
     other = write_csv(tmp_path / "d.csv", [{"image": "2.png", "sku": "M", "name": "", "category": ""}])
     assert add_to_index(other, tmp_path / "idx", num_workers=0).added == 1
     assert CatalogDB(tmp_path / "idx" / "catalog.db").products(["M"])["M"].name == "Milk 3%"
@@ -117,7 +117,7 @@ def test_update_refreshes_names_and_drops_emptied_skus(tmp_path, small_embedder)
     for i in range(3):
         product_image(i).save(tmp_path / f"{i}.png")
     rows = [{"image": f"{i}.png", "sku": f"S{i}", "name": f"Old {i}", "category": "X"} for i in range(3)]
-    build_index(write_csv(tmp_path / "c.csv", rows), tmp_path / "idx", embedder=small_embedder, num_workers=0)
+    build_index(write_csv(tmp_path / "c.csv", rows), tmp_path / "idx", model=small_embedder, num_workers=0)
     rows = [{**rows[0], "name": "New 0"}, rows[1]]
     report = update_index(write_csv(tmp_path / "c.csv", rows), tmp_path / "idx", num_workers=0)
     assert (report.removed, report.removed_skus) == (1, ["S2"])

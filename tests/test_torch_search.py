@@ -71,7 +71,7 @@ def test_faiss_gpu_receives_only_the_types_it_can_hold(monkeypatch, factory, on_
     import faiss
     import torch
 
-    from prodsearch.indexer.torch_search import place_for_search
+    from prodsearch.indexer.placement import place_for_search
 
     cpu_index = object()
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)

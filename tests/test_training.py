@@ -127,13 +127,13 @@ def test_checkpoint_built_index_refuses_other_models(shop, tmp_path):
     other_path = train(tiny_config(shop, tmp_path / "b", epochs=1, freeze_backbone=True, seed=1)).model_path
     build_index(shop.catalog_csv, tmp_path / "idx", model=str(model_path), num_workers=0)
     index = ProductIndex.open(tmp_path / "idx")  # the manifest names the checkpoint
-    assert index.embedder.config.source == str(model_path.resolve())
+    assert index.encoder.config.source == str(model_path.resolve())
     assert index.query([shop.queries_dir / index.skus[0] / f"{index.skus[0]}_0.jpg"])[0].matches
     for other in ("tf_efficientnet_lite0", str(other_path)):
         with pytest.raises(ModelMismatchError, match="weights: index has 'checkpoint:"):
             ProductIndex.open(tmp_path / "idx", model=other)
     moved = shutil.copy(model_path, tmp_path / "moved.pt")  # same weights elsewhere: accepted
-    assert ProductIndex.open(tmp_path / "idx", model=str(moved)).embedder.config.weights == index.embedder.config.weights
+    assert ProductIndex.open(tmp_path / "idx", model=str(moved)).encoder.config.weights == index.encoder.config.weights
 
 
 def test_impossible_batching_is_refused(shop, tmp_path):

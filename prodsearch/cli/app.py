@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from prodsearch import __version__
-from prodsearch.choices import DEVICE_CHOICES
+from prodsearch.choices import DEVICE_CHOICES, PRECISION_CHOICES, RUNTIME_CHOICES
 from prodsearch.errors import ProdsearchError
 
 
@@ -142,14 +142,28 @@ index_option = click.option("--index", "index_dir", required=True, type=click.Pa
                             help="Index folder (written by 'prodsearch index').")
 device_option = click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
                              help="Where the model runs; auto uses CUDA when present.")
+
+
+def runtime_options(command):
+    """--runtime, --device, --precision: where and how the model runs (not part of an index's identity)."""
+    command = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+                           help="Number format: auto picks the fastest that keeps accuracy; bf16 needs torch "
+                                "(and AVX512-BF16/AMX or a GPU); int8 needs ONNX.")(command)
+    command = device_option(command)
+    return click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
+                        help="Model runtime: auto is ONNX Runtime on the CPU (no torch import, 2x faster) and "
+                             "torch on a GPU.")(command)
+
+
 batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=None,
                             help="Images per model call [default: 8 on CPU, 128 on CUDA].")
 workers_option = click.option("--workers", type=click.IntRange(min=0), default=None,
-                              help="Image-decoding worker processes [default: up to 4, 0 for few files].")
+                              help="Image-decoding threads [default: 2, more on many-core machines; 0: none].")
 quiet_option = click.option("-q", "--quiet", "--silent", "quiet", is_flag=True, cls=AliasOption,
                             hidden_aliases=("--silent",), help="Hide progress bars (drawn on stderr at a terminal).")
 query_model_option = click.option("--model", default=None,
-                                  help="Embedder (name or checkpoint) to embed photos with [default: the index's].")
+                                  help="Embedder (name, checkpoint or exported .onnx) to embed photos with "
+                                       "[default: the index's].")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON document on stdout instead of text (keys: README).")
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from prodsearch.choices import DEFAULT_MODEL, MODELS
-from prodsearch.cli.app import (Progress, batch_option, cli, device_option, echo_json, index_option, json_option,
-                                query_model_option, quiet_option, search_options, wait_option, workers_option)
+from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
+                                quiet_option, runtime_options, search_options, wait_option, workers_option)
 from prodsearch.cli.reports import build_report_dict, eval_report_dict
 from prodsearch.errors import ProdsearchError
 
@@ -26,18 +26,20 @@ MAX_LISTED = 20
 @click.argument("catalog", type=click.Path())
 @index_option
 @click.option("--model", default=None,
-              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), or a checkpoint (.pt) from 'prodsearch train' "
-                   f"[default: {DEFAULT_MODEL}; an existing index's own model when rebuilding it].")
+              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), a checkpoint (.pt) from 'prodsearch train', "
+                   f"or its export (.onnx) from 'prodsearch export' [default: {DEFAULT_MODEL}; an existing index's "
+                   "own model when rebuilding it].")
 @click.option("--index-type", default="auto", show_default=True,
               help="Vector index: auto (exact below 100k images, IVF below 2M, IVF-PQ with re-ranking above) "
                    "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat.")
 @batch_option
-@device_option
+@runtime_options
 @workers_option
 @wait_option
 @quiet_option
 @json_option
-def index(catalog, index_dir, model, index_type, batch_size, device, workers, wait, quiet, as_json):
+def index(catalog, index_dir, model, index_type, batch_size, runtime, device, precision, workers, wait, quiet,
+          as_json):
     """Build an index of the catalog photos in CATALOG.
 
     CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
@@ -52,7 +54,8 @@ def index(catalog, index_dir, model, index_type, batch_size, device, workers, wa
 
     with Progress("Embedding", quiet) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
-                             device=device, num_workers=workers, progress=progress, wait=wait)
+                             runtime=runtime, device=device, precision=precision, num_workers=workers,
+                             progress=progress, wait=wait)
     if as_json:
         echo_json(build_report_dict(report))
     else:
@@ -86,10 +89,10 @@ def format_build_report(report: BuildReport) -> str:
               help="Only products in this subtree of the category tree (e.g. Dairy or Dairy/Milk).")
 @click.option("--as-one", is_flag=True, help="The photos show one product: fuse them into one answer.")
 @query_model_option
-@device_option
+@runtime_options
 @json_option
 @search_options
-def query(photos, index_dir, top_k, category, as_one, model, device, as_json, nprobe, ef_search):
+def query(photos, index_dir, top_k, category, as_one, model, runtime, device, precision, as_json, nprobe, ef_search):
     """Rank the catalog SKUs that PHOTO shows, best first.
 
     --category restricts the search itself to a subtree, so it lists the best products there
@@ -105,16 +108,16 @@ def query(photos, index_dir, top_k, category, as_one, model, device, as_json, np
     unusable = {p: reason for p in photos if (reason := photo_problem(p))}
     if len(unusable) == len(photos):  # nothing to answer: say so before loading the model
         raise unanswered(unusable, len(photos))
-    product_index = open_index(index_dir, model, device, nprobe, ef_search)
+    product_index = open_index(index_dir, model, runtime, device, precision, nprobe, ef_search)
     if as_one:
-        fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, device=device)
+        fused = product_index.query_as_one(list(photos), top_k=top_k, category=category)
         if as_json:
             echo_json(fused.to_dict())
         else:
             click.echo(format_fused_result(fused))
         failed = fused.errors
     else:
-        results = product_index.query(list(photos), top_k=top_k, category=category, device=device)
+        results = product_index.query(list(photos), top_k=top_k, category=category)
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:
@@ -141,13 +144,13 @@ def unanswered(failed: dict[str, str], total: int) -> ProdsearchError:
     return ProdsearchError(f"{len(failed)} of {total} photos could not be answered: {listed}{more}")
 
 
-def open_index(index_dir: str, model: str | None, device: str, nprobe: int | None,
+def open_index(index_dir: str, model: str | None, runtime: str, device: str, precision: str, nprobe: int | None,
                ef_search: int | None) -> ProductIndex:
-    """The index a read command searches; loading it (torch, faiss) waits until a command runs."""
+    """The index a read command searches; loading it (the model, faiss) waits until a command runs."""
     from prodsearch.indexer.product_index import ProductIndex
 
-    return ProductIndex.open(index_dir, model=model, search_device=device,
-                             search_params=search_params(nprobe, ef_search))
+    return ProductIndex.open(index_dir, model=model, runtime=runtime, device=device, precision=precision,
+                             search_device=device, search_params=search_params(nprobe, ef_search))
 
 
 def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
@@ -178,12 +181,13 @@ def format_matches(matches: list[Match]) -> list[str]:
 @index_option
 @query_model_option
 @batch_option
-@device_option
+@runtime_options
 @workers_option
 @quiet_option
 @json_option
 @search_options
-def eval_(queries, index_dir, model, batch_size, device, workers, quiet, as_json, nprobe, ef_search):
+def eval_(queries, index_dir, model, batch_size, runtime, device, precision, workers, quiet, as_json, nprobe,
+          ef_search):
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
@@ -198,10 +202,9 @@ def eval_(queries, index_dir, model, batch_size, device, workers, quiet, as_json
     """
     from prodsearch.eval.evaluate import evaluate
 
-    product_index = open_index(index_dir, model, device, nprobe, ef_search)
+    product_index = open_index(index_dir, model, runtime, device, precision, nprobe, ef_search)
     with Progress("Evaluating", quiet) as progress:
-        report = evaluate(queries, product_index, batch_size=batch_size, device=device,
-                          num_workers=workers, progress=progress)
+        report = evaluate(queries, product_index, batch_size=batch_size, num_workers=workers, progress=progress)
     if as_json:
         echo_json(eval_report_dict(report), indent=None)  # one line, as eval has always printed it
     else:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from prodsearch.cli.app import AliasOption, Progress, cli, device_option, echo_json, json_option, quiet_option
+from prodsearch.cli.app import AliasOption, Progress, cli, echo_json, json_option, quiet_option, runtime_options
 from prodsearch.cli.commands import format_build_report, format_query_result
 from prodsearch.cli.reports import demo_report_dict
 
@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 @click.option("--snapshots", type=click.IntRange(min=1), default=3, show_default=True,
               help="Customer snapshots per product.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated shop.")
-@device_option
+@runtime_options
 @quiet_option
 @json_option
-def demo(out, skus, snapshots, seed, device, quiet, as_json):
+def demo(out, skus, snapshots, seed, runtime, device, precision, quiet, as_json):
     """Run the whole job on a generated shop: index, evaluate, query.
 
     Packaged goods (boxes, cartons, bottles, cans; look-alike variants that differ only in a
@@ -43,7 +43,7 @@ def demo(out, skus, snapshots, seed, device, quiet, as_json):
     with tempfile.TemporaryDirectory(prefix="prodsearch-demo-") as tmp:
         with Progress("Working", quiet) as progress:
             report = run_demo(out or tmp, n_skus=skus, snapshots_per_sku=snapshots, seed=seed,
-                              device=device, progress=progress)
+                              runtime=runtime, device=device, precision=precision, progress=progress)
         if as_json:
             echo_json(demo_report_dict(report, out))
         else:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from prodsearch.cli.app import (Progress, batch_option, cli, device_option, echo_json, index_option, json_option,
-                                query_model_option, quiet_option, wait_option, workers_option)
+from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
+                                quiet_option, runtime_options, wait_option, workers_option)
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
 from prodsearch.cli.reports import change_report_dict
 from prodsearch.errors import ProdsearchError
@@ -35,16 +35,17 @@ def catalog_command(name: str, help_text: str, *extra_options):
     @index_option
     @query_model_option
     @batch_option
-    @device_option
+    @runtime_options
     @workers_option
     @wait_option
     @quiet_option
     @json_option
-    def command(catalog, index_dir, model, batch_size, device, workers, wait, quiet, as_json, **extra):
+    def command(catalog, index_dir, model, batch_size, runtime, device, precision, workers, wait, quiet, as_json,
+                **extra):
         operation = catalog_operation(name)
         with Progress("Embedding", quiet) as progress:
-            report = operation(catalog, index_dir, model=model, batch_size=batch_size, device=device,
-                               num_workers=workers, progress=progress, wait=wait, **extra)
+            report = operation(catalog, index_dir, model=model, batch_size=batch_size, runtime=runtime, device=device,
+                               precision=precision, num_workers=workers, progress=progress, wait=wait, **extra)
         if as_json:
             echo_json(change_report_dict(report))
         else:

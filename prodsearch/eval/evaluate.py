@@ -77,15 +77,14 @@ def evaluate(
     index: ProductIndex,
     *,
     batch_size: int | None = None,
-    device: str = "auto",
     num_workers: int | None = None,
     progress: FilesDone | None = None,
 ) -> EvalReport:
-    """Embed every labelled query photo, rank SKUs, and score top-1 / top-5."""
+    """Embed every labelled query photo with the index's encoder, rank SKUs, and score top-1 / top-5."""
     listing = read_listing(queries)
     items = listing.items
-    embedded = index.embed([it.path for it in items], batch_size=batch_size, device=device,
-                           num_workers=num_workers, progress=progress)
+    embedded = index.embed([it.path for it in items], batch_size=batch_size, num_workers=num_workers,
+                           progress=progress)
     report = score_embedded(items, embedded, index)
     report.skipped[:0] = listing.skipped
     return report

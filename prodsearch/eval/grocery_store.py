@@ -16,7 +16,7 @@ from prodsearch.catalog.listing import read_listing
 from prodsearch.eval.evaluate import EvalReport, score_embedded
 from prodsearch.indexer.build import build_index
 from prodsearch.indexer.product_index import ProductIndex
-from prodsearch.retrieval.embedder import Embedder
+from prodsearch.retrieval.encoders import ModelSource, create_encoder
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,18 @@ def write_grocery_store_manifests(root: str | os.PathLike, out_dir: str | os.Pat
     )
 
 
-def score_protocols(embedder: Embedder, manifests: GroceryManifests, queries: str | os.PathLike, work: Path,
-                    device: str = "auto") -> dict[str, EvalReport]:
-    """Index the protocol A and B catalogs with ``embedder`` under ``work`` and score the photos of
-    ``queries`` against each, embedding them once for both."""
+def score_protocols(model: ModelSource, manifests: GroceryManifests, queries: str | os.PathLike, work: Path,
+                    **options: str) -> dict[str, EvalReport]:
+    """Index the protocol A and B catalogs with ``model`` under ``work`` and score the photos of
+    ``queries`` against each, embedding them once for both; ``options``: ``runtime``, ``device``,
+    ``precision`` as :func:`~prodsearch.retrieval.encoders.create_encoder` takes them."""
     items = read_listing(queries).items
+    encoder = create_encoder(model, **options)
     reports, embedded = {}, None
     for protocol, catalog in (("A", manifests.catalog_a), ("B", manifests.catalog_b)):
-        build_index(catalog, work / f"index-{protocol}", embedder=embedder, device=device)
-        index = ProductIndex.open(work / f"index-{protocol}", embedder=embedder)
+        build_index(catalog, work / f"index-{protocol}", model=encoder)
+        index = ProductIndex.open(work / f"index-{protocol}", model=encoder)
         if embedded is None:
-            embedded = index.embed([it.path for it in items], device=device)
+            embedded = index.embed([it.path for it in items])
         reports[protocol] = score_embedded(items, embedded, index)
     return reports

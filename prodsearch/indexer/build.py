@@ -22,17 +22,20 @@ from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
 from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.lock import WriterLock
-from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, embedder_for,
-                                         is_index_dir, model_differences, read_manifest, write_manifest)
+from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
+                                         model_differences, read_manifest, write_manifest)
+from prodsearch.indexer.models import encoder_for, keep_model
 from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
 from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resize_index_type, resolve_index_type
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
-from prodsearch.retrieval.embedder import DEFAULT_MODEL, Embedder, EmbedderConfig
-from prodsearch.retrieval.factory import create_embedder
+from prodsearch.choices import DEFAULT_MODEL
+from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
+from prodsearch.retrieval.encoders import ModelSource, create_encoder
+from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,12 @@ def build_index(
     catalog: str | os.PathLike,
     index_dir: str | os.PathLike,
     *,
-    model: str | None = None,
-    embedder: Embedder | None = None,
+    model: ModelSource | None = None,
     index_type: str = "auto",
     batch_size: int | None = None,
+    runtime: str = "auto",
     device: str = "auto",
+    precision: str = "auto",
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     wait: float = 0.0,
@@ -70,7 +74,9 @@ def build_index(
 
     An existing index there is rebuilt from the catalog with its own model (``model``, if given,
     must be that one: an index built with another model is refused rather than silently replaced);
-    a new one is built with ``model`` or the default model.
+    a new one is built with ``model`` (a name, a checkpoint or ONNX file, an embedder or encoder) or
+    the default model. ``runtime`` ``auto`` embeds with ONNX Runtime on the CPU, torch on a GPU;
+    either way the index keeps its model exported to ONNX, for queries without torch.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -81,15 +87,16 @@ def build_index(
     if existing is None:
         check_can_create(index_dir)
     listing = read_listing(catalog)
-    if embedder is None:
-        embedder = embedder_for(existing, model, index_dir) if existing else create_embedder(model or DEFAULT_MODEL)
-    resolve_index_type(index_type, len(listing.items), embedder.config.embed_dim)  # a bad type fails before embedding
+    options = {"runtime": runtime, "device": device, "precision": precision}
+    encoder = (encoder_for(existing, index_dir, model=model, check=False, **options) if existing
+               else create_encoder(model or DEFAULT_MODEL, **options))
+    resolve_index_type(index_type, len(listing.items), encoder.config.embed_dim)  # a bad type fails before embedding
     if existing is not None:
-        _check_same_model(index_dir, existing.model, embedder.config)
+        _check_same_model(index_dir, existing.model, encoder.config)
         _check_same_index_type(index_dir, existing.index_factory, index_type)
     scanned = scan(listing)
-    embedded = embed_new(embedder, scanned, list(scanned.files), batch_size=batch_size, device=device,
-                         num_workers=num_workers, progress=progress)
+    embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
+                         progress=progress)
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
         raise nothing_readable(catalog, len(listing.items), skipped)
@@ -100,9 +107,9 @@ def build_index(
                    else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
         _replace(writer, products, embedded, factory)
     else:
-        manifest = Manifest(embedder.config, "", str(listing.source))
+        manifest = Manifest(encoder.config, "", str(listing.source))
         create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
-                         replace=unreadable)
+                         replace=unreadable, encoder=encoder)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
                          scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
@@ -173,9 +180,11 @@ def create_index_dir(
     index_type: str = "auto",
     *,
     replace: bool = False,
+    encoder: Encoder | None = None,
 ) -> None:
     """Write a complete new index folder (row i of ``vectors`` belongs to ``images[i]``), assembled
-    beside ``index_dir`` and renamed into place (``replace``: in place of an unreadable one)."""
+    beside ``index_dir`` and renamed into place (``replace``: in place of an unreadable one), with
+    the ONNX export of ``encoder`` if it carries one."""
     index_dir = Path(index_dir)
     staged = staging_dir(index_dir)
     try:
@@ -193,6 +202,8 @@ def create_index_dir(
             db.close()
             write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
                                             index_factory=factory, index_requested=index_type))
+            if encoder is not None:
+                keep_model(staged, encoder)
             crash_point("build-staged")
             (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:

@@ -15,7 +15,7 @@ import numpy as np
 from prodsearch.catalog.files import file_md5
 from prodsearch.errors import CatalogError
 from prodsearch.catalog.listing import Item, Listing, Skipped
-from prodsearch.retrieval.embedder import Embedder
+from prodsearch.retrieval.runtime import Encoder
 from prodsearch.retrieval.embedding import FilesDone, embed_files
 
 
@@ -110,19 +110,18 @@ def product_rows(items: list[Item]) -> list[dict]:
 
 
 def embed_new(
-    embedder: Embedder,
+    encoder: Encoder,
     scanned: Scan,
     keys: list[tuple[str, str]],
     *,
     batch_size: int | None = None,
-    device: str = "auto",
     num_workers: int | None = None,
     progress: FilesDone | None = None,
 ) -> Embedded:
     """Embed the files of ``keys``; unreadable ones are skipped with their reason."""
     items = [scanned.files[k] for k in keys]
-    result = embed_files(embedder, [it.path for it in items], batch_size=batch_size, device=device,
-                         num_workers=num_workers, progress=progress)
+    result = embed_files(encoder, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
+                         progress=progress)
     images = []
     for pos, (w, h) in zip(result.positions.tolist(), result.sizes.tolist()):
         info = scanned.info[keys[pos]]

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
-from prodsearch.indexer.manifest import check_model, embedder_for
+from prodsearch.indexer.models import encoder_for
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedding import FilesDone
@@ -63,15 +63,17 @@ def add_to_index(
     *,
     model: str | None = None,
     batch_size: int | None = None,
+    runtime: str = "auto",
     device: str = "auto",
+    precision: str = "auto",
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     wait: float = 0.0,
 ) -> ChangeReport:
     """Add the catalog's new SKUs and new images of known SKUs; what the index holds is skipped
     without embedding, so running the same add twice changes nothing."""
-    return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size,
-                 device=device, num_workers=num_workers, progress=progress, wait=wait)
+    return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size, runtime=runtime,
+                 device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait)
 
 
 def update_index(
@@ -80,7 +82,9 @@ def update_index(
     *,
     model: str | None = None,
     batch_size: int | None = None,
+    runtime: str = "auto",
     device: str = "auto",
+    precision: str = "auto",
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     wait: float = 0.0,
@@ -92,18 +96,17 @@ def update_index(
     Files that exist but cannot be read keep their images (reported as skipped); a catalog with
     nothing readable is refused, and so is removing more than half the index unless
     ``allow_mass_removal``."""
-    return _sync(catalog, index_dir, "update", model=model, remove_missing=True, batch_size=batch_size,
-                 device=device, num_workers=num_workers, progress=progress, wait=wait,
+    return _sync(catalog, index_dir, "update", model=model, remove_missing=True, batch_size=batch_size, runtime=runtime,
+                 device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait,
                  allow_mass_removal=allow_mass_removal)
 
 
-def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait: float,
-          allow_mass_removal: bool = False, **embed_kwargs) -> ChangeReport:
+def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str, precision: str, remove_missing: bool,
+          wait: float, allow_mass_removal: bool = False, **embed_kwargs) -> ChangeReport:
     start = time.perf_counter()
     index_dir = Path(index_dir)
     writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
-    embedder = embedder_for(writer.manifest, model, index_dir)
-    check_model(writer.manifest, embedder.config, index_dir)
+    encoder = encoder_for(writer.manifest, index_dir, model=model, runtime=runtime, device=device, precision=precision)
     listing = read_listing(catalog)
     with writer:
         rows = writer.db.image_rows()
@@ -113,7 +116,7 @@ def _sync(catalog, index_dir, command: str, *, model, remove_missing: bool, wait
             listing = _without_case_clashes(listing, {r["sku"] for r in rows})
         scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
         new_keys = [k for k in scanned.files if k not in held]
-        embedded = embed_new(embedder, scanned, new_keys, **embed_kwargs)
+        embedded = embed_new(encoder, scanned, new_keys, **embed_kwargs)
         skipped = scanned.skipped + embedded.skipped
         unchanged = len(scanned.files) - len(new_keys)
         if not unchanged and not embedded.images:

@@ -1,7 +1,8 @@
 """The index folder: the contract between ``index`` and ``query``/``eval``.
 
 An index folder holds ``manifest.json`` naming the model and its preprocessing, ``catalog.db``
-(SQLite: products, images, vectors) and ``vectors-<generation>.faiss`` (see :mod:`.store`). A new
+(SQLite: products, images, vectors), ``vectors-<generation>.faiss`` (see :mod:`.store`) and the model
+exported to ONNX (``model-fp32-<digest>.onnx``, see :mod:`.models`). A new
 folder is assembled under a temporary name beside its destination and renamed into place, so it
 appears whole or not at all; later writes go through :class:`~prodsearch.indexer.writer.IndexWriter`.
 """
@@ -20,8 +21,8 @@ from typing import Any
 from prodsearch import __version__
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
-from prodsearch.retrieval.embedder import Embedder, EmbedderConfig
-from prodsearch.retrieval.factory import create_embedder
+from prodsearch.retrieval.config import EmbedderConfig
+from prodsearch.retrieval.onnx_files import MODEL_FILE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def is_index_dir(path: Path) -> bool:
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
 # files, FAISS snapshots, the writer lock and who holds it, and temporary files a crashed writer left.
-INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|\.lock|\.writer|.*\.tmp-.*)$")
+INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|"
+                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*)$")
 
 
 def check_target(index_dir: Path) -> None:
@@ -207,18 +209,3 @@ def _entries(folder: Path) -> list[str]:
 def _listed(names: list[str], shown: int = 5) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
-
-
-def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> Embedder:
-    """The embedder that embeds for an index: ``model`` if given, else the one its manifest names
-    (read by queries and writers alike)."""
-    built = manifest.model
-    if model:
-        return create_embedder(model)
-    if built.source:
-        if not Path(built.source).is_file():
-            raise IndexDirError(f"index {index_dir} was built with the checkpoint {built.source}, which is "
-                                "not there any more; pass its new path with --model PATH")
-        return create_embedder(built.source)
-    return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
-                           img_size=built.data_config["input_size"][-1])

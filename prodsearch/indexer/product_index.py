@@ -22,20 +22,20 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
 from prodsearch.errors import CategoryError, IndexDirError, ProdsearchError
 from prodsearch.indexer.catalog_db import CatalogDB, Product
-from prodsearch.indexer.manifest import Manifest, check_model, embedder_for, read_manifest
+from prodsearch.indexer.manifest import Manifest, read_manifest
+from prodsearch.indexer.models import encoder_for
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.index_view import IndexView, read_images, read_products
 from prodsearch.indexer.search_backend import VectorSearch
 from prodsearch.indexer.results import FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
-from prodsearch.indexer.torch_search import place_for_search
-from prodsearch.retrieval.device import resolve_device
-from prodsearch.retrieval.embedder import Embedder
-from prodsearch.retrieval.embedding import FileEmbeddings, embed_files, prepare
+from prodsearch.indexer.placement import place_for_search, resolve_search_device
+from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
+from prodsearch.retrieval.encoders import ModelSource
+from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,10 @@ class ProductIndex:
     long-lived reader never stops the WAL checkpoints that keep ``catalog.db-wal`` small.
     """
 
-    def __init__(self, index_dir: Path, manifest: Manifest, embedder: Embedder | None = None, *,
+    def __init__(self, index_dir: Path, manifest: Manifest, encoder: Encoder | None = None, *,
                  search_device: str = "auto", search_backend: str | None = None,
                  search_params: dict[str, int] | None = None):
-        """Open the files of an index; without an ``embedder`` it can only :meth:`search` vectors.
+        """Open the files of an index; without an ``encoder`` it can only :meth:`search` vectors.
 
         Searches run on ``search_device`` (``auto``: the GPU when there is one; see
         :func:`place_for_search`); ``search_backend="torch"`` forces the torch exact search.
@@ -63,14 +63,12 @@ class ProductIndex:
         """
         self.index_dir = index_dir
         self.manifest = manifest
-        self.embedder = embedder
+        self.encoder = encoder
         self._search_device, self._search_backend = search_device, search_backend
         self._search_params = dict(search_params or {})
         self._connections: dict[threading.Thread, CatalogDB] = {}
         self._connections_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._embed_lock = threading.Lock()
-        self._prepared: set[torch.device] = set()
         self._closed = False
         try:
             self._view = self._load_view(self._open_connection())
@@ -79,19 +77,19 @@ class ProductIndex:
             raise
 
     @classmethod
-    def open(cls, index_dir: str | os.PathLike, *, model: str | None = None, embedder: Embedder | None = None,
-             search_device: str = "auto", search_params: dict[str, int] | None = None) -> "ProductIndex":
+    def open(cls, index_dir: str | os.PathLike, *, model: ModelSource | None = None, runtime: str = "auto",
+             device: str = "auto", precision: str = "auto", search_device: str = "auto",
+             search_params: dict[str, int] | None = None) -> "ProductIndex":
         """Open an index, refusing it if its model differs from the one queries would be embedded with.
 
-        ``model`` defaults to the model named in the manifest; the embedder built from it must
-        reproduce the manifest's weights, embedding size and preprocessing exactly.
+        ``model`` (a name, a checkpoint or ONNX file, an embedder or an encoder) defaults to the
+        manifest's; it must reproduce the manifest's weights, embedding size and preprocessing
+        exactly. Queries run on ``runtime`` (``auto``: ONNX Runtime on the CPU, torch on a GPU).
         """
         index_dir = Path(index_dir)
         manifest = read_manifest(index_dir)
-        if embedder is None:
-            embedder = embedder_for(manifest, model, index_dir)
-        check_model(manifest, embedder.config, index_dir)
-        return cls(index_dir, manifest, embedder, search_device=search_device, search_params=search_params)
+        encoder = encoder_for(manifest, index_dir, model=model, runtime=runtime, device=device, precision=precision)
+        return cls(index_dir, manifest, encoder, search_device=search_device, search_params=search_params)
 
     # ------------------------------------------------------------------ the current generation
 
@@ -179,7 +177,7 @@ class ProductIndex:
         except RuntimeError:  # faiss: the file vanished while being read
             return None
         set_search_params(loaded, **self._search_params)
-        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory, resolve_device(self._search_device),
+        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory, resolve_search_device(self._search_device),
                                   self._search_backend)
         ids, codes, paths, skus = read_images(db)
         names, category_codes, categories = read_products(db, skus)
@@ -279,22 +277,11 @@ class ProductIndex:
         return ids
 
     def embed(self, paths: Sequence[str | os.PathLike], **kwargs) -> FileEmbeddings:
-        if self.embedder is None:
-            raise ValueError("this ProductIndex was opened without an embedder; use ProductIndex.open")
-        self._prepare(kwargs.get("device", "auto"))
-        return embed_files(self.embedder, paths, **kwargs)
-
-    def _prepare(self, device: str | torch.device | None) -> None:
-        """:func:`embed_files` moves the model to its device on every call. The first move is made
-        here, once, under a lock: threads moving the tensors of a model another thread is running
-        could free them under it. Later moves find every tensor in place and change nothing."""
-        device = resolve_device(device)
-        if device in self._prepared:
-            return
-        with self._embed_lock:
-            if device not in self._prepared:
-                prepare(self.embedder, device)
-                self._prepared.add(device)
+        """:func:`~prodsearch.retrieval.embedding.embed_files` with the index's encoder (``batch_size``,
+        ``num_workers``, ``progress``)."""
+        if self.encoder is None:
+            raise ValueError("this ProductIndex was opened without an encoder; use ProductIndex.open")
+        return embed_files(self.encoder, paths, **kwargs)
 
     def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
               **embed_kwargs) -> list[QueryResult]:
@@ -320,6 +307,6 @@ class ProductIndex:
         return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among), errors)
 
 
-def open_index(index_dir: str | os.PathLike, *, model: str | None = None) -> ProductIndex:
+def open_index(index_dir: str | os.PathLike, **kwargs) -> ProductIndex:
     """Shortcut for :meth:`ProductIndex.open`."""
-    return ProductIndex.open(index_dir, model=model)
+    return ProductIndex.open(index_dir, **kwargs)

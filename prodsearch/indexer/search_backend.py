@@ -4,7 +4,7 @@
 batch of vectors, optionally among a set of image ids, plus count, add and remove. Behind it sit a
 FAISS index on the CPU or, with faiss-gpu, on the GPU (:class:`FaissSearch`), and the exact torch
 search (:class:`~prodsearch.indexer.torch_search.TorchExactIndex`) for CUDA machines without
-faiss-gpu; :func:`~prodsearch.indexer.torch_search.place_for_search` chooses. A vector database
+faiss-gpu; :func:`~prodsearch.indexer.placement.place_for_search` chooses. A vector database
 (Milvus) is one more implementation of the same four methods.
 """
 

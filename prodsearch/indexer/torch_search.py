@@ -8,17 +8,8 @@ FAISS's exact neighbours.
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Callable
-
-import faiss
 import numpy as np
 import torch
-
-from prodsearch.indexer.search_backend import FaissSearch, VectorSearch
-
-log = logging.getLogger(__name__)
 
 
 class TorchExactIndex:
@@ -71,33 +62,3 @@ class TorchExactIndex:
         scores_out = np.pad(best_scores.cpu().numpy(), ((0, 0), (0, pad)), constant_values=-np.inf)
         ids_out = np.pad(best_ids.cpu().numpy(), ((0, 0), (0, pad)), constant_values=-1)
         return scores_out.astype(np.float32), ids_out
-
-
-def place_for_search(index: faiss.Index, stored: Callable[[], tuple[np.ndarray, np.ndarray]], factory: str,
-                     device: torch.device, backend: str | None = None) -> VectorSearch:
-    """Where searches of an opened index run. On CUDA: FAISS's own GPU index when faiss-gpu is
-    installed, else (exact indexes) :class:`TorchExactIndex` on the GPU; elsewhere the FAISS CPU
-    index as loaded. ``backend="torch"`` forces the torch path (on any device: tests use the CPU);
-    ``stored()`` reads (ids, vectors) from the catalog, called only for it."""
-    if backend is None and device.type != "cuda":
-        return FaissSearch(index)
-    if backend is None and faiss.get_num_gpus() > 0:  # faiss-gpu (faiss-cpu reports 0)
-        if gpu_can_hold(factory):
-            log.info("searching on the GPU with faiss-gpu")
-            return FaissSearch(faiss.index_cpu_to_all_gpus(index), on_gpu=True)
-        log.info("faiss-gpu cannot place a %s index on the GPU; it is searched on the CPU", factory)
-        return FaissSearch(index)
-    if backend == "faiss" or (backend is None and factory not in ("Flat", "auto")):
-        return FaissSearch(index)  # approximate indexes stay with FAISS on the CPU without faiss-gpu
-    ids, vecs = stored()
-    log.info("searching %d vectors with torch on %s", len(ids), device)
-    return TorchExactIndex(vecs, ids, device=str(device))
-
-
-# The index types FAISS has GPU versions of: flat, and inverted lists over flat, scalar-quantised or
-# PQ codes. Graphs (HNSW), re-ranking (Refine) and IVF with an HNSW quantizer stay on the CPU.
-_GPU_TYPES = re.compile(r"Flat|IVF\d+,(Flat|SQ(4|6|8|fp16)|PQ\d+(x\d+)?)")
-
-
-def gpu_can_hold(factory: str) -> bool:
-    return _GPU_TYPES.fullmatch(factory) is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import timm
@@ -20,51 +19,13 @@ from torch import nn
 
 from prodsearch.choices import ALIASES, DEFAULT_MODEL, MODELS
 from prodsearch.errors import UnknownModelError
+from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.weights import has_offline_weights, load_offline_imagenet
 
 log = logging.getLogger(__name__)
 
 # Random-init models are seeded, so two processes building "efficientnet_b3" get the same network.
 RANDOM_INIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class EmbedderConfig:
-    """Everything that determines the vectors an embedder produces; stored in the index manifest."""
-
-    name: str  # timm architecture
-    weights: str  # "imagenet:<package>...", "random:seed=0" or "checkpoint:<digest of the weights>"
-    embed_dim: int
-    data_config: dict[str, Any] = field(default_factory=dict)
-    head: bool = False  # a trained projection + BatchNorm embedding head follows the pooling
-    source: str | None = None  # the checkpoint file it came from; where, not what: not part of identity()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data_config"] = _jsonable(self.data_config)
-        return d
-
-    @property
-    def label(self) -> str:
-        """How a user names this model: the checkpoint file, or the architecture."""
-        return self.source or self.name
-
-    def identity(self) -> dict[str, Any]:
-        """What must match between index and query: all but the checkpoint's file path."""
-        d = self.to_dict()
-        del d["source"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EmbedderConfig":
-        return cls(name=d["name"], weights=d["weights"], embed_dim=int(d["embed_dim"]),
-                   data_config=_jsonable(d["data_config"]), head=bool(d.get("head", False)),
-                   source=d.get("source"))
-
-
-def _jsonable(data_config: dict[str, Any]) -> dict[str, Any]:
-    """Tuples become lists so a config compares equal to itself after a JSON round trip."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
 
 
 class Embedder(nn.Module):

@@ -14,6 +14,14 @@ from torchvision import transforms
 
 from prodsearch.retrieval.images import ImageLoadError, load_image
 
+# Below this many files, starting worker processes costs more than it saves.
+MIN_FILES_FOR_WORKERS = 32
+
+
+def decode_worker_init(_worker_id: int) -> None:
+    # Workers only decode; one thread each leaves the cores to the model.
+    torch.set_num_threads(1)
+
 log = logging.getLogger(__name__)
 
 

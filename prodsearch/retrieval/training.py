@@ -30,11 +30,12 @@ from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.factory import create_embedder
-from prodsearch.retrieval.embedding import MIN_FILES_FOR_WORKERS, decode_worker_init, embed_files
+from prodsearch.retrieval.embedding import embed_files
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
-from prodsearch.retrieval.train_data import (AugmentedImages, LabelledSet, balanced_subset, collate_labelled,
-                                             train_transform)
+from prodsearch.retrieval.torch_encoder import TorchEncoder
+from prodsearch.retrieval.train_data import (MIN_FILES_FOR_WORKERS, AugmentedImages, LabelledSet, balanced_subset,
+                                             collate_labelled, decode_worker_init, train_transform)
 from prodsearch.train_config import TrainConfig  # the settings live in a light module: train --help shows them
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class Trainer:
         sets = {"train": self.data, **({"val": self.val} if self.val else {})}
         cached = {}
         for name, data in sets.items():
-            result = embed_files(self.embedder, data.paths, device=self.device, pooled=True,
+            result = embed_files(TorchEncoder(self.embedder, self.device, pooled=True), data.paths,
                                  num_workers=self.config.workers)
             if result.failures:
                 raise TrainingError(f"{len(result.failures)} {name} images could not be read, e.g. "
@@ -261,7 +262,8 @@ class Trainer:
             embeddings = self.embedder.embed_pooled(self.features["val"].to(self.device))
             labels = torch.from_numpy(self.val.labels)
         else:
-            result = embed_files(self.embedder, self.val.paths, device=self.device, num_workers=self.config.workers)
+            result = embed_files(TorchEncoder(self.embedder, self.device), self.val.paths,
+                                 num_workers=self.config.workers)
             embeddings = torch.from_numpy(result.vectors).to(self.device)
             labels = torch.from_numpy(self.val.labels[result.positions])
         predicted = self.loss.logits(embeddings).argmax(dim=1).cpu()
