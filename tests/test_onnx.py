@@ -165,3 +165,18 @@ def test_export_cli(tmp_path, embedder, small_index):
                           ([str(tmp_path / "missing.pt"), "--out", str(out)], "does not exist")]:
         result = CliRunner().invoke(cli, ["export", *args])
         assert result.exit_code in (1, 2) and message in result.output, result.output
+
+
+def test_info_names_the_stored_export_and_the_runtime(small_index, monkeypatch):
+    from prodsearch.indexer.info import index_info
+    from prodsearch.retrieval import runtime
+
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False)
+    [name] = stored_models(small_index)
+    info = index_info(small_index)
+    assert info.onnx_models == {name: "ok"} and info.runtime == "onnx fp32 on cpu" and info.consistent
+    path = small_index / name
+    path.write_bytes(path.read_bytes()[:-10])
+    assert index_info(small_index).onnx_models[name].startswith("damaged")
+    result = CliRunner().invoke(cli, ["info", "--index", str(small_index)])
+    assert f"onnx:       {name} (damaged" in result.output and "runtime:    onnx fp32 on cpu" in result.output

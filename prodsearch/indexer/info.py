@@ -15,6 +15,8 @@ from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import read_manifest
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vectors import vector_ids
+from prodsearch.retrieval.onnx_files import stored_models
+from prodsearch.retrieval.runtime import auto_precision, resolve_runtime
 
 
 @dataclass
@@ -37,6 +39,8 @@ class IndexInfo:
     memory_bytes_per_image: float = 0.0  # the FAISS index a reader holds in memory, per vector
     stored_bytes_per_image: float = 0.0  # the vector blobs in catalog.db, per vector
     stored_dtype: str = ""  # of those blobs: float16; float32 in older indexes; "float16+float32" in both
+    onnx_models: dict[str, str] = field(default_factory=dict)  # model-*.onnx file -> "ok" or why it is not used
+    runtime: str = ""  # what --runtime/--precision auto run queries on, on this machine
 
     @property
     def size_bytes(self) -> int:
@@ -87,8 +91,10 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
+    runtime, device = resolve_runtime()
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),
                      manifest.index_type, counts["products"], counts["images"], ntotal, state.generation,
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
-                     "+".join(sorted({d.name for d in dtypes.values() if d is not None})))
+                     "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
+                     stored_models(index_dir, model), f"{runtime} {auto_precision(runtime, device)} on {device}")

@@ -25,12 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def embedder_for(manifest: Manifest, model: str | None, index_dir: Path) -> "Embedder":
-    """The torch embedder that embeds for an index: ``model`` if given, else the one its manifest
-    names (read by queries and writers alike)."""
+def embedder_for(manifest: Manifest, index_dir: Path) -> "Embedder":
+    """The torch embedder an index's manifest names (its name and size, or its checkpoint file)."""
     built = manifest.model
-    if model:
-        return create_embedder(model)
     if built.source and not is_onnx_path(built.source):
         if not Path(built.source).is_file():
             raise IndexDirError(f"index {index_dir} was built with the checkpoint {built.source}, which is "
@@ -52,16 +49,16 @@ def encoder_for(manifest: Manifest, index_dir: Path, *, model: ModelSource | Non
     torch); where it has none (or a damaged one), the model is exported from torch and the export
     kept in the folder for the next command."""
     runtime, device = resolve_runtime(runtime, device, precision)
-    encoder = load_stored(index_dir, manifest.model) if model is None and runtime == "onnx" else None
-    if encoder is None:
-        source = model if model is not None else embedder_for(manifest, None, index_dir)
-        if runtime == "onnx" and not (is_encoder(source) or is_onnx_path(source)):
-            embedder = create_embedder(source) if isinstance(source, (str, os.PathLike)) else source
-            if check:  # before the export: a wrong model is refused at once
-                check_model(manifest, embedder.config, index_dir)
-            encoder = load_stored(index_dir, embedder.config) or onnx_from_torch(embedder)
-        else:
-            encoder = create_encoder(source, runtime=runtime, device=device, precision=precision)
+    if runtime == "onnx" and model is None:
+        encoder = load_stored(index_dir, manifest.model) or onnx_from_torch(embedder_for(manifest, index_dir))
+    elif runtime == "onnx" and not (is_encoder(model) or is_onnx_path(model)):
+        embedder = create_embedder(model) if isinstance(model, (str, os.PathLike)) else model
+        if check:  # before the export: a wrong model is refused at once
+            check_model(manifest, embedder.config, index_dir)
+        encoder = load_stored(index_dir, embedder.config) or onnx_from_torch(embedder)
+    else:
+        source = embedder_for(manifest, index_dir) if model is None else model
+        encoder = create_encoder(source, runtime=runtime, device=device, precision=precision)
     if check:
         check_model(manifest, encoder.config, index_dir)
     if encoder.config.identity() == manifest.model.identity():
@@ -81,7 +78,7 @@ def export_index_model(index_dir: str | os.PathLike) -> Path:
     """Export an index's model from torch again and keep it in the folder, replacing what it held."""
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    encoder = onnx_from_torch(embedder_for(manifest, None, index_dir))
+    encoder = onnx_from_torch(embedder_for(manifest, index_dir))
     path = save_model(index_dir, encoder.model_bytes, encoder.precision)
     if path is None:
         raise ReadOnlyIndexError(index_dir, "its folder cannot be written")

@@ -31,6 +31,11 @@ def default_batch_size(device: torch.device, img_size: int = 224) -> int:
     return 8 if img_size <= 300 else 1
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How options and reports name what :func:`inference_dtype` returned."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The reduced precision inference autocasts to, ``None`` for plain float32.
 

@@ -88,6 +88,16 @@ def _check(path: Path, config: EmbedderConfig, threads: int | None) -> tuple[str
     return "", encoder
 
 
+def stored_models(folder: Path, config: EmbedderConfig) -> dict[str, str]:
+    """Each ONNX model file in ``folder`` -> ``"ok"`` or why it would not be used (``info`` shows them)."""
+    found = {}
+    for precision in ("fp32", "int8"):
+        for path in _candidates(folder, precision):
+            problem, encoder = _check(path, config, threads=1)
+            found[path.name] = "ok" if encoder is not None else problem
+    return found
+
+
 def save_model(folder: Path, data: bytes, precision: str) -> Path | None:
     """Write ``data`` into ``folder`` atomically, replacing the folder's other models of that
     precision (a caller saves only when none of them served); ``None`` (and a log line) where the

@@ -69,6 +69,18 @@ def resolve_runtime(runtime: str = "auto", device: str = "auto", precision: str 
     return runtime, device
 
 
+def auto_precision(runtime: str, device: str) -> str:
+    """What ``--precision auto`` runs: on torch, bf16 where the hardware computes it natively (see
+    :func:`~prodsearch.retrieval.device.inference_dtype`); on ONNX Runtime, fp32."""
+    if runtime == "onnx":
+        return "fp32"
+    import torch
+
+    from prodsearch.retrieval.device import inference_dtype, precision_name
+
+    return precision_name(inference_dtype(torch.device(device), "auto"))
+
+
 def cuda_available() -> bool:
     """Whether torch sees a CUDA GPU; a machine without the NVIDIA driver is answered without
     importing torch (4 s), which is most CPU machines."""
