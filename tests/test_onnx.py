@@ -4,6 +4,7 @@ index keeps its export, checked whole, rebuilt when damaged or foreign, never us
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +83,9 @@ def test_a_file_that_is_not_a_prodsearch_model_is_refused():
 
 @pytest.fixture
 def small_index(tmp_path, embedder):
+    """An index with its fp32 export only (whatever this CPU's auto precision)."""
     catalog = write_folder_catalog(tmp_path / "cat", ["a", "b", "c"])
-    build_index(catalog, tmp_path / "idx", model=embedder, runtime="onnx", num_workers=0)
+    build_index(catalog, tmp_path / "idx", model=embedder, runtime="onnx", precision="fp32", num_workers=0)
     return tmp_path / "idx"
 
 
@@ -180,3 +182,66 @@ def test_info_names_the_stored_export_and_the_runtime(small_index, monkeypatch):
     assert index_info(small_index).onnx_models[name].startswith("damaged")
     result = CliRunner().invoke(cli, ["info", "--index", str(small_index)])
     assert f"onnx:       {name} (damaged" in result.output and "runtime:    onnx fp32 on cpu" in result.output
+
+
+# ------------------------------------------------------------------ int8
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory, embedder, real_photos):
+    """The real photos as a catalog, indexed with int8 asked for: both models kept."""
+    from conftest import write_csv
+
+    root = tmp_path_factory.mktemp("real")
+    rows = [{"image": str(p), "sku": p.parent.name} for p in real_photos]
+    build_index(write_csv(root / "catalog.csv", rows), root / "idx", model=embedder, precision="int8", num_workers=0)
+    return root / "idx"
+
+
+def test_int8_keeps_the_embeddings(real_index, real_photos):
+    """Calibrated on the catalog's photos (the stem left in float), int8 stays close to fp32."""
+    assert [MODEL_FILE.match(n).group(1) for n in stored_models(real_index)] == ["fp32", "int8"]
+    fp32 = ProductIndex.open(real_index, precision="fp32")
+    int8 = ProductIndex.open(real_index, precision="int8")
+    assert (fp32.encoder.precision, int8.encoder.precision) == ("fp32", "int8")
+    a, b = fp32.embed(real_photos).vectors, int8.embed(real_photos).vectors
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.97, cosine
+    assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast_int8", [True, False])
+def test_auto_takes_int8_only_where_the_cpu_makes_it_faster(real_index, real_photos, monkeypatch, fast_int8):
+    from prodsearch.retrieval import runtime
+
+    monkeypatch.setattr(runtime, "has_int8_dot_product", lambda: fast_int8)
+    assert ProductIndex.open(real_index).encoder.precision == ("int8" if fast_int8 else "fp32")
+
+
+def test_int8_asked_of_an_fp32_index_is_calibrated_on_its_photos(small_index, tmp_path, monkeypatch):
+    from prodsearch.retrieval import runtime
+
+    monkeypatch.setattr(runtime, "has_int8_dot_product", lambda: True)
+    assert ProductIndex.open(small_index).encoder.precision == "fp32"  # auto never quantizes on its own
+    assert ProductIndex.open(small_index, precision="int8").encoder.precision == "int8"
+    assert sorted(MODEL_FILE.match(n).group(1) for n in stored_models(small_index)) == ["fp32", "int8"]
+    assert ProductIndex.open(small_index).encoder.precision == "int8"  # kept for the next command
+
+
+def test_int8_without_readable_catalog_photos_says_what_to_do(small_index, tmp_path):
+    import shutil
+
+    shutil.rmtree(tmp_path / "cat")
+    product_image(5).save(tmp_path / "q.jpg")
+    result = CliRunner().invoke(cli, ["query", str(tmp_path / "q.jpg"), "--index", str(small_index),
+                                      "--precision", "int8"])
+    assert result.exit_code == 1 and "none of them can be read here; use --precision fp32" in result.output
+    result = CliRunner().invoke(cli, ["export", "--index", str(small_index), "--precision", "int8"])
+    assert result.exit_code == 1 and "none of them can be read here" in result.output
+
+
+def test_export_int8_into_an_index(small_index):
+    result = CliRunner().invoke(cli, ["export", "--index", str(small_index), "--precision", "int8", "--json"])
+    assert result.exit_code == 0, result.output
+    assert MODEL_FILE.match(Path(json.loads(result.output)["path"]).name).group(1) == "int8"
+    result = CliRunner().invoke(cli, ["export", "lite0", "--out", "x.onnx", "--precision", "int8"])
+    assert result.exit_code == 2 and "use it with --index DIR" in result.output

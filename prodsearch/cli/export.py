@@ -16,8 +16,10 @@ from prodsearch.cli.lifecycle import human_size
               help="Instead of --out: export the index's own model again into its folder.")
 @click.option("--img-size", type=click.IntRange(min=32, max=1024), default=None,
               help="Input resolution of a named model [default: the model's own, e.g. 224 for lite0].")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="With --index: int8 quantizes the index's model, calibrated on its own catalog photos.")
 @json_option
-def export(model, out, index_dir, img_size, as_json):
+def export(model, out, index_dir, img_size, precision, as_json):
     """Export MODEL (a name or a checkpoint) to ONNX, for --runtime onnx without torch.
 
     The file holds the whole embedder (backbone, head, normalisation) with a dynamic batch axis and
@@ -28,7 +30,7 @@ def export(model, out, index_dir, img_size, as_json):
     Example:
         prodsearch export lite0 --out lite0.onnx
         prodsearch export runs/shop/model.pt --out shop.onnx
-        prodsearch export --index shop/idx
+        prodsearch export --index shop/idx --precision int8
     """
     if (out is None) == (index_dir is None):
         raise click.UsageError("give one of --out FILE.onnx or --index DIR")
@@ -37,12 +39,14 @@ def export(model, out, index_dir, img_size, as_json):
             raise click.UsageError("--index exports the index's own model: leave out MODEL and --img-size")
         from prodsearch.indexer.models import export_index_model
 
-        path = export_index_model(index_dir)
+        path = export_index_model(index_dir, precision)
         if as_json:
             echo_json({"path": str(path)})
         else:
             click.echo(f"Exported the model of {index_dir} to {path}")
         return
+    if precision == "int8":
+        raise click.UsageError("--precision int8 needs catalog photos to calibrate on: use it with --index DIR")
     from prodsearch.retrieval.onnx_export import export_model
 
     report = export_model(model or DEFAULT_MODEL, out, img_size=img_size)

@@ -177,6 +177,9 @@ def format_info(info: IndexInfo) -> str:
     lines = [
         f"index:      {info.index_dir}",
         f"model:      {info.model} ({info.weights}), {info.embed_dim}-d, {info.input_size} px",
+        f"runtime:    {info.runtime} (what --runtime auto runs queries on, on this machine)",
+        "onnx:       " + (", ".join(f"{name} ({state})" for name, state in info.onnx_models.items())
+                          or "none stored (exported from torch by the first command that needs it)"),
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
         f"{info.pending_changes} changes since the snapshot)",
         f"memory:     {human_size(round(info.memory_bytes_per_image))} per image ({info.index_factory} index, "
@@ -185,9 +188,6 @@ def format_info(info: IndexInfo) -> str:
         f"({info.stored_dtype or 'no vectors'} in catalog.db)",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
-        f"runtime:    {info.runtime} (what --runtime auto runs queries on, on this machine)",
-        f"onnx:       " + (", ".join(f"{name} ({state})" for name, state in info.onnx_models.items())
-                           or "none stored (exported from torch by the first command that needs it)"),
         f"consistent: {'yes' if info.consistent else 'NO'}",
     ]
     lines += [f"  problem: {p}" for p in info.problems]

@@ -225,6 +225,12 @@ class CatalogDB:
             ids = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
             yield ids, self._decode(ids, [r[1] for r in batch], dim)
 
+    def sample_image_paths(self, n: int) -> list[str]:
+        """Up to ``n`` image paths spread over the catalog, the same ones every time (calibration
+        photos: the catalog's own, in a fixed pseudo-random order rather than its first SKUs)."""
+        return [r[0] for r in self.db.execute(
+            "select path from images order by (id * 2654435761) % 4294967296, id limit ?", [n])]
+
     def image_ids(self) -> np.ndarray:
         """Every image id, sorted."""
         return np.array([r[0] for r in self.db.execute("select id from images order by id")], dtype=np.int64)

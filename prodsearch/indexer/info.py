@@ -54,6 +54,17 @@ class IndexInfo:
         return {**asdict(self), "size_bytes": self.size_bytes, "consistent": self.consistent}
 
 
+def auto_runtime(onnx_models: dict[str, str]) -> str:
+    """What ``--runtime auto --precision auto`` runs this index on, on this machine: int8 only where
+    the rule picks it and the index holds a sound int8 model."""
+    runtime, device = resolve_runtime()
+    precision = auto_precision(runtime, device)
+    if runtime == "onnx" and precision == "int8" and not any(
+            name.startswith("model-int8-") and state == "ok" for name, state in onnx_models.items()):
+        precision = "fp32"
+    return f"{runtime} {precision} on {device}"
+
+
 def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     """Describe an index and check that every vector has a catalog row and vice versa. It reports
     what it finds rather than failing, so it can say what is wrong with a damaged index."""
@@ -91,10 +102,10 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
-    runtime, device = resolve_runtime()
+    onnx_models = stored_models(index_dir, model)
     return IndexInfo(str(index_dir), model.label, model.weights, model.embed_dim, int(model.data_config["input_size"][-1]),
                      manifest.index_type, counts["products"], counts["images"], ntotal, state.generation,
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
-                     stored_models(index_dir, model), f"{runtime} {auto_precision(runtime, device)} on {device}")
+                     onnx_models, auto_runtime(onnx_models))

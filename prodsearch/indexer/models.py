@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prodsearch.errors import IndexDirError, ReadOnlyIndexError
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
-from prodsearch.retrieval.encoders import (ModelSource, create_embedder, create_encoder, is_encoder, is_onnx_path,
-                                           onnx_from_torch)
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.store import CATALOG_DB
+from prodsearch.retrieval.encoders import (CALIBRATION_PHOTOS, ModelSource, as_int8, create_embedder, create_encoder,
+                                           is_encoder, is_onnx_path, onnx_from_torch, wants_int8)
 from prodsearch.retrieval.onnx_files import load_stored, save_model
 from prodsearch.retrieval.runtime import Encoder, describe, resolve_runtime
 
 if TYPE_CHECKING:
     from prodsearch.retrieval.embedder import Embedder
+    from prodsearch.retrieval.onnx_encoder import OnnxEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +53,75 @@ def encoder_for(manifest: Manifest, index_dir: Path, *, model: ModelSource | Non
     torch); where it has none (or a damaged one), the model is exported from torch and the export
     kept in the folder for the next command."""
     runtime, device = resolve_runtime(runtime, device, precision)
-    if runtime == "onnx" and model is None:
-        encoder = load_stored(index_dir, manifest.model) or onnx_from_torch(embedder_for(manifest, index_dir))
-    elif runtime == "onnx" and not (is_encoder(model) or is_onnx_path(model)):
-        embedder = create_embedder(model) if isinstance(model, (str, os.PathLike)) else model
-        if check:  # before the export: a wrong model is refused at once
-            check_model(manifest, embedder.config, index_dir)
-        encoder = load_stored(index_dir, embedder.config) or onnx_from_torch(embedder)
-    else:
+    if runtime == "torch" or is_encoder(model):
         source = embedder_for(manifest, index_dir) if model is None else model
         encoder = create_encoder(source, runtime=runtime, device=device, precision=precision)
+    else:
+        encoder = _onnx_for(manifest, index_dir, model, precision, check)
     if check:
         check_model(manifest, encoder.config, index_dir)
-    if encoder.config.identity() == manifest.model.identity():
-        keep_model(index_dir, encoder)
+    _keep(index_dir, manifest, encoder)
     log.info("embedding with %s (%s)", encoder.config.label, describe(encoder))
     return encoder
 
 
+def _onnx_for(manifest: Manifest, index_dir: Path, model: ModelSource | None, precision: str,
+              check: bool) -> "OnnxEncoder":
+    """The folder's stored model in the precision asked for, else one made for it: exported from
+    torch, or quantized to int8 on the index's own photos (only when int8 is asked for by name:
+    ``auto`` takes int8 where the folder holds it)."""
+    if model is None:
+        config, made = manifest.model, lambda: onnx_from_torch(embedder_for(manifest, index_dir))
+    elif is_onnx_path(model):
+        given = create_encoder(model, runtime="onnx", precision="fp32")
+        config, made = given.config, lambda: given
+    else:
+        embedder = create_embedder(model) if isinstance(model, (str, os.PathLike)) else model
+        if check:  # before an export: a wrong model is refused at once
+            check_model(manifest, embedder.config, index_dir)
+        config, made = embedder.config, lambda: onnx_from_torch(embedder)
+    if wants_int8(precision, can_calibrate=True):
+        stored = load_stored(index_dir, config, "int8")
+        if stored is not None:
+            return stored
+        if precision == "int8":
+            fp32 = load_stored(index_dir, config, keep_bytes=True) or made()
+            return as_int8(fp32, _catalog_photos(index_dir))
+        log.info("%s holds no int8 model: embedding in fp32 (to make one: prodsearch export --index %s "
+                 "--precision int8)", index_dir, index_dir)
+    return load_stored(index_dir, config) or made()
+
+
+def _catalog_photos(index_dir: Path) -> list[str]:
+    db = CatalogDB(index_dir / CATALOG_DB)
+    with closing(db), db.guarded():
+        return db.sample_image_paths(CALIBRATION_PHOTOS)
+
+
+def _keep(index_dir: Path, manifest: Manifest, encoder: Encoder) -> None:
+    if encoder.config.identity() == manifest.model.identity():
+        keep_model(index_dir, encoder)
+
+
 def keep_model(folder: Path, encoder: Encoder) -> None:
-    """Store an ONNX encoder's exported model in ``folder``, where it is not already."""
-    data = getattr(encoder, "model_bytes", None)
-    if data is not None:
-        save_model(folder, data, encoder.precision)
+    """Store an ONNX encoder's models in ``folder`` where they are not already: its own and, for an
+    int8 one, the fp32 model it was quantized from."""
+    for model in (encoder, getattr(encoder, "fp32", None)):
+        data = getattr(model, "model_bytes", None)
+        if data is not None:
+            save_model(folder, data, model.precision)
 
 
-def export_index_model(index_dir: str | os.PathLike) -> Path:
-    """Export an index's model from torch again and keep it in the folder, replacing what it held."""
+def export_index_model(index_dir: str | os.PathLike, precision: str = "fp32") -> Path:
+    """Export an index's model from torch again and keep it in the folder, replacing what it held;
+    ``int8``: quantize its fp32 model (the stored one if sound) on the index's own photos."""
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    encoder = onnx_from_torch(embedder_for(manifest, index_dir))
+    if precision == "int8":
+        fp32 = load_stored(index_dir, manifest.model, keep_bytes=True)
+        encoder = as_int8(fp32 or onnx_from_torch(embedder_for(manifest, index_dir)), _catalog_photos(index_dir))
+    else:
+        encoder = onnx_from_torch(embedder_for(manifest, index_dir))
     path = save_model(index_dir, encoder.model_bytes, encoder.precision)
     if path is None:
         raise ReadOnlyIndexError(index_dir, "its folder cannot be written")

@@ -138,6 +138,14 @@ def _batches(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield batch
 
 
+def preprocessed(paths: Sequence[str | os.PathLike], data_config: dict, num_workers: int = 2) -> np.ndarray:
+    """The model inputs of the readable files among ``paths``, ``(n, 3, H, W)`` float32 (unreadable
+    ones are left out): what int8 quantization calibrates on."""
+    decoded = _decoded(_Decoder(data_config), paths, num_workers, 16)
+    arrays = [x for _, x, _, _ in decoded if x is not None]
+    return np.stack(arrays) if arrays else np.zeros((0, *Preprocess(data_config).input_shape), np.float32)
+
+
 def embed_pil(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
     """Embed in-memory images with the same preprocessing as files."""
     preprocess = Preprocess(encoder.config.data_config)

@@ -51,6 +51,7 @@ class OnnxEncoder:
         self.dim = self.config.embed_dim
         self.batch_size = DEFAULT_BATCH_SIZE
         self.model_bytes = data if keep_bytes else None
+        self.fp32: OnnxEncoder | None = None  # an int8 model made here: the fp32 model it was quantized from
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -1,12 +1,12 @@
 """Export an embedder to ONNX: the whole forward (backbone, pooling, head, L2 normalisation) with a
-dynamic batch axis and a pinned opset; its :class:`EmbedderConfig` travels in the file's metadata, so
-an ONNX file describes the vectors it computes as an index manifest does."""
+dynamic batch axis and a pinned opset, its shape computations folded into constants
+(:func:`~prodsearch.retrieval.onnx_graph.fold_shapes`); its :class:`EmbedderConfig` travels in the
+file's metadata, so an ONNX file describes the vectors it computes as an index manifest does."""
 
 from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import time
 import warnings
@@ -14,18 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
-from prodsearch import __version__
 from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.checkpoint import CheckpointError
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedder import Embedder
-from prodsearch.retrieval.onnx_encoder import CONFIG_KEY, PRECISION_KEY
+from prodsearch.retrieval.onnx_graph import BATCH, fold_shapes, with_metadata
 
 OPSET = 17  # pinned: every onnxruntime since 1.14 runs it; a newer torch must not change the files it writes
-INPUT, OUTPUT = "images", "embeddings"
+INPUT, OUTPUT = "images", "embeddings"  # the batch axis of both is BATCH
 
 
 def export_onnx(embedder: Embedder) -> bytes:
@@ -38,22 +36,9 @@ def export_onnx(embedder: Embedder) -> bytes:
         # and gives the same graph for these convolutional models; its warnings say only that.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, example, buffer, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET,
+                          dynamic_axes={INPUT: {0: BATCH}, OUTPUT: {0: BATCH}}, opset_version=OPSET,
                           dynamo=False)
-    return with_metadata(buffer.getvalue(), embedder.config.to_dict(), "fp32")
-
-
-def with_metadata(data: bytes, config: dict, precision: str) -> bytes:
-    """``data`` with prodsearch's metadata (the embedder config, the precision) set."""
-    proto = onnx.load_from_string(data)
-    props = {p.key: p.value for p in proto.metadata_props}
-    props.update({CONFIG_KEY: json.dumps(config, sort_keys=True), PRECISION_KEY: precision,
-                  "prodsearch.version": __version__})
-    del proto.metadata_props[:]
-    for key, value in sorted(props.items()):
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "prodsearch"
-    return proto.SerializeToString()
+    return with_metadata(fold_shapes(buffer.getvalue()), embedder.config.to_dict(), "fp32")
 
 
 @dataclass

@@ -32,11 +32,11 @@ def model_file_name(data: bytes, precision: str) -> str:
 
 
 def load_stored(folder: Path, config: EmbedderConfig, precision: str = "fp32",
-                threads: int | None = None) -> "OnnxEncoder | None":
+                keep_bytes: bool = False) -> "OnnxEncoder | None":
     """The folder's ONNX model of ``config`` in ``precision``, checked whole; files that fail the
     check (damaged, unreadable, exported from another model) are logged with the reason and skipped."""
     for path in _candidates(folder, precision):
-        problem, encoder = _check(path, config, threads)
+        problem, encoder = _check(path, config, keep_bytes=keep_bytes)
         if encoder is not None:
             return encoder
         log.warning("not using %s: %s; it will be exported again", path, problem)
@@ -73,14 +73,14 @@ def _check_digest(path: Path) -> bool:
     return path.is_file() and _read_checked(path)[0] is not None
 
 
-def _check(path: Path, config: EmbedderConfig, threads: int | None) -> tuple[str, "OnnxEncoder | None"]:
+def _check(path: Path, config: EmbedderConfig, keep_bytes: bool = False) -> tuple[str, "OnnxEncoder | None"]:
     from prodsearch.retrieval.onnx_encoder import OnnxEncoder, OnnxModelError  # onnxruntime: once a file is there
 
     data, problem = _read_checked(path)
     if data is None:
         return problem, None
     try:
-        encoder = OnnxEncoder(data, threads=threads, name=str(path))
+        encoder = OnnxEncoder(data, name=str(path), keep_bytes=keep_bytes)
     except OnnxModelError as exc:
         return str(exc), None
     if encoder.config.identity() != config.identity():
@@ -93,7 +93,7 @@ def stored_models(folder: Path, config: EmbedderConfig) -> dict[str, str]:
     found = {}
     for precision in ("fp32", "int8"):
         for path in _candidates(folder, precision):
-            problem, encoder = _check(path, config, threads=1)
+            problem, encoder = _check(path, config)
             found[path.name] = "ok" if encoder is not None else problem
     return found
 

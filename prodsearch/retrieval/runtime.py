@@ -69,16 +69,32 @@ def resolve_runtime(runtime: str = "auto", device: str = "auto", precision: str 
     return runtime, device
 
 
+# CPU instructions with 8-bit dot products, which make ONNX Runtime's int8 kernels fast.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def auto_precision(runtime: str, device: str) -> str:
     """What ``--precision auto`` runs: on torch, bf16 where the hardware computes it natively (see
-    :func:`~prodsearch.retrieval.device.inference_dtype`); on ONNX Runtime, fp32."""
+    :func:`~prodsearch.retrieval.device.inference_dtype`); on ONNX Runtime, int8 on CPUs with 8-bit
+    dot products (VNNI, AMX: 2x the fp32 model, BENCHMARKS.md), fp32 elsewhere, where int8 has not
+    been measured faster. An index without an int8 model answers in fp32 either way."""
     if runtime == "onnx":
-        return "fp32"
+        return "int8" if has_int8_dot_product() else "fp32"
     import torch
 
     from prodsearch.retrieval.device import inference_dtype, precision_name
 
     return precision_name(inference_dtype(torch.device(device), "auto"))
+
+
+def has_int8_dot_product() -> bool:
+    """Whether the CPU has VNNI or AMX (Linux: read from /proc/cpuinfo; elsewhere assumed not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
 
 
 def cuda_available() -> bool:
