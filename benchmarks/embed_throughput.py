@@ -2,7 +2,7 @@
 
 Rows, all on the same photos in the same process:
 - the model alone on ready arrays: torch fp32, torch bf16 (where the CPU has AVX512-BF16/AMX or on a
-  GPU), ONNX Runtime fp32 (and int8 where an index has a calibrated model), at several batch sizes;
+  GPU), ONNX Runtime fp32 and int8 (calibrated on 64 train photos), at several batch sizes;
   the runtimes alternate within each round, so a noisy machine slows them alike;
 - prodsearch's ``embed_files`` pipeline (JPEG decoding in threads overlapping the model) per runtime,
   at that runtime's default batch, with 0 and the default number of decoding threads;
@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 
-def photos(dataset: Path, n: int) -> list[Path]:
-    found = sorted((dataset / "dataset" / "test").rglob("*.jpg"))
+def photos(dataset: Path, n: int, split: str = "test") -> list[Path]:
+    found = sorted((dataset / "dataset" / split).rglob("*.jpg"))
     if len(found) < n:
-        raise SystemExit(f"{dataset}: {len(found)} test photos, {n} asked for")
+        raise SystemExit(f"{dataset}: {len(found)} {split} photos, {n} asked for")
     return found[:: len(found) // n][:n]
 
 
@@ -75,14 +75,16 @@ def model_alone(encoder, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def encoders(embedder, device: str) -> dict[str, object]:
-    """Every runtime and precision this machine can run the embedder on."""
+def encoders(embedder, device: str, calibration: list[Path]) -> dict[str, object]:
+    """Every runtime and precision this machine can run the embedder on (int8 calibrated on
+    ``calibration``, photos other than the measured ones)."""
     out = {"torch fp32": create_encoder(embedder, runtime="torch", device=device, precision="fp32")}
     bf16 = create_encoder(embedder, runtime="torch", device=device, precision="auto")
     if bf16.precision != "fp32":
         out[f"torch {bf16.precision}"] = bf16
     if device != "cuda":
         out["onnx fp32"] = create_encoder(embedder, runtime="onnx", precision="fp32")
+        out["onnx int8"] = create_encoder(embedder, runtime="onnx", precision="int8", calibration=calibration)
     return out
 
 
@@ -135,7 +137,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     paths = photos(args.dataset, args.photos)
     embedder = create_embedder(args.model)
-    runtimes = encoders(embedder, args.device)
+    runtimes = encoders(embedder, args.device, photos(args.dataset, 64, "train"))
     print(cpu_line())
     print(f"{args.model} at {embedder.data_config['input_size'][-1]} px on {args.device}; {args.photos} photos; "
           f"decoding threads by default: {default_num_workers(args.photos)}\n", flush=True)
@@ -148,7 +150,7 @@ def main() -> None:
     rows = [{"what": "model alone", "runtime": name, "batch": batch, "threads": "-", "img/s": rate, "x model": "-"}
             for (name, batch), rate in alone.items()]
     for name, encoder in runtimes.items():
-        for workers in (0, default_num_workers(len(paths))):
+        for workers in sorted({0, 1, 2, default_num_workers(len(paths))}):
             result = embed_files(encoder, paths, num_workers=workers)
             rows.append({"what": "embed_files, decoding included", "runtime": name, "batch": encoder.batch_size,
                          "threads": workers, "img/s": result.images_per_second,

@@ -34,7 +34,7 @@ from prodsearch.indexer.writer import IndexWriter
 from prodsearch.choices import DEFAULT_MODEL
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
-from prodsearch.retrieval.encoders import CALIBRATION_PHOTOS, ModelSource, create_encoder
+from prodsearch.retrieval.encoders import ModelSource, create_encoder
 from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,8 @@ def build_index(
         check_can_create(index_dir)
     listing = read_listing(catalog)
     options = {"runtime": runtime, "device": device, "precision": precision}
-    calibration = [it.path for it in listing.items[:: max(1, len(listing.items) // CALIBRATION_PHOTOS)]]
     encoder = (encoder_for(existing, index_dir, model=model, check=False, **options) if existing
-               else create_encoder(model or DEFAULT_MODEL, calibration=calibration, **options))
+               else create_encoder(model or DEFAULT_MODEL, calibration=[it.path for it in listing.items], **options))
     resolve_index_type(index_type, len(listing.items), encoder.config.embed_dim)  # a bad type fails before embedding
     if existing is not None:
         _check_same_model(index_dir, existing.model, encoder.config)

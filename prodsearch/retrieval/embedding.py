@@ -47,10 +47,11 @@ class FileEmbeddings:
 
 
 def default_num_workers(n_files: int) -> int:
-    """Decoding threads: two keep up with the model on a 2-core CPU (a photo decodes in a fraction
-    of the time the model takes for it); more cores get more, for a GPU's rate."""
+    """Decoding threads. On 2 cores one is best (Grocery Store photos, lite0, ONNX fp32: 175 img/s
+    with 1, 161 with 2, 134 with none; ``benchmarks/embed_throughput.py``): the model needs both
+    cores too. More cores get more threads, for a GPU's rate."""
     cores = os.cpu_count() or 1
-    return max(1, min(n_files, 2 if cores <= 4 else min(8, cores // 2)))
+    return max(1, min(n_files, 1 if cores <= 2 else 2 if cores <= 4 else min(8, cores // 2)))
 
 
 class _Decoder:

@@ -75,8 +75,8 @@ def wants_int8(precision: str, can_calibrate: bool) -> bool:
 
 
 def as_int8(fp32: "OnnxEncoder", photos: Sequence[str | os.PathLike], required: bool = True) -> "OnnxEncoder":
-    """The int8 model of an fp32 ONNX encoder, calibrated on up to CALIBRATION_PHOTOS of ``photos``
-    (kept in ``model_bytes`` like an export). Where none can be read: an error if int8 is
+    """The int8 model of an fp32 ONNX encoder, calibrated on CALIBRATION_PHOTOS spread over
+    ``photos`` (kept in ``model_bytes`` like an export). Where none can be read: an error if int8 is
     ``required``, else the fp32 encoder."""
     from prodsearch.retrieval.embedding import preprocessed
     from prodsearch.retrieval.onnx_encoder import OnnxEncoder
@@ -84,7 +84,9 @@ def as_int8(fp32: "OnnxEncoder", photos: Sequence[str | os.PathLike], required: 
 
     if fp32.precision == "int8":
         return fp32
-    arrays = preprocessed(list(photos)[:CALIBRATION_PHOTOS], fp32.config.data_config)
+    photos = list(photos)
+    arrays = preprocessed(photos[:: max(1, len(photos) // CALIBRATION_PHOTOS)][:CALIBRATION_PHOTOS],
+                          fp32.config.data_config)
     if not len(arrays) and not required:
         log.info("no calibration photo can be read: embedding in fp32")
         return fp32

@@ -36,6 +36,9 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
+        # Idle threads sleep instead of spinning: the cores are shared with the decoding threads
+        # (Grocery Store photos, lite0 fp32, 2 cores: 164-177 img/s against 150-161 spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types per failure
