@@ -17,8 +17,8 @@ from prodsearch.errors import IndexDirError, ReadOnlyIndexError
 from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.store import CATALOG_DB
-from prodsearch.retrieval.encoders import (CALIBRATION_PHOTOS, ModelSource, as_int8, create_embedder, create_encoder,
-                                           is_encoder, is_onnx_path, onnx_from_torch, wants_int8)
+from prodsearch.retrieval.encoders import (CALIBRATION_PHOTOS, ModelSource, as_embedder, as_int8, create_embedder,
+                                           create_encoder, is_encoder, is_onnx_path, onnx_from_torch, wants_int8)
 from prodsearch.retrieval.onnx_files import load_stored, save_model
 from prodsearch.retrieval.runtime import Encoder, describe, resolve_runtime
 
@@ -76,7 +76,7 @@ def _onnx_for(manifest: Manifest, index_dir: Path, model: ModelSource | None, pr
         given = create_encoder(model, runtime="onnx", precision="fp32")
         config, made = given.config, lambda: given
     else:
-        embedder = create_embedder(model) if isinstance(model, (str, os.PathLike)) else model
+        embedder = as_embedder(model)
         if check:  # before an export: a wrong model is refused at once
             check_model(manifest, embedder.config, index_dir)
         config, made = embedder.config, lambda: onnx_from_torch(embedder)

@@ -177,8 +177,8 @@ class ProductIndex:
         except RuntimeError:  # faiss: the file vanished while being read
             return None
         set_search_params(loaded, **self._search_params)
-        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory, resolve_search_device(self._search_device),
-                                  self._search_backend)
+        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory,
+                                  resolve_search_device(self._search_device), self._search_backend)
         ids, codes, paths, skus = read_images(db)
         names, category_codes, categories = read_products(db, skus)
         return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories)

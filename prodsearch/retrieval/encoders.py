@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
 from prodsearch.choices import DEFAULT_MODEL
@@ -55,12 +56,8 @@ def create_encoder(model: ModelSource = DEFAULT_MODEL, *, runtime: str = "auto",
                               "or pass the checkpoint it was exported from")
         from prodsearch.retrieval.torch_encoder import TorchEncoder
 
-        return TorchEncoder(create_embedder(model) if isinstance(model, (str, os.PathLike)) else model, device,
-                            precision)
-    if is_onnx_path(model):
-        encoder = _onnx_file(os.fspath(model))
-    else:
-        encoder = onnx_from_torch(create_embedder(model) if isinstance(model, (str, os.PathLike)) else model)
+        return TorchEncoder(as_embedder(model), device, precision)
+    encoder = _onnx_file(os.fspath(model)) if is_onnx_path(model) else onnx_from_torch(as_embedder(model))
     if wants_int8(precision, bool(calibration)):
         return as_int8(encoder, calibration, required=precision == "int8")
     return encoder
@@ -118,7 +115,7 @@ def _onnx_file(path: str) -> "OnnxEncoder":
     from prodsearch.retrieval.onnx_encoder import OnnxEncoder, OnnxModelError
 
     try:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise OnnxModelError(f"cannot read the ONNX model {path} ({exc.strerror or exc})") from None
     return OnnxEncoder(data, keep_bytes=True, name=path)
@@ -129,3 +126,8 @@ def create_embedder(model: str | os.PathLike, **kwargs) -> "Embedder":
     from prodsearch.retrieval.factory import create_embedder as create
 
     return create(model, **kwargs)
+
+
+def as_embedder(model: "str | os.PathLike | Embedder") -> "Embedder":
+    """The torch embedder a name or checkpoint path builds; an :class:`Embedder` as it is."""
+    return create_embedder(model) if isinstance(model, (str, os.PathLike)) else model

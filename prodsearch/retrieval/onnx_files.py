@@ -39,7 +39,7 @@ def load_stored(folder: Path, config: EmbedderConfig, precision: str = "fp32",
         problem, encoder = _check(path, config, keep_bytes=keep_bytes)
         if encoder is not None:
             return encoder
-        log.warning("not using %s: %s; it will be exported again", path, problem)
+        log.warning("not using %s: %s", path, problem)
     return None
 
 
