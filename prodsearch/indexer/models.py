@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prodsearch.errors import IndexDirError, ReadOnlyIndexError
-from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.manifest import Manifest, check_model, read_manifest
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.retrieval.encoders import (CALIBRATION_PHOTOS, ModelSource, as_embedder, as_int8, create_embedder,
                                            create_encoder, is_encoder, is_onnx_path, onnx_from_torch, wants_int8)
