@@ -1,9 +1,12 @@
-"""What a catalog's files are: which extensions are photos, and their content hashes."""
+"""What a catalog's files are: which extensions are photos, and their content hashes; and how
+prodsearch writes a file that readers may open at any moment."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -20,3 +23,17 @@ def file_hash(path: str | os.PathLike, algorithm: str = "md5") -> str:
 
 def file_md5(path: str | os.PathLike) -> str:
     return file_hash(path, "md5")
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` whole or not at all: into ``.NAME.tmp-PID`` beside it, renamed over it. On an
+    OSError the partial file is removed and the error raised."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise

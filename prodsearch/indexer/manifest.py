@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prodsearch import __version__
+from prodsearch.catalog.files import write_atomically
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.retrieval.config import EmbedderConfig
@@ -77,9 +78,7 @@ class Manifest:
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
     """Write the manifest whole or not at all (a rebuild in place rewrites it beside readers)."""
-    partial = index_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-    partial.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, index_dir / MANIFEST)
+    write_atomically(index_dir / MANIFEST, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode("utf-8"))
 
 
 def read_manifest(index_dir: str | os.PathLike) -> Manifest:

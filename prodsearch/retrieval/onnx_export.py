@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prodsearch.catalog.files import write_atomically
 from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.checkpoint import CheckpointError
 from prodsearch.retrieval.config import EmbedderConfig
@@ -72,11 +73,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, *, img_size: 
         expected = embedder.eval()(torch.from_numpy(batch)).numpy()
     difference = float(np.abs(OnnxEncoder(data).encode(batch) - expected).max())
     out = Path(out)
-    partial = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        partial.write_bytes(data)
-        os.replace(partial, out)
+        write_atomically(out, data)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise ProdsearchError(f"cannot write {out} ({exc.strerror or exc}); choose a writable --out") from None
     return ExportReport(out, embedder.config, len(data), time.perf_counter() - start, difference)

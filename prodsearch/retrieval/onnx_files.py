@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prodsearch.catalog.files import write_atomically
 from prodsearch.retrieval.config import EmbedderConfig
 
 if TYPE_CHECKING:
@@ -105,13 +105,9 @@ def save_model(folder: Path, data: bytes, precision: str) -> Path | None:
     path = folder / model_file_name(data, precision)
     if _check_digest(path):
         return path
-    partial = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        write_atomically(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
         log.warning("could not keep the ONNX model in %s (%s); it is exported again by the next command "
                     "that needs it", folder, exc.strerror or exc)
         return None
