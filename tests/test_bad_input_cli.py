@@ -328,6 +328,14 @@ def _(env):
                           r"to rebuild with the index's own, or remove the folder or choose another --index")
 
 
+@case("index with an ONNX model that is not there")
+def _(env):
+    return Expect(["index", env.catalog, "--index", env.root / "new", "--model", env.root / "nope.onnx"],
+                  message=r"Error: cannot read the ONNX model .*nope\.onnx \(No such file or directory\); give the "
+                          r"path of a file written by: prodsearch export MODEL --out FILE\.onnx",
+                  gone=[env.root / "new"])
+
+
 @case("rebuild as another index type")
 def _(env):
     return Expect(["index", env.catalog, "--index", env.idx, "--index-type", "HNSW32,Flat", "--silent"],

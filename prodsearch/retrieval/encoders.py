@@ -117,7 +117,8 @@ def _onnx_file(path: str) -> "OnnxEncoder":
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise OnnxModelError(f"cannot read the ONNX model {path} ({exc.strerror or exc})") from None
+        raise OnnxModelError(f"cannot read the ONNX model {path} ({exc.strerror or exc}); give the path of a file "
+                             "written by: prodsearch export MODEL --out FILE.onnx") from None
     return OnnxEncoder(data, keep_bytes=True, name=path)
 
 
