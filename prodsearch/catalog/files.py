@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -26,10 +27,11 @@ def file_md5(path: str | os.PathLike) -> str:
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``path`` whole or not at all: into ``.NAME.tmp-PID`` beside it, renamed over it. On an
-    OSError the partial file is removed and the error raised."""
+    """Write ``path`` whole or not at all: into ``.NAME.tmp-PID-THREAD`` beside it, renamed over it
+    (threads of one server may write the same file at once). On an OSError the partial file is
+    removed and the error raised."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         partial.write_bytes(data)
         os.replace(partial, path)

@@ -291,6 +291,40 @@ class CatalogDB:
             rows += self.db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
         return rows
 
+    # ------------------------------------------------------------------ browsing (the HTTP API's catalog pages)
+
+    def browse_products(self, *, limit: int, offset: int = 0, category: str | None = None,
+                        text: str | None = None) -> tuple[int, list[dict]]:
+        """(how many match, one page of them by SKU): each product's sku, name, category, number of
+        images and first image id; ``category`` a subtree (``Fruit`` holds ``Fruit/Apple``), ``text``
+        a case-insensitive substring of the SKU or the name."""
+        where, values = _product_filter(category, text)
+        total = self.db.execute(f"select count(*) from products p where {where}", values).fetchone()[0]
+        rows = self.db.execute(
+            "select p.sku, p.name, p.category, count(i.id), min(i.id) from products p join images i on i.sku = p.sku "
+            f"where {where} group by p.sku order by p.sku limit ? offset ?", [*values, limit, offset]).fetchall()
+        keys = ("sku", "name", "category", "images", "image_id")
+        return total, [dict(zip(keys, r)) for r in rows]
+
+    def product_images(self, sku: str) -> list[dict]:
+        """Id, width and height of each of a product's images, by id."""
+        rows = self.db.execute("select id, width, height from images where sku = ? order by id", [sku]).fetchall()
+        return [{"image_id": r[0], "width": r[1], "height": r[2]} for r in rows]
+
+    def category_counts(self) -> dict[str | None, int]:
+        """Products per category (``None``: products without one)."""
+        return dict(self.db.execute("select category, count(*) from products group by category").fetchall())
+
+    def image(self, image_id: int) -> dict | None:
+        """One image's row (sku, path, md5, ...), or ``None``."""
+        row = self.db.execute("select id, sku, path, md5, width, height from images where id = ?",
+                              [int(image_id)]).fetchone()
+        return None if row is None else dict(zip(("id", "sku", "path", "md5", "width", "height"), row))
+
+    def paths_in_use(self, paths: Iterable[str]) -> set[str]:
+        """Those of ``paths`` some image still has."""
+        return {r[0] for r in self._run_in("select distinct path from images where path in ({})", set(paths))}
+
     # ------------------------------------------------------------------ writing (inside db.transaction())
 
     @contextmanager
@@ -344,3 +378,20 @@ class CatalogDB:
     def close(self) -> None:
         self.end_snapshot()
         self.db.close()
+
+
+def _product_filter(category: str | None, text: str | None) -> tuple[str, list]:
+    """The ``where`` clause (on ``products p``) and its values for :meth:`CatalogDB.browse_products`."""
+    clauses, values = ["1"], []
+    if category:
+        category = category.strip("/")
+        clauses.append("(p.category = ? or substr(p.category, 1, ?) = ?)")  # case-sensitive, as search's
+        values += [category, len(category) + 1, category + "/"]
+    if text:
+        clauses.append("(p.sku like ? escape '\\' or p.name like ? escape '\\')")
+        values += [f"%{_like_escape(text)}%"] * 2
+    return " and ".join(clauses), values
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

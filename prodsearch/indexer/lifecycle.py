@@ -49,6 +49,7 @@ class ChangeReport:
     skipped: list[Skipped] = field(default_factory=list)
     kept_unreadable: int = 0  # images kept although their files cannot be read now (update)
     generation: int | None = None  # None: nothing to change, nothing written
+    added_ids: list[int] = field(default_factory=list)  # the ids the added images got
     seconds: float = 0.0
     embed_seconds: float = 0.0
 
@@ -58,7 +59,7 @@ class ChangeReport:
 
 
 def add_to_index(
-    catalog: str | os.PathLike,
+    catalog: str | os.PathLike | Listing,
     index_dir: str | os.PathLike,
     *,
     model: str | None = None,
@@ -70,8 +71,8 @@ def add_to_index(
     progress: FilesDone | None = None,
     wait: float = 0.0,
 ) -> ChangeReport:
-    """Add the catalog's new SKUs and new images of known SKUs; what the index holds is skipped
-    without embedding, so running the same add twice changes nothing."""
+    """Add the catalog's (a path, or a listing already read) new SKUs and new images of known SKUs;
+    what the index holds is skipped without embedding, so running the same add twice changes nothing."""
     return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size, runtime=runtime,
                  device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait)
 
@@ -107,7 +108,7 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
     index_dir = Path(index_dir)
     writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
     encoder = encoder_for(writer.manifest, index_dir, model=model, runtime=runtime, device=device, precision=precision)
-    listing = read_listing(catalog)
+    listing = catalog if isinstance(catalog, Listing) else read_listing(catalog)
     with writer:
         rows = writer.db.image_rows()
         held = {(r["sku"], r["md5"]): r for r in rows}
@@ -145,7 +146,7 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         if embedded.images or gone or moved or (remove_missing and _metadata_changed(writer, products)):
             commit = writer.commit(products=products, images=embedded.images, vectors=embedded.vectors,
                                    remove=[r["id"] for r in gone], moved=moved)
-            report.generation, report.removed_skus = commit.generation, commit.removed_skus
+            report.generation, report.removed_skus, report.added_ids = commit.generation, commit.removed_skus, commit.added_ids
     report.seconds = time.perf_counter() - start
     return report
 

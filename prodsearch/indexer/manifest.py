@@ -161,9 +161,10 @@ def is_index_dir(path: Path) -> bool:
 
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
-# files, FAISS snapshots, the writer lock and who holds it, and temporary files a crashed writer left.
+# files, FAISS snapshots, the writer lock and who holds it, temporary files a crashed writer left,
+# and the server's folders of uploaded photos and thumbnails.
 INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|"
-                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*)$")
+                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails)$")
 
 
 def check_target(index_dir: Path) -> None:

@@ -31,7 +31,7 @@ from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.index_view import IndexView, read_images, read_products
 from prodsearch.indexer.search_backend import VectorSearch
-from prodsearch.indexer.results import FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
+from prodsearch.indexer.results import Answer, FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
 from prodsearch.indexer.placement import place_for_search, resolve_search_device
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
 from prodsearch.retrieval.encoders import ModelSource
@@ -230,10 +230,20 @@ class ProductIndex:
         some since the current generation, the index refreshes and answers from the newest.
         """
         view = self._current()
-        return self._fused(view, photos, top_k, category, self._category_ids(view, category))
+        return self._fused(view, photos, top_k, category, self._category_ids(view, category)).matches
+
+    def identify(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> Answer:
+        """Which SKU are these photos of (rows of ``photos``, one product)? Ranked SKUs with the
+        generation that answered: one photo is ranked as :meth:`search` does, several are fused as
+        :meth:`search_as_one` does."""
+        view = self._current()
+        among = self._category_ids(view, category)
+        if len(photos) == 1:
+            return Answer(view.generation, view.answer(photos, top_k, among)[0])
+        return self._fused(view, photos, top_k, category, among)
 
     def _fused(self, view: IndexView, photos: np.ndarray, top_k: int, category: str | None,
-               among: np.ndarray | None) -> list[Match]:
+               among: np.ndarray | None) -> Answer:
         """:meth:`IndexView.fuse` with the candidates' stored vectors, the only rows an answer reads
         from SQLite. A stored vector never changes, but images removed since the view's generation
         have none any more: then the answer comes from the newest generation instead."""
@@ -242,7 +252,7 @@ class ProductIndex:
             with db.guarded():
                 fused = view.fuse(photos, top_k, among, db.vectors_if_stored)
             if fused is not None:
-                return fused
+                return Answer(view.generation, fused)
             view = self._newer_than(view, db)
             among = self._category_ids(view, category)
         raise ProdsearchError(f"{self.index_dir} changed {MAX_OPEN_ATTEMPTS} times while these photos were compared "
@@ -304,7 +314,8 @@ class ProductIndex:
         among = self._category_ids(view, category)
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
-        return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among), errors)
+        return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among).matches,
+                           errors)
 
 
 def open_index(index_dir: str | os.PathLike, **kwargs) -> ProductIndex:

@@ -20,6 +20,14 @@ class Match:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """Ranked SKUs for one product's photos, and the catalog generation they come from."""
+
+    generation: int
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
 class QueryResult:
     path: str
     matches: list[Match]

@@ -9,6 +9,7 @@ imports torch: the encoder decides the runtime.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import time
@@ -54,14 +55,15 @@ def default_num_workers(n_files: int) -> int:
     return max(1, min(n_files, 1 if cores <= 2 else 2 if cores <= 4 else min(8, cores // 2)))
 
 
-class _Decoder:
-    """Reads one file into the model's input; failures become reasons, never exceptions."""
+class Decoder:
+    """Reads one file (or an upload's bytes in a ``BytesIO``) into the model's input; failures become
+    reasons, never exceptions."""
 
     def __init__(self, data_config: dict):
         self.preprocess = Preprocess(data_config)
         self.min_side = decode_min_side(data_config)
 
-    def __call__(self, path: str | os.PathLike) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
+    def __call__(self, path: str | os.PathLike | io.BytesIO) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
         try:
             img = load_image(path, min_side=self.min_side)
         except ImageLoadError as exc:
@@ -83,7 +85,7 @@ def embed_files(
     """
     batch_size = batch_size or encoder.batch_size
     num_workers = default_num_workers(len(paths)) if num_workers is None else num_workers
-    decode = _Decoder(encoder.config.data_config)
+    decode = Decoder(encoder.config.data_config)
     vectors, positions, sizes, failures, done = [], [], [], {}, 0
     start = time.perf_counter()
     for batch in _batches(_decoded(decode, paths, num_workers, batch_size * BATCHES_AHEAD), batch_size):
@@ -109,7 +111,7 @@ def embed_files(
     return result
 
 
-def _decoded(decode: _Decoder, paths: Sequence, num_workers: int, ahead: int) -> Iterator[tuple]:
+def _decoded(decode: Decoder, paths: Sequence, num_workers: int, ahead: int) -> Iterator[tuple]:
     """(index, array or None, size, reason) for each path in order, decoded up to ``ahead`` files
     before the consumer asks for them."""
     if num_workers == 0:
@@ -142,7 +144,7 @@ def _batches(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
 def preprocessed(paths: Sequence[str | os.PathLike], data_config: dict, num_workers: int = 2) -> np.ndarray:
     """The model inputs of the readable files among ``paths``, ``(n, 3, H, W)`` float32 (unreadable
     ones are left out): what int8 quantization calibrates on."""
-    decoded = _decoded(_Decoder(data_config), paths, num_workers, 16)
+    decoded = _decoded(Decoder(data_config), paths, num_workers, 16)
     arrays = [x for _, x, _, _ in decoded if x is not None]
     return np.stack(arrays) if arrays else np.zeros((0, *Preprocess(data_config).input_shape), np.float32)
 

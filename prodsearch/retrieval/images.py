@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -27,8 +28,8 @@ def check_pixel_count(size: tuple[int, int]) -> None:
                              f"{limit} a photo may have")
 
 
-def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
-    """Open ``path`` as an upright RGB image.
+def load_image(path: str | os.PathLike | io.BytesIO, min_side: int | None = None) -> Image.Image:
+    """Open ``path`` (a file, or the bytes of an upload) as an upright RGB image.
 
     ``min_side`` lets the JPEG decoder downscale by a power of two while keeping the short side
     at least that long: a 12-megapixel phone photo then decodes several times faster.
@@ -46,7 +47,7 @@ def load_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
     except IsADirectoryError:
         raise ImageLoadError("is a directory") from None
     except UnidentifiedImageError:
-        size = os.path.getsize(path)
+        size = path.getbuffer().nbytes if isinstance(path, io.BytesIO) else os.path.getsize(path)
         raise ImageLoadError("empty file" if size == 0 else "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"image too large: {exc}") from None

@@ -1,0 +1,283 @@
+"""Load on ``prodsearch serve`` (issue 14): throughput and latency under concurrent clients, with
+micro-batching on and off, against the in-process rates measured in the same run; a soak with a CLI
+writer; FAISS search latency while the embedder runs.
+
+The server runs on loopback over the Grocery Store protocol B catalog (iconic + train photos);
+clients send real test-split photos (read into memory first), one photo per request, each client on
+its own keep-alive connection, for ``--seconds`` or ``--requests`` per client, whichever ends first.
+Clients share the machine's cores with the server, as a load generator on the same 2-core box does.
+
+    python benchmarks/serve_load.py                       # the table (about 5 minutes)
+    python benchmarks/serve_load.py --soak-minutes 10     # plus the soak (10 minutes more)
+    python benchmarks/serve_load.py --threads-check       # plus search latency beside a busy embedder
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from prodsearch.catalog.listing import read_listing
+from prodsearch.eval.grocery_store import write_grocery_store_manifests
+from prodsearch.eval.report import markdown_table
+from prodsearch.indexer.build import build_index
+from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.retrieval.embedding import embed_files
+from prodsearch.retrieval.runtime import describe
+
+from cli_startup import cpu_line, prodsearch_command
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
+sys.path.insert(0, str(ROOT / "tests"))
+from serving import server  # noqa: E402  (the tests' way of starting a server on a free port)
+
+
+def multipart(photo: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client(threading.Thread):
+    """Sends searches one after another on one connection until ``deadline`` or ``limit`` requests."""
+
+    def __init__(self, port: int, bodies: list[tuple[bytes, str]], offset: int, deadline: float, limit: int):
+        super().__init__(daemon=True)
+        self.port, self.bodies, self.offset, self.deadline, self.limit = port, bodies, offset, deadline, limit
+        self.latencies: list[float] = []
+        self.answers: list[tuple[int, dict]] = []  # (which body, the answer), in order
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        i = self.offset
+        while time.perf_counter() < self.deadline and len(self.latencies) + len(self.errors) < self.limit:
+            body, content_type = self.bodies[i % len(self.bodies)]
+            i += 1
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/search", body=body, headers={"Content-Type": content_type})
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.errors.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                continue
+            if response.status != 200:
+                self.errors.append(f"{response.status}: {data[:200]!r}")
+                continue
+            self.latencies.append(time.perf_counter() - start)
+            self.answers.append(((i - 1) % len(self.bodies), json.loads(data)))
+        conn.close()
+
+
+def load(port: int, bodies: list, clients: int, seconds: float, limit: int) -> dict:
+    start = time.perf_counter()
+    threads = [Client(port, bodies, 997 * c, start + seconds, limit) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies = sorted(x for t in threads for x in t.latencies)
+    answers = [a for t in threads for _, a in t.answers]
+    q = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [float("nan")] * 3
+    return {"clients": clients, "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
+            "req/s": len(latencies) / wall, "p50 ms": q[0], "p95 ms": q[1], "p99 ms": q[2],
+            "search p50 ms": statistics.median(a["timings_ms"]["search"] for a in answers) if answers else float("nan"),
+            "first error": next((t.errors[0] for t in threads if t.errors), ""),
+            "inconsistent": sum(inconsistent(t.answers) for t in threads)}
+
+
+def inconsistent(answers: list[tuple[int, dict]]) -> int:
+    """Answers of one client whose generation went backwards (each client asks one after another)."""
+    generations = [a["generation"] for _, a in answers]
+    return sum(b < a for a, b in zip(generations, generations[1:]))
+
+
+def in_process(index_dir: Path, photos: list[Path], latency_photos: int) -> tuple[float, float, str]:
+    """(embed_files photos/s, warm single-photo ProductIndex.query p50 ms, encoder) in this process."""
+    index = ProductIndex.open(index_dir)
+    index.query(photos[:2], num_workers=0)
+    rate = max(embed_files(index.encoder, photos).images_per_second for _ in range(2))
+    times = []
+    for photo in photos[:latency_photos]:
+        start = time.perf_counter()
+        index.query([photo], num_workers=0)
+        times.append(time.perf_counter() - start)
+    encoder = describe(index.encoder)
+    index.close()
+    return rate, 1000 * statistics.median(times), encoder
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(index_dir: Path, port: int, pid: int, bodies: list, photo: Path, minutes: float, work: Path) -> dict:
+    """8 clients for ``minutes`` while a loop of CLI ``add`` and ``remove`` puts a SKU whose photo is
+    among the queries (one request in 8) into the index and takes it out again. An answer is
+    consistent when it shows that SKU exactly in the generations that hold it (as the writer's
+    ``--json`` reports say), first for its own photo."""
+    sku_dir = work / "soak-catalog" / "soak-sku"
+    sku_dir.mkdir(parents=True, exist_ok=True)
+    (sku_dir / photo.name).write_bytes(photo.read_bytes())
+    present: dict[int, bool] = {}  # generation -> whether soak-sku is in it
+    stop, writes = threading.Event(), []
+
+    def writer():
+        while not stop.is_set():
+            for args in (["add", str(work / "soak-catalog")], ["remove", "--sku", "soak-sku"]):
+                out = subprocess.run([*prodsearch_command(), *args, "--index", str(index_dir), "--json", "-q",
+                                      "--wait", "30"], capture_output=True, text=True)
+                if out.returncode != 0:
+                    writes.append(f"failed: {out.stderr.strip()}")
+                    continue
+                present[json.loads(out.stdout)["generation"]] = args[0] == "add"
+                writes.append(args[0])
+
+    mixed = [multipart(photo.read_bytes()) if i % 8 == 0 else b for i, b in enumerate(bodies)]
+    rss_start = rss_mb(pid)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    threads = [Client(port, mixed, 997 * c, start + 60 * minutes, 10**9) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    rss_end = rss_mb(pid)
+    answers = [(i % 8 == 0, a) for t in threads for i, a in t.answers]
+    before = min(present) - 1 if present else None  # the generation the soak started from: without soak-sku
+    wrong = 0
+    for own_photo, a in answers:
+        holds = present.get(a["generation"], False) if a["generation"] != before else False
+        listed = [m["sku"] for m in a["matches"]]
+        wrong += ("soak-sku" in listed) != holds if not own_photo else (a["match"] == "soak-sku") != holds
+    latencies = sorted(x for t in threads for x in t.latencies)
+    return {"minutes": minutes, "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
+            "req/s": len(latencies) / wall, "p50 ms": 1000 * statistics.median(latencies),
+            "p99 ms": 1000 * float(np.percentile(latencies, 99)),
+            "generations written": len(present), "failed writes": sum(w.startswith("failed") for w in writes),
+            "answers with soak-sku in/out as their generation says": f"{len(answers) - wrong}/{len(answers)}",
+            "generation went back": sum(inconsistent(t.answers) for t in threads),
+            "RSS start MB": rss_start, "RSS end MB": rss_end, "RSS growth %": 100 * (rss_end / rss_start - 1),
+            "first error": next((t.errors[0] for t in threads if t.errors), "")}
+
+
+def threads_check(seconds: float) -> list[dict]:
+    """Single-query FAISS search latency on a 100k IVF index, alone and beside an ONNX embedding
+    loop, with 1 OpenMP thread and with one per core."""
+    import faiss
+
+    from prodsearch.indexer.vectors import set_search_threads
+    from prodsearch.retrieval.encoders import create_encoder
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100_000, 1280)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.index_factory(1280, "IVF1024,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(x[:40_000])
+    index.add(x)
+    index.nprobe = 16
+    encoder = create_encoder("tf_efficientnet_lite0", runtime="onnx", precision="fp32")
+    batch = np.zeros((8, 3, 224, 224), np.float32)
+    rows = []
+    for busy in (False, True):
+        for threads in (1, os.cpu_count() or 2):
+            set_search_threads(threads)
+            stop = threading.Event()
+            loop = threading.Thread(target=lambda: [encoder.encode(batch) for _ in iter(stop.is_set, True)], daemon=True)
+            if busy:
+                loop.start()
+            times, deadline = [], time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                q = x[rng.integers(0, len(x), 1)]
+                start = time.perf_counter()
+                index.search(q, 10)
+                times.append(time.perf_counter() - start)
+            stop.set()
+            if busy:
+                loop.join()
+            rows.append({"embedder running": "yes" if busy else "no", "FAISS threads": threads,
+                         "searches": len(times), "p50 ms": 1000 * statistics.median(times),
+                         "p95 ms": 1000 * float(np.percentile(times, 95))})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/prodsearch-serve-bench"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=20.0, help="per load level")
+    parser.add_argument("--requests", type=int, default=2000, help="per client and level, at most")
+    parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--threads-check", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(cpu_line(), flush=True)
+    manifests = write_grocery_store_manifests(args.dataset, args.work)
+    index_dir = args.work / "index-B"
+    if not (index_dir / "manifest.json").is_file():
+        build_index(manifests.catalog_b, index_dir)
+    test_photos = [it.path for it in read_listing(manifests.test).items]
+    photos = test_photos[::max(1, len(test_photos) // 400)][:400]
+    bodies = [multipart(p.read_bytes()) for p in photos]
+    rate, query_p50, encoder = in_process(index_dir, photos, 100)
+    print(f"in process ({encoder}): embed_files {rate:.1f} photos/s; warm ProductIndex.query p50 {query_p50:.1f} ms\n",
+          flush=True)
+    rows = []
+    for batching in ("--batching", "--no-batching"):
+        with server(index_dir, args.work / f"serve{batching}.log", batching) as (proc, base):
+            port = int(base.rsplit(":", 1)[1])
+            load(port, bodies[:8], 2, 3.0, 20)  # warm-up
+            for clients in args.clients:
+                row = {"batching": batching.removeprefix("--"), **load(port, bodies, clients, args.seconds, args.requests)}
+                row["x embed_files"] = row["req/s"] / rate
+                row["p50 x query"] = row["p50 ms"] / query_p50
+                rows.append(row)
+                print(markdown_table([{k: v for k, v in row.items() if k != "first error"}]).splitlines()[-1], flush=True)
+    print()
+    print(markdown_table([{k: v for k, v in r.items() if k != "first error"} for r in rows]))
+    for r in rows:
+        if r["errors"]:
+            print(f"{r['batching']} {r['clients']} clients: first error {r['first error']}")
+    if args.soak_minutes:
+        with server(index_dir, args.work / "serve-soak.log") as (proc, base):
+            port = int(base.rsplit(":", 1)[1])
+            load(port, bodies[:8], 2, 3.0, 20)
+            result = soak(index_dir, port, proc.pid, bodies, photos[0], args.soak_minutes, args.work)
+        print("\nsoak: 8 clients while a loop of CLI add and remove changes the index")
+        print(markdown_table([{k: v for k, v in result.items() if k != "first error"}]))
+        if result["errors"]:
+            print(f"first error: {result['first error']}")
+    if args.threads_check:
+        print("\nFAISS single-query search, 100k x 1280 IVF1024,Flat, nprobe 16")
+        print(markdown_table(threads_check(10.0)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""``serve``: the HTTP API and the web page over an index."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from prodsearch.cli.app import cli, index_option, query_model_option, runtime_options
+from prodsearch.errors import ProdsearchError
+
+TOKEN_ENV = "PRODSEARCH_TOKEN"
+
+
+@cli.command()
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 serves other machines (put TLS in front).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port to listen on (0: any free port).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True),
+              help=f"File holding the bearer token that writes need (or set {TOKEN_ENV}); without one, "
+                   "writes are refused.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+              help="Largest photo accepted; bigger ones get 413.")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Embed the photos of concurrent requests together (micro-batching).")
+@click.option("--max-batch", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Photos per model step.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=100), default=2.0, show_default=True,
+              help="How long a step waits for photos of requests still decoding.")
+@click.option("--search-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="FAISS threads (one query at a time gains nothing from more).")
+@click.option("--refresh-seconds", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="How often to look for changes made by other processes (CLI add/update/remove).")
+@query_model_option
+@runtime_options
+def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch, batch_wait_ms, search_threads,
+          refresh_seconds, model, runtime, device, precision):
+    """Serve an index over HTTP: a JSON API (/v1, OpenAPI at /docs) and a web page at /.
+
+    Loads and warms the model once, picks up changes other processes make to the index without a
+    restart, and stops gracefully on SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+        prodsearch serve --index shop/idx --port 8000
+        curl -F image=@photo.jpg http://127.0.0.1:8000/v1/search
+    """
+    from prodsearch.serve.server import open_service, serve as run
+    from prodsearch.serve.service import ServeSettings
+
+    settings = ServeSettings(
+        Path(index_dir), token=read_token(token_file), max_upload_mb=max_upload_mb, batching=batching,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms, refresh_seconds=refresh_seconds,
+        search_threads=search_threads, decode_threads=min(4, os.cpu_count() or 1), model=model, runtime=runtime,
+        device=device, precision=precision)
+    service = open_service(settings)
+    click.echo(f"Serving {index_dir} on http://{host}:{port} (API docs: /docs; writes "
+               f"{'need the token' if settings.token else 'disabled: no token'})", err=True)
+    run(service, host=host, port=port)
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The writers' token: the file's first line, else ``$PRODSEARCH_TOKEN``; None when neither is set."""
+    if token_file:
+        lines = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        if not lines or len(lines[0].strip()) < 16:
+            raise ProdsearchError(f"{token_file} holds no token of at least 16 characters; write one there, e.g. "
+                                  "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE")
+        return lines[0].strip()
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token and len(token) < 16:
+        raise ProdsearchError(f"{TOKEN_ENV} is shorter than 16 characters; use a long random token")
+    return token or None
