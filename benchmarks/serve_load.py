@@ -19,6 +19,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,8 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from serving import server  # noqa: E402  (the tests' way of starting a server on a free port)
 
 
-def multipart(photo: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
+def multipart(photo: bytes, boundary: str | None = None) -> tuple[bytes, str]:
+    boundary = boundary or uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
@@ -95,11 +96,9 @@ def load(port: int, bodies: list, clients: int, seconds: float, limit: int) -> d
         t.join()
     wall = time.perf_counter() - start
     latencies = sorted(x for t in threads for x in t.latencies)
-    answers = [a for t in threads for _, a in t.answers]
     q = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [float("nan")] * 3
     return {"clients": clients, "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
             "req/s": len(latencies) / wall, "p50 ms": q[0], "p95 ms": q[1], "p99 ms": q[2],
-            "search p50 ms": statistics.median(a["timings_ms"]["search"] for a in answers) if answers else float("nan"),
             "first error": next((t.errors[0] for t in threads if t.errors), ""),
             "inconsistent": sum(inconsistent(t.answers) for t in threads)}
 
@@ -108,6 +107,60 @@ def inconsistent(answers: list[tuple[int, dict]]) -> int:
     """Answers of one client whose generation went backwards (each client asks one after another)."""
     generations = [a["generation"] for _, a in answers]
     return sum(b < a for a, b in zip(generations, generations[1:]))
+
+
+WRK_SCRIPT = """
+local bodies, n, counter = {}, tonumber(os.getenv("BODIES")), 0
+init = function(args)
+  for i = 0, n - 1 do
+    local f = io.open(os.getenv("BODY_DIR") .. "/" .. i .. ".bin", "rb")
+    bodies[i + 1] = f:read("*all")
+    f:close()
+  end
+end
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/v1/search", {["Content-Type"] = os.getenv("CONTENT_TYPE")}, bodies[counter % n + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "seconds": %f, "errors": %d, "p50": %f, "p95": %f, "p99": %f}\\n',
+    summary.requests, summary.duration / 1e6, e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000))
+end
+"""
+BOUNDARY = "prodsearch-bench-boundary"
+
+
+def wrk_load(port: int, photos: list[bytes], clients: int, seconds: float, work: Path) -> dict:
+    """The same load from wrk (C, one thread, one connection per client): the load generator takes
+    a few per cent of a core instead of the third that Python clients take beside the server."""
+    body_dir = work / "wrk-bodies"
+    if not body_dir.is_dir():
+        body_dir.mkdir(parents=True)
+        for i, photo in enumerate(photos):
+            (body_dir / f"{i}.bin").write_bytes(multipart(photo, BOUNDARY)[0])
+    (work / "wrk.lua").write_text(WRK_SCRIPT)
+    env = {"BODIES": str(len(photos)), "BODY_DIR": str(body_dir),
+           "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--timeout", "60s", "-s",
+                          str(work / "wrk.lua"), f"http://127.0.0.1:{port}"], capture_output=True, text=True, env=env)
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    return {"clients": clients, "requests": result["requests"], "errors": result["errors"],
+            "req/s": result["requests"] / result["seconds"], "p50 ms": result["p50"], "p95 ms": result["p95"],
+            "p99 ms": result["p99"], "first error": "" if not result["errors"] else "see the server log"}
+
+
+def server_stats(port: int) -> dict[str, float]:
+    """Sums and counts of the search stage and the batch sizes, from /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    wanted = {'prodsearch_search_stage_seconds_sum{stage="search"}': "search s",
+              'prodsearch_search_stage_seconds_count{stage="search"}': "searches",
+              "prodsearch_embed_batch_photos_sum": "photos", "prodsearch_embed_batch_photos_count": "steps"}
+    return {wanted[k]: float(v) for k, _, v in (line.rpartition(" ") for line in text.splitlines()) if k in wanted}
 
 
 def in_process(index_dir: Path, photos: list[Path], latency_photos: int) -> tuple[float, float, str]:
@@ -234,6 +287,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=20.0, help="per load level")
     parser.add_argument("--requests", type=int, default=2000, help="per client and level, at most")
+    parser.add_argument("--modes", default="--no-batching,--batching",
+                        help="comma-separated server options to compare (micro-batching off and on); "
+                             "'' skips the load table")
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                        help="load generator: wrk (apt-get install wrk; auto where installed) or Python threads")
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--threads-check", action="store_true")
     args = parser.parse_args()
@@ -245,19 +303,31 @@ def main() -> None:
         build_index(manifests.catalog_b, index_dir)
     test_photos = [it.path for it in read_listing(manifests.test).items]
     photos = test_photos[::max(1, len(test_photos) // 400)][:400]
-    bodies = [multipart(p.read_bytes()) for p in photos]
+    photo_bytes = [p.read_bytes() for p in photos]
+    bodies = [multipart(b) for b in photo_bytes]
     rate, query_p50, encoder = in_process(index_dir, photos, 100)
     print(f"in process ({encoder}): embed_files {rate:.1f} photos/s; warm ProductIndex.query p50 {query_p50:.1f} ms\n",
           flush=True)
+    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    print(f"clients: {client}\n", flush=True)
     rows = []
-    for batching in ("--batching", "--no-batching"):
+    for batching in filter(None, args.modes.split(",")):
         with server(index_dir, args.work / f"serve{batching}.log", batching) as (proc, base):
             port = int(base.rsplit(":", 1)[1])
             load(port, bodies[:8], 2, 3.0, 20)  # warm-up
             for clients in args.clients:
-                row = {"batching": batching.removeprefix("--"), **load(port, bodies, clients, args.seconds, args.requests)}
-                row["x embed_files"] = row["req/s"] / rate
-                row["p50 x query"] = row["p50 ms"] / query_p50
+                before = server_stats(port)
+                if client == "wrk":
+                    row = wrk_load(port, photo_bytes, clients, args.seconds, args.work)
+                else:
+                    row = load(port, bodies, clients, args.seconds, args.requests)
+                after = server_stats(port)
+                steps = after["steps"] - before["steps"]
+                row = {"batching": batching.removeprefix("--"), **row,
+                       "x embed_files": row["req/s"] / rate, "p50 x query": row["p50 ms"] / query_p50,
+                       "photos per step": (after["photos"] - before["photos"]) / steps if steps else float("nan"),
+                       "search mean ms": 1000 * (after["search s"] - before["search s"])
+                       / max(1.0, after["searches"] - before["searches"])}
                 rows.append(row)
                 print(markdown_table([{k: v for k, v in row.items() if k != "first error"}]).splitlines()[-1], flush=True)
     print()

@@ -128,6 +128,21 @@ def test_several_photos_are_fused_as_query_as_one(client, served_index, tmp_path
     np.testing.assert_allclose([m["score"] for m in body["matches"]], [m.score for m in fused.matches], atol=1e-5)
 
 
+def test_micro_batching_on_and_off_answer_alike(served_index):
+    answers = {}
+    for batching in (True, False):
+        with client_for(served_index, batching=batching) as client:
+            assert client.service.batching is batching
+            if not batching:  # one single-threaded model step per request
+                assert client.service.index.encoder.session.get_session_options().intra_op_num_threads == 1
+            answers[batching] = [client.post("/v1/search", files=files(query_photo(n))).json()["matches"]
+                                 for n in range(3)]
+            assert "prodsearch_embed_batch_photos_count 3.0" in client.get("/metrics").text
+    for on, off in zip(answers[True], answers[False]):
+        assert [m["sku"] for m in on] == [m["sku"] for m in off]
+        np.testing.assert_allclose([m["score"] for m in on], [m["score"] for m in off], atol=1e-5)
+
+
 def test_category_filter_keeps_to_the_subtree(client):
     body = client.post("/v1/search", files=files(query_photo(3)), data={"category": "Dairy", "top_k": "10"}).json()
     assert {m["sku"] for m in body["matches"]} == {"milk-1", "milk-3", "yog"}

@@ -24,20 +24,23 @@ TOKEN_ENV = "PRODSEARCH_TOKEN"
                    "writes are refused.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
               help="Largest photo accepted; bigger ones get 413.")
-@click.option("--batching/--no-batching", default=True, show_default=True,
-              help="Embed the photos of concurrent requests together (micro-batching).")
+@click.option("--batching/--no-batching", default=None,
+              help="Embed the photos of concurrent requests together (micro-batching) [default: on a GPU; "
+                   "on the CPU one step per request is faster].")
 @click.option("--max-batch", type=click.IntRange(min=1, max=64), default=8, show_default=True,
-              help="Photos per model step.")
+              help="With --batching: photos per model step.")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0, max=100), default=2.0, show_default=True,
-              help="How long a step waits for photos of requests still decoding.")
+              help="With --batching: how long a step waits for photos of requests still decoding.")
+@click.option("--model-threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime threads per model step [default: 1 without batching, all cores with it].")
 @click.option("--search-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="FAISS threads (one query at a time gains nothing from more).")
 @click.option("--refresh-seconds", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="How often to look for changes made by other processes (CLI add/update/remove).")
 @query_model_option
 @runtime_options
-def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch, batch_wait_ms, search_threads,
-          refresh_seconds, model, runtime, device, precision):
+def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch, batch_wait_ms, model_threads,
+          search_threads, refresh_seconds, model, runtime, device, precision):
     """Serve an index over HTTP: a JSON API (/v1, OpenAPI at /docs) and a web page at /.
 
     Loads and warms the model once, picks up changes other processes make to the index without a
@@ -53,7 +56,7 @@ def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch,
 
     settings = ServeSettings(
         Path(index_dir), token=read_token(token_file), max_upload_mb=max_upload_mb, batching=batching,
-        max_batch=max_batch, batch_wait_ms=batch_wait_ms, refresh_seconds=refresh_seconds,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_threads=model_threads, refresh_seconds=refresh_seconds,
         search_threads=search_threads, decode_threads=min(4, os.cpu_count() or 1), model=model, runtime=runtime,
         device=device, precision=precision)
     service = open_service(settings)

@@ -32,7 +32,9 @@ class OnnxEncoder:
 
     def __init__(self, data: bytes, *, threads: int | None = None, name: str = "ONNX model",
                  keep_bytes: bool = False):
-        """``keep_bytes`` keeps the serialised model in ``model_bytes`` (for an index to store)."""
+        """``keep_bytes`` keeps the serialised model in ``model_bytes`` (for an index to store);
+        ``threads`` intra-op threads (default: one per physical core)."""
+        self._data, self._name = data, name
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
@@ -55,6 +57,14 @@ class OnnxEncoder:
         self.batch_size = DEFAULT_BATCH_SIZE
         self.model_bytes = data if keep_bytes else None
         self.fp32: OnnxEncoder | None = None  # an int8 model made here: the fp32 model it was quantized from
+
+    def with_threads(self, threads: int) -> "OnnxEncoder":
+        """The same model on a session of ``threads`` intra-op threads. A server that runs one model
+        step per request wants 1: concurrent requests then use the cores in parallel without the
+        per-operator hand-offs between threads that small batches pay for."""
+        copy = OnnxEncoder(self._data, threads=threads, name=self._name)
+        copy.precision, copy.batch_size, copy.model_bytes = self.precision, self.batch_size, self.model_bytes
+        return copy
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]

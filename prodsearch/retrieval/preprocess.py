@@ -38,6 +38,10 @@ class Preprocess:
         self.resample = _RESAMPLE[interpolation]
         self.mean = np.asarray(data_config["mean"], dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(data_config["std"], dtype=np.float32).reshape(3, 1, 1)
+        # Every channel value's normalised float, by the same float32 arithmetic torchvision does per
+        # pixel: a table lookup gives identical arrays three times faster than the arithmetic.
+        levels = np.arange(256, dtype=np.float32).reshape(1, 256)
+        self.table = (levels / np.float32(255) - self.mean.reshape(3, 1)) / self.std.reshape(3, 1)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -45,8 +49,11 @@ class Preprocess:
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         img = _center_crop(self.resize(img), self.height, self.width)
-        pixels = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-        return (pixels.astype(np.float32) / np.float32(255) - self.mean) / self.std
+        planes = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+        out = np.empty(planes.shape, dtype=np.float32)
+        for channel in range(3):
+            np.take(self.table[channel], planes[channel], out=out[channel])
+        return out
 
     def resize(self, img: Image.Image) -> Image.Image:
         """torchvision's ``Resize``: the short side to ``floor(size / crop_pct)`` (the long side

@@ -63,16 +63,18 @@ def extension(data: bytes) -> str:
 
 
 class PhotoDecoder:
-    """Decodes and preprocesses the photos of a request on a small thread pool (PIL and numpy
-    release the GIL), so a request's several photos decode in parallel."""
+    """Decodes and preprocesses the photos of a request; several photos decode in parallel on a
+    small thread pool (PIL and numpy release the GIL)."""
 
     def __init__(self, data_config: dict, threads: int):
         self._decode = Decoder(data_config)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="prodsearch-decode")
 
     def inputs(self, photos: list[bytes]) -> np.ndarray:
-        """The model inputs of ``photos``, ``(n, 3, H, W)``; the first bad photo is refused with why."""
-        decoded = list(self._pool.map(lambda data: self._decode(io.BytesIO(data)), photos))
+        """The model inputs of ``photos``, ``(n, 3, H, W)``; the first bad photo is refused with why.
+        One photo is decoded in the calling thread: a hand-off to the pool would only add latency."""
+        decode = lambda data: self._decode(io.BytesIO(data))  # noqa: E731
+        decoded = [decode(photos[0])] if len(photos) == 1 else list(self._pool.map(decode, photos))
         for i, (array, _, reason) in enumerate(decoded, 1):
             if array is None:
                 raise BadPhotoError(f"photo {i} cannot be used: {reason}" if len(photos) > 1

@@ -43,8 +43,9 @@ class ServeSettings:
     index_dir: Path
     token: str | None = None  # writes need it as a bearer token; None: writes are refused
     max_upload_mb: float = 20.0  # per photo
-    batching: bool = True  # micro-batching of concurrent requests' photos
+    batching: bool | None = None  # micro-batching of concurrent requests' photos; None: where the model runs on a GPU
     max_batch: int = 8  # photos per model step
+    model_threads: int | None = None  # ONNX Runtime's threads per step; None: 1 without batching, else all cores
     batch_wait_ms: float = 2.0  # how long the embedding worker waits for more photos
     refresh_seconds: float = 1.0  # how often the server looks for a newer generation
     search_threads: int = 1  # FAISS's OpenMP threads (see set_search_threads)
@@ -96,18 +97,25 @@ class SearchService:
                                        device=settings.device, precision=settings.precision)
         set_search_threads(settings.search_threads)
         encoder = self.index.encoder
+        # On 2 CPU cores, one single-threaded model step per request beat micro-batching by 5-15% at
+        # 8 clients, at the same latency for one (BENCHMARKS.md); a GPU wants batches.
+        self.batching = encoder.device != "cpu" if settings.batching is None else settings.batching
+        threads = settings.model_threads or (None if self.batching else 1)
+        if threads and hasattr(encoder, "with_threads"):
+            encoder = self.index.encoder = encoder.with_threads(threads)
         self.decoder = PhotoDecoder(encoder.config.data_config, settings.decode_threads)
         self.embedding: Embedding = (
             MicroBatcher(encoder, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms,
                          observe=self.metrics.batch.observe)
-            if settings.batching else DirectEmbedding(encoder, self.metrics.batch.observe))
+            if self.batching else DirectEmbedding(encoder, self.metrics.batch.observe))
         self.ready = False
         self._write_lock = threading.Lock()  # this server's writes, one at a time (the writer lock spans processes)
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="prodsearch-refresh", daemon=True)
         self._observe_generation()
-        log.info("serving %s: %d images, generation %d, embedding with %s (%s)", self.index_dir, len(self.index),
-                 self.index.generation, encoder.config.label, describe(encoder))
+        log.info("serving %s: %d images, generation %d, embedding with %s (%s), micro-batching %s", self.index_dir,
+                 len(self.index), self.index.generation, encoder.config.label, describe(encoder),
+                 "on" if self.batching else "off")
 
     # ------------------------------------------------------------------ life cycle
 
