@@ -3,7 +3,7 @@
 # at its lowest allowed version (the pins in .ci/min-versions.txt) in a throwaway virtual environment
 # and runs the fast tests there.
 #
-#   bash .ci/min-versions.sh            # about 7 minutes on 2 cores
+#   bash .ci/min-versions.sh            # about 9 minutes on 2 cores
 #
 # The code and tests come from the committed HEAD (git archive), so edits in progress in the work tree
 # don't interfere; pyproject.toml and the pins come from the work tree, so a floor can be raised and

@@ -384,3 +384,13 @@ def test_a_cli_add_in_another_process_is_served_without_a_restart(index_copy, tm
             time.sleep(0.1)
         after = client.post("/v1/search", files=files(jpeg(snapshot(new, seed=2)))).json()
         assert after["match"] == "fresh" and after["generation"] == before["generation"] + 1
+
+
+def test_a_catalog_photo_gone_bad_is_a_404_with_the_reason(index_copy):
+    with client_for(index_copy) as client:
+        added = client.post("/v1/products/x/images", files=files(jpeg(product_image(31337))), headers=AUTH).json()
+        image_id = added["added"][0]
+        Path(client.service.index.catalog.image(image_id)["path"]).write_bytes(b"no longer a photo")
+        response = client.get(f"/v1/images/{image_id}", params={"size": 128})
+        assert response.status_code == 404 and "cannot be read" in response.json()["error"]
+        assert client.get("/healthz").status_code == 200

@@ -31,7 +31,7 @@ from prodsearch.serve import uploads
 from prodsearch.serve.batcher import DirectEmbedding, Embedding, MicroBatcher
 from prodsearch.serve.metrics import Metrics
 from prodsearch.serve.photos import PhotoDecoder, check_size, extension
-from prodsearch.serve.thumbnails import thumbnail, thumbnail_size
+from prodsearch.serve.thumbnails import ImageLoadError, thumbnail, thumbnail_size
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,12 @@ class SearchService:
             media_type = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
             return PhotoFile(media_type, row["md5"], path=row["path"])
         size = thumbnail_size(size)
-        return PhotoFile("image/jpeg", f"{row['md5']}-{size}", data=thumbnail(self.index_dir, row["path"], row["md5"], size))
+        try:
+            data = thumbnail(self.index_dir, row["path"], row["md5"], size)
+        except ImageLoadError as exc:
+            raise NotInIndexError(f"the photo file of image {image_id} cannot be read ({exc}); run prodsearch "
+                                  "update to bring the index in line with the catalog") from None
+        return PhotoFile("image/jpeg", f"{row['md5']}-{size}", data=data)
 
     # ------------------------------------------------------------------ writes
 

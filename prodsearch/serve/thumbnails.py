@@ -47,4 +47,4 @@ def thumbnail(index_dir: Path, image_path: str, md5: str, size: int) -> bytes:
     return data
 
 
-__all__ = ["ImageLoadError", "SIZES", "THUMBNAILS", "thumbnail", "thumbnail_size"]
+__all__ = ["ImageLoadError", "SIZES", "THUMBNAILS", "thumbnail", "thumbnail_size"]  # ImageLoadError: what thumbnail() raises
