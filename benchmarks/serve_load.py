@@ -25,8 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -44,14 +44,7 @@ log = logging.getLogger("serve_load")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "grocery-store"
 sys.path.insert(0, str(ROOT / "tests"))
-from serving import server  # noqa: E402  (the tests' way of starting a server on a free port)
-
-
-def multipart(photo: bytes, boundary: str | None = None) -> tuple[bytes, str]:
-    boundary = boundary or uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+from serving import multipart, server  # noqa: E402  (the tests' way of starting a server and posting photos)
 
 
 class Client(threading.Thread):
@@ -88,20 +81,33 @@ class Client(threading.Thread):
         conn.close()
 
 
-def load(port: int, bodies: list, clients: int, seconds: float, limit: int) -> dict:
+def run_clients(port: int, bodies: list, clients: int, seconds: float, limit: int,
+                tick: Callable[[], None] | None = None) -> tuple[list[Client], float]:
+    """``clients`` clients for ``seconds`` (or ``limit`` requests each); ``tick()`` once a second
+    meanwhile. Returns the finished clients and the wall time."""
     start = time.perf_counter()
     threads = [Client(port, bodies, 997 * c, start + seconds, limit) for c in range(clients)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    while any(t.is_alive() for t in threads):
+        time.sleep(1 if tick else 0.05)
+        if tick:
+            tick()
+    return threads, time.perf_counter() - start
+
+
+def summary(threads: list[Client], wall: float) -> dict:
+    """Requests, errors, rate and latency percentiles of finished clients."""
     latencies = sorted(x for t in threads for x in t.latencies)
     q = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [float("nan")] * 3
-    return {"clients": clients, "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
+    return {"clients": len(threads), "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
             "req/s": len(latencies) / wall, "p50 ms": q[0], "p95 ms": q[1], "p99 ms": q[2],
             "first error": next((t.errors[0] for t in threads if t.errors), ""),
-            "inconsistent": sum(inconsistent(t.answers) for t in threads)}
+            "generation went back": sum(inconsistent(t.answers) for t in threads)}
+
+
+def load(port: int, bodies: list, clients: int, seconds: float, limit: int) -> dict:
+    return summary(*run_clients(port, bodies, clients, seconds, limit))
 
 
 def inconsistent(answers: list[tuple[int, dict]]) -> int:
@@ -140,7 +146,7 @@ def wrk_load(port: int, photos: list[bytes], clients: int, seconds: float, work:
     if not body_dir.is_dir():
         body_dir.mkdir(parents=True)
         for i, photo in enumerate(photos):
-            (body_dir / f"{i}.bin").write_bytes(multipart(photo, BOUNDARY)[0])
+            (body_dir / f"{i}.bin").write_bytes(multipart([photo], BOUNDARY)[0])
     (work / "wrk.lua").write_text(WRK_SCRIPT)
     env = {"BODIES": str(len(photos)), "BODY_DIR": str(body_dir),
            "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}", "PATH": "/usr/bin:/bin"}
@@ -213,23 +219,20 @@ def soak(index_dir: Path, port: int, pid: int, bodies: list, photo: Path, minute
 
     subprocess.run([*prodsearch_command(), "remove", "--sku", "soak-sku", "--index", str(index_dir)],
                    capture_output=True)  # left by an earlier soak, or not there (then it fails: fine)
-    mixed = [multipart(photo.read_bytes()) if i % 8 == 0 else b for i, b in enumerate(bodies)]
+    mixed = [multipart([photo.read_bytes()]) if i % 8 == 0 else b for i, b in enumerate(bodies)]
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     # RSS counts from a steady state: the server's threads and buffers at this concurrency, and the
     # first swaps of a new generation (two views live at once for a moment), which take it up a step.
     load(port, mixed, 8, 60.0, 10**9)
     rss_start, rss = rss_mb(pid), []
-    start = time.perf_counter()
-    threads = [Client(port, mixed, 997 * c, start + 60 * minutes, 10**9) for c in range(8)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        time.sleep(1)
+
+    def tick():
         rss.append(rss_mb(pid))
         if len(rss) % 60 == 0:
             log.warning("soak: %d s, RSS %.1f MB, %d generations written", len(rss), rss[-1], len(present))
-    wall = time.perf_counter() - start
+
+    threads, wall = run_clients(port, mixed, 8, 60 * minutes, 10**9, tick)
     stop.set()
     thread.join()
     rss_end = rss_mb(pid)
@@ -240,16 +243,11 @@ def soak(index_dir: Path, port: int, pid: int, bodies: list, photo: Path, minute
         holds = present.get(a["generation"], False) if a["generation"] != before else False
         listed = "soak-sku" in [m["sku"] for m in a["matches"]]
         wrong += (a["match"] == "soak-sku") != holds if own_photo else (listed and not holds)
-    latencies = sorted(x for t in threads for x in t.latencies)
-    return {"minutes": minutes, "requests": len(latencies), "errors": sum(len(t.errors) for t in threads),
-            "req/s": len(latencies) / wall, "p50 ms": 1000 * statistics.median(latencies),
-            "p99 ms": 1000 * float(np.percentile(latencies, 99)),
+    return {"minutes": minutes, **summary(threads, wall),
             "generations written": len(present), "failed writes": sum(w.startswith("failed") for w in writes),
             "answers with soak-sku in/out as their generation says": f"{len(answers) - wrong}/{len(answers)}",
-            "generation went back": sum(inconsistent(t.answers) for t in threads),
             "RSS start MB": rss_start, "RSS max MB": max(rss, default=rss_end), "RSS end MB": rss_end,
             "RSS growth %": 100 * (rss_end / rss_start - 1),
-            "first error": next((t.errors[0] for t in threads if t.errors), ""),
             "first failed write": next((w for w in writes if w.startswith("failed")), "")}
 
 
@@ -317,7 +315,7 @@ def main() -> None:
     test_photos = [it.path for it in read_listing(manifests.test).items]
     photos = test_photos[::max(1, len(test_photos) // 400)][:400]
     photo_bytes = [p.read_bytes() for p in photos]
-    bodies = [multipart(b) for b in photo_bytes]
+    bodies = [multipart([b]) for b in photo_bytes]
     rate, query_p50, encoder = in_process(index_dir, photos, 100)
     print(f"in process ({encoder}): embed_files {rate:.1f} photos/s; warm ProductIndex.query p50 {query_p50:.1f} ms\n",
           flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import uuid
 import subprocess
 import sys
 import time
@@ -58,3 +59,11 @@ def server(index_dir: Path, log_path: Path, *args: str) -> Iterator[tuple[subpro
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def multipart(photos: list[bytes], boundary: str | None = None) -> tuple[bytes, str]:
+    """A ``POST /v1/search`` body holding ``photos`` in the field ``image``, and its content type."""
+    boundary = boundary or uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.jpg\"\r\n"
+                    f"Content-Type: image/jpeg\r\n\r\n".encode() + p + b"\r\n" for i, p in enumerate(photos))
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

@@ -11,12 +11,11 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 
 import pytest
 
 from conftest import product_image, snapshot
-from serving import server
+from serving import multipart, server
 
 PRODSEARCH = [sys.executable, "-m", "prodsearch"]
 
@@ -32,13 +31,6 @@ def test_serve_refuses_a_missing_index_and_a_weak_token(tmp_path, built_index):
     token.write_text("short\n")
     weak = run("serve", "--index", str(built_index["index"]), "--token-file", str(token))
     assert weak.returncode == 1 and "16 characters" in weak.stderr
-
-
-def multipart(photos: list[bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{i}.jpg\"\r\n"
-                    f"Content-Type: image/jpeg\r\n\r\n".encode() + p + b"\r\n" for i, p in enumerate(photos))
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.mark.slow

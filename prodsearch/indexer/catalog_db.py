@@ -166,6 +166,15 @@ class CatalogDB:
         if self.db.conn.in_transaction:
             self.db.conn.rollback()
 
+    @contextmanager
+    def snapshot(self) -> Iterator["CatalogDB"]:
+        """:meth:`begin_snapshot` and :meth:`end_snapshot` around a block: its reads see one generation."""
+        self.begin_snapshot()
+        try:
+            yield self
+        finally:
+            self.end_snapshot()
+
     def state(self) -> State:
         meta = dict(self.db.execute("select key, value from meta").fetchall())
         return State(meta["generation"], meta["snapshot"], meta["next_id"])

@@ -157,11 +157,8 @@ class ProductIndex:
         returns. A writer may replace the snapshot file between reading the catalog and the file;
         then the read starts again."""
         for _ in range(MAX_OPEN_ATTEMPTS):
-            db.begin_snapshot()
-            try:
+            with db.snapshot():
                 view = self._read_view(db)
-            finally:
-                db.end_snapshot()
             if view is not None:
                 return view
         raise IndexDirError(f"{self.index_dir} has no readable vector snapshot; rebuild it with: "

@@ -77,6 +77,7 @@ def read_vector_index(path: str | os.PathLike) -> faiss.Index:
 
 def set_search_threads(threads: int) -> None:
     """FAISS's OpenMP threads in this process. A server answering one photo at a time wants 1: a
-    single query gains nothing from more, and OpenMP threads spin while they wait, taking cores the
-    embedder needs (a 100k IVF index answered at p50 8 ms beside a busy core, 0.14 ms on a quiet one)."""
+    single query gains nothing from more (100k IVF vectors, 2 cores: p50 0.98 ms with 1 thread, 1.02
+    with 2; beside a running embedder 1.26 and 1.19: ``benchmarks/serve_load.py --threads-check``),
+    and the other cores are left to the model."""
     faiss.omp_set_num_threads(max(1, int(threads)))

@@ -26,7 +26,7 @@ from prodsearch import __version__
 from prodsearch.indexer.results import Match
 from prodsearch.serve import http_errors
 from prodsearch.serve.middleware import LimitBody, RecordMetrics
-from prodsearch.serve.photos import MAX_PHOTOS, check_size, from_base64
+from prodsearch.serve.photos import MAX_PHOTOS, from_base64
 from prodsearch.serve.schemas import (CategoriesOut, ErrorOut, IndexOut, MatchOut, ProductOut, ProductsOut,
                                       SearchJSON, SearchOut, SearchParams, StatusOut, WriteOut)
 from prodsearch.serve.service import SearchService, category_tree
@@ -134,7 +134,7 @@ def create_app(service: SearchService) -> FastAPI:
         """Add photos (multipart `image`, 1 to 8) to a product; a new product takes the optional form
         fields `name` and `category`. Photos are stored in the index folder, named by their MD5."""
         form = await _form(request)
-        photos = await _read_files(form.getlist("image"), settings.max_upload_bytes)
+        photos = await _read_files(form.getlist("image"))
         name, category = (_text(form.get(k)) for k in ("name", "category"))
         written = await run_in_threadpool(service.add_photos, _checked_sku(sku), photos, name, category)
         return WriteOut(**vars(written))
@@ -206,7 +206,7 @@ async def _search_request(request: Request, limit: int) -> tuple[list[bytes], Se
             raise HTTPException(422, "send the photos as multipart/form-data (field 'image') or as JSON "
                                      "{\"images_base64\": [...]}")
         form = await _form(request)
-        photos = await _read_files(form.getlist("image"), limit)
+        photos = await _read_files(form.getlist("image"))
         fields = {k: _text(form.get(k)) or request.query_params.get(k) for k in ("top_k", "category")}
         return photos, SearchParams.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -224,18 +224,13 @@ async def _form(request: Request):
         raise HTTPException(422, f"the form cannot be read: {exc.detail}") from None
 
 
-async def _read_files(files: list, limit: int) -> list[bytes]:
+async def _read_files(files: list) -> list[bytes]:
     files = [f for f in files if isinstance(f, UploadFile)]
     if not files:
         raise HTTPException(422, "no photo: send 1 to 8 files in the field 'image'")
     if len(files) > MAX_PHOTOS:
         raise HTTPException(422, f"{len(files)} photos: send at most {MAX_PHOTOS} photos of one product")
-    photos = []
-    for i, f in enumerate(files, 1):
-        data = await f.read()
-        check_size(data, limit, f"photo {i}")
-        photos.append(data)
-    return photos
+    return [await f.read() for f in files]  # sizes are checked with the decoding, for every caller
 
 
 def _text(value) -> str | None:

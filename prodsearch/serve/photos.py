@@ -66,13 +66,16 @@ class PhotoDecoder:
     """Decodes and preprocesses the photos of a request; several photos decode in parallel on a
     small thread pool (PIL and numpy release the GIL)."""
 
-    def __init__(self, data_config: dict, threads: int):
-        self._decode = Decoder(data_config)
+    def __init__(self, data_config: dict, threads: int, max_bytes: int):
+        self._decode, self.max_bytes = Decoder(data_config), max_bytes
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="prodsearch-decode")
 
     def inputs(self, photos: list[bytes]) -> np.ndarray:
-        """The model inputs of ``photos``, ``(n, 3, H, W)``; the first bad photo is refused with why.
-        One photo is decoded in the calling thread: a hand-off to the pool would only add latency."""
+        """The model inputs of ``photos``, ``(n, 3, H, W)``; the first photo over ``max_bytes`` or
+        that does not decode is refused with why. One photo is decoded in the calling thread: a
+        hand-off to the pool would only add latency."""
+        for i, data in enumerate(photos, 1):
+            check_size(data, self.max_bytes, f"photo {i}")
         decode = lambda data: self._decode(io.BytesIO(data))  # noqa: E731
         decoded = [decode(photos[0])] if len(photos) == 1 else list(self._pool.map(decode, photos))
         for i, (array, _, reason) in enumerate(decoded, 1):

@@ -30,7 +30,7 @@ from prodsearch.retrieval.runtime import describe
 from prodsearch.serve import uploads
 from prodsearch.serve.batcher import DirectEmbedding, Embedding, MicroBatcher
 from prodsearch.serve.metrics import Metrics
-from prodsearch.serve.photos import PhotoDecoder, check_size, extension
+from prodsearch.serve.photos import PhotoDecoder, extension
 from prodsearch.serve.thumbnails import ImageLoadError, thumbnail, thumbnail_size
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class SearchService:
         threads = settings.model_threads or (None if self.batching else 1)
         if threads and hasattr(encoder, "with_threads"):
             encoder = self.index.encoder = encoder.with_threads(threads)
-        self.decoder = PhotoDecoder(encoder.config.data_config, settings.decode_threads)
+        self.decoder = PhotoDecoder(encoder.config.data_config, settings.decode_threads, settings.max_upload_bytes)
         self.embedding: Embedding = (
             MicroBatcher(encoder, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms,
                          observe=self.metrics.batch.observe)
@@ -158,8 +158,6 @@ class SearchService:
 
     def search(self, photos: list[bytes], top_k: int = 5, category: str | None = None) -> Searched:
         """Rank SKUs for photos of one product (several are fused as ``query --as-one`` does)."""
-        for i, data in enumerate(photos, 1):
-            check_size(data, self.settings.max_upload_bytes, f"photo {i}")
         with self.embedding.expecting():
             t0 = time.perf_counter()
             inputs = self.decoder.inputs(photos)
@@ -176,12 +174,8 @@ class SearchService:
     def _reading(self) -> Iterator[CatalogDB]:
         """This thread's catalog connection, reading one generation throughout."""
         db = self.index.catalog
-        with db.guarded():
-            db.begin_snapshot()
-            try:
-                yield db
-            finally:
-                db.end_snapshot()
+        with db.guarded(), db.snapshot():
+            yield db
 
     def summary(self) -> dict:
         encoder, manifest = self.index.encoder, self.index.manifest
@@ -236,9 +230,7 @@ class SearchService:
                    category: str | None = None) -> Written:
         """Add photos to a product (a new one takes ``name`` and ``category``; a known one keeps its
         own). All photos are checked before anything is stored; each is kept in ``uploads/``."""
-        for i, data in enumerate(photos, 1):
-            check_size(data, self.settings.max_upload_bytes, f"photo {i}")
-        self.decoder.inputs(photos)  # every photo decodes, or nothing is stored
+        self.decoder.inputs(photos)  # every photo is small enough and decodes, or nothing is stored
         extensions = [extension(data) for data in photos]
         with self._write_lock:
             paths = [uploads.store(self.index_dir, data, ext) for data, ext in zip(photos, extensions)]
