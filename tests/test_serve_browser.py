@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from conftest import product_image, snapshot, write_csv, write_folder_catalog
-from serving import server
+from browsers import headless_chromium, require_chromium
+from serving import get, server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT = 60  # seconds for the page to show an answer (the first search warms the model)
 
 # sku, name, category: two top-level categories, one SKU with a space and a '#' (URL-encoding).
@@ -37,12 +37,6 @@ PRODUCTS = [("apple-granny", "Granny Smith apple", "Fruit/Apple"),
             ("orange-juice", "Orange juice", "Packages/Juice")]
 QUERY_SKU = "apple-granny"  # the query photo is a snapshot of product 0
 
-
-def require_chromium():
-    """CI installs the browser: a missing one fails the test rather than skipping it."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(f"the browser test needs {' and '.join(missing)}: apt-get install -y chromium chromium-driver")
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +67,8 @@ def site(tmp_path_factory, embedder):
 
 @pytest.fixture(scope="module")
 def browser():
-    require_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800",
-                "--disable-gpu", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(1100, 800) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def set_viewport(driver, width: int, height: int):
@@ -225,25 +205,34 @@ def test_several_photos_and_the_error_state(site, browser):
     assert results(browser) == []
 
 
+def serving(site, generation: int) -> None:
+    """Wait until the server answers from ``generation`` (it refreshes every second)."""
+    deadline = time.monotonic() + WAIT
+    while json.loads(get(f"{site['base']}/v1/index")[1])["serving_generation"] < generation:
+        assert time.monotonic() < deadline, f"the server did not load generation {generation}"
+        time.sleep(0.2)
+
+
 def test_not_in_catalog_and_unreachable_server(site, browser):
-    """The page's own states for answers this index does not give: ``match`` null, and no server."""
+    """A photo the index's "not in catalog" rule rejects (a rule stored while the server runs), and
+    no server at all."""
     from selenium.webdriver.common.by import By
 
+    from prodsearch.indexer.lifecycle import set_rejection
+    from prodsearch.indexer.rejection import RejectRule
+
     open_search_page(browser, site)
-    js(browser, """const realFetch = window.fetch;
-        window.fetch = async (url, options) => {
-          const response = await realFetch(url, options);
-          if (!String(url).startsWith('/v1/search') || !response.ok) return response;
-          const data = await response.json();
-          data.match = null;  // what the server says of a photo of no catalog product
-          return new Response(JSON.stringify(data), {status: 200, headers: {'Content-Type': 'application/json'}});
-        };""")
-    search_photos(browser, site["root"] / "query.jpg")
-    assert browser.find_element(By.ID, "not-found").is_displayed()
-    assert "does not match any product" in browser.find_element(By.ID, "not-found").text
-    assert browser.find_element(By.ID, "results-heading").text == "Closest products"
-    shown = results(browser)
-    assert shown[0]["sku"] == QUERY_SKU and not any(r["best"] for r in shown)
+    serving(site, set_rejection(site["root"] / "idx", RejectRule("score", 0.99)))
+    try:
+        search_photos(browser, site["root"] / "query.jpg")
+        notice = browser.find_element(By.ID, "not-found")
+        assert notice.is_displayed() and "below this shop's threshold of 0.990" in notice.text, notice.text
+        assert "Granny Smith apple" in notice.text  # the closest product, by name
+        assert browser.find_element(By.ID, "results-heading").text == "Closest products"
+        shown = results(browser)
+        assert shown[0]["sku"] == QUERY_SKU and not any(r["best"] for r in shown)
+    finally:
+        serving(site, set_rejection(site["root"] / "idx", None))
 
     js(browser, "window.fetch = () => Promise.reject(new TypeError('Failed to fetch'));")
     search_photos(browser, site["root"] / "query.jpg")

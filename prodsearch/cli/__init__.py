@@ -1,6 +1,6 @@
 """The ``prodsearch`` command line: a thin click layer over the Python API."""
 
-from prodsearch.cli import commands, demo, export, importer, lifecycle, serve, stats, train  # noqa: F401  (registers the commands)
+from prodsearch.cli import calibrate, commands, demo, export, importer, lifecycle, serve, stats, train  # noqa: F401  (registers the commands)
 from prodsearch.cli.app import cli
 
 

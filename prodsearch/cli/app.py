@@ -176,3 +176,19 @@ def search_options(command):
                         help="IVF indexes: inverted lists searched [default: 16].")(command)
 wait_option = click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
                            help="Seconds to wait for another process writing to the index.")
+
+
+def rejection_options(command):
+    """--threshold and --no-reject: how answers use the index's "not in catalog" rule."""
+    command = click.option("--no-reject", is_flag=True,
+                           help="Always name the nearest SKU: ignore the index's \"not in catalog\" rule.")(command)
+    return click.option("--threshold", type=float, default=None,
+                        help="Answer \"not in catalog\" below this value of the index's rule instead of the "
+                             "calibrated threshold (an uncalibrated index: of the top-1 similarity).")(command)
+
+
+def rejection_choice(threshold: float | None, no_reject: bool) -> float | str | None:
+    """What answers take for ``rejection``: None (off), a threshold, or the stored rule."""
+    if no_reject and threshold is not None:
+        raise click.UsageError("--threshold and --no-reject contradict each other; give one")
+    return None if no_reject else threshold if threshold is not None else "stored"

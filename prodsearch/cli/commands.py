@@ -9,7 +9,8 @@ import click
 
 from prodsearch.choices import DEFAULT_MODEL, MODELS
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
-                                quiet_option, runtime_options, search_options, wait_option, workers_option)
+                                quiet_option, rejection_choice, rejection_options, runtime_options, search_options,
+                                wait_option, workers_option)
 from prodsearch.cli.reports import build_report_dict, eval_report_dict
 from prodsearch.errors import ProdsearchError
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from prodsearch.eval.evaluate import EvalReport
     from prodsearch.indexer.build import BuildReport
     from prodsearch.indexer.product_index import FusedResult, Match, ProductIndex, QueryResult
+    from prodsearch.indexer.rejection import Decision
 
 MAX_LISTED = 20
 
@@ -88,16 +90,20 @@ def format_build_report(report: BuildReport) -> str:
 @click.option("--category", metavar="PREFIX",
               help="Only products in this subtree of the category tree (e.g. Dairy or Dairy/Milk).")
 @click.option("--as-one", is_flag=True, help="The photos show one product: fuse them into one answer.")
+@rejection_options
 @query_model_option
 @runtime_options
 @json_option
 @search_options
-def query(photos, index_dir, top_k, category, as_one, model, runtime, device, precision, as_json, nprobe, ef_search):
+def query(photos, index_dir, top_k, category, as_one, threshold, no_reject, model, runtime, device, precision, as_json,
+          nprobe, ef_search):
     """Rank the catalog SKUs that PHOTO shows, best first.
 
     --category restricts the search itself to a subtree, so it lists the best products there
     even when other categories hold closer ones. --as-one answers several photos of the same
     product together: a SKU scores the mean, over the photos, of its best image's similarity.
+    In an index calibrated by 'prodsearch calibrate', a photo whose best SKU falls short of the
+    rule is answered "not in catalog" (JSON: "match": null), its candidates still listed.
 
     \b
     Example:
@@ -105,19 +111,20 @@ def query(photos, index_dir, top_k, category, as_one, model, runtime, device, pr
         prodsearch query snapshot.jpg --index shop/idx --category Dairy/Milk
         prodsearch query front.jpg back.jpg --index shop/idx --as-one
     """
+    rejection = rejection_choice(threshold, no_reject)
     unusable = {p: reason for p in photos if (reason := photo_problem(p))}
     if len(unusable) == len(photos):  # nothing to answer: say so before loading the model
         raise unanswered(unusable, len(photos))
     product_index = open_index(index_dir, model, runtime, device, precision, nprobe, ef_search)
     if as_one:
-        fused = product_index.query_as_one(list(photos), top_k=top_k, category=category)
+        fused = product_index.query_as_one(list(photos), top_k=top_k, category=category, rejection=rejection)
         if as_json:
             echo_json(fused.to_dict())
         else:
             click.echo(format_fused_result(fused))
         failed = fused.errors
     else:
-        results = product_index.query(list(photos), top_k=top_k, category=category)
+        results = product_index.query(list(photos), top_k=top_k, category=category, rejection=rejection)
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:
@@ -160,14 +167,24 @@ def search_params(nprobe: int | None, ef_search: int | None) -> dict[str, int]:
 def format_query_result(result: QueryResult) -> str:
     if result.error:
         return f"{result.path}: {result.error}"
-    return "\n".join([result.path] + format_matches(result.matches))
+    return "\n".join([result.path] + format_verdict(result.matches, result.decision) + format_matches(result.matches))
 
 
 def format_fused_result(result: FusedResult) -> str:
     used = len(result.paths) - len(result.errors)
     lines = [f"{used} photos as one product: {', '.join(p for p in result.paths if p not in result.errors)}"]
     lines += [f"  left out {path}: {reason}" for path, reason in result.errors.items()]
-    return "\n".join(lines + format_matches(result.matches))
+    return "\n".join(lines + format_verdict(result.matches, result.decision) + format_matches(result.matches))
+
+
+def format_verdict(matches: list[Match], decision: Decision | None) -> list[str]:
+    """The rule's answer above the ranked list: the SKU, or "not in catalog" with why."""
+    if decision is None or not matches:
+        return []
+    if decision.accepted:
+        return [f"  -> {matches[0].sku}  ({decision.rule} {decision.value:.3f} >= {decision.threshold:.3f})"]
+    return [f"  -> not in catalog  ({decision.rule} {decision.value:.3f} < {decision.threshold:.3f}; "
+            f"nearest: {matches[0].sku})"]
 
 
 def format_matches(matches: list[Match]) -> list[str]:
@@ -179,6 +196,13 @@ def format_matches(matches: list[Match]) -> list[str]:
 @cli.command(name="eval")
 @click.argument("queries", type=click.Path())
 @index_option
+@click.option("--unknown", type=click.Path(), default=None,
+              help="Photos of products the catalog does not hold (same formats as QUERIES): scores how well "
+                   "they are told apart (AUROC, DIR@FAR, OpenAUC, false accepts).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write an HTML report (REPORT/index.html, opens from disk): confusions, worst "
+                   "queries, score histograms.")
+@rejection_options
 @query_model_option
 @batch_option
 @runtime_options
@@ -186,8 +210,8 @@ def format_matches(matches: list[Match]) -> list[str]:
 @quiet_option
 @json_option
 @search_options
-def eval_(queries, index_dir, model, batch_size, runtime, device, precision, workers, quiet, as_json, nprobe,
-          ef_search):
+def eval_(queries, index_dir, unknown, report_dir, threshold, no_reject, model, batch_size, runtime, device, precision,
+          workers, quiet, as_json, nprobe, ef_search):
     """Measure top-1 / top-5 SKU accuracy of labelled photos in QUERIES.
 
     QUERIES has the catalog formats: a folder per SKU, or a CSV with header image,sku; the folder
@@ -195,20 +219,33 @@ def eval_(queries, index_dir, model, batch_size, runtime, device, precision, wor
     reported at each level of the category tree (the wrong SKU in the right category counts
     there) and per category, worst first. A CSV with a product column groups several photos of one
     product: each group is also answered as one (see query --as-one) and scored per product.
+    With the index's "not in catalog" rule (prodsearch calibrate) or --unknown photos, it also
+    reports rejection (JSON: open_set; keys in the README).
 
     \b
     Example:
         prodsearch eval shop/snapshots/ --index shop/idx --json
+        prodsearch eval shop/snapshots/ --index shop/idx --unknown other-products/ --report report/
     """
     from prodsearch.eval.evaluate import evaluate
 
+    rejection = rejection_choice(threshold, no_reject)
     product_index = open_index(index_dir, model, runtime, device, precision, nprobe, ef_search)
     with Progress("Evaluating", quiet) as progress:
-        report = evaluate(queries, product_index, batch_size=batch_size, num_workers=workers, progress=progress)
+        report = evaluate(queries, product_index, unknown=unknown, rejection=rejection, batch_size=batch_size,
+                          num_workers=workers, progress=progress)
+    written = None
+    if report_dir is not None:
+        from prodsearch.eval.html_report import write_report
+
+        written = write_report(report, report_dir)
     if as_json:
-        echo_json(eval_report_dict(report), indent=None)  # one line, as eval has always printed it
+        echo_json({**eval_report_dict(report), "report": None if written is None else str(written)},
+                  indent=None)  # one line, as eval has always printed it
     else:
         click.echo(format_eval_report(report))
+        if written is not None:
+            click.echo(f"report: {written}")
 
 
 WORST_CATEGORIES = 10  # categories listed by eval; --json has them all
@@ -228,7 +265,27 @@ def format_eval_report(report: EvalReport) -> str:
         lines.append(f"top-1 per category, worst first ({len(shown)} of {len(report.categories)}):")
         width = max(len(c.category) for c in shown)
         lines += [f"  {c.category:<{width}}  {c.top1:.4f}  (n={c.n})" for c in shown]
+    lines += format_open_set(report)
     lines.append(f"skipped: {len(report.skipped)}")
     lines += [f"  {s.path}: {s.reason}" for s in report.skipped[:MAX_LISTED]]
     lines.append(f"speed: {report.images_per_second:.1f} images/s")
     return "\n".join(lines)
+
+
+def format_open_set(report: EvalReport) -> list[str]:
+    o = report.open_set
+    if o is None:
+        return []
+    lines = []
+    if o.at_threshold is not None:
+        t = o.at_threshold
+        lines.append(f"not in catalog: {o.rule} >= {o.threshold:.4g} accepts; known photos right and accepted "
+                     f"{t.known_accuracy:.4f}, rejected {t.known_rejected:.4f}"
+                     + (f"; unknown photos accepted {t.false_accept_rate:.4f} (n={o.unknown})"
+                        if t.false_accept_rate is not None else ""))
+    else:
+        lines.append("not in catalog: no rule (uncalibrated index, or --no-reject); metrics of the top-1 score")
+    if o.scores is not None:
+        dirs = "  ".join(f"DIR@FAR={float(far):.0%} {v:.4f}" for far, v in o.scores.dir_at_far.items())
+        lines.append(f"open set ({o.rule or 'score'}): AUROC {o.scores.auroc:.4f}  {dirs}  OpenAUC {o.scores.open_auc:.4f}")
+    return lines

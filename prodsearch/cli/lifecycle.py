@@ -173,6 +173,20 @@ def info(index_dir, as_json):
                               f"rebuild it with: prodsearch index CATALOG --index {index_dir}")
 
 
+def format_rejection(rule: dict | None) -> str:
+    """The stored "not in catalog" rule, with what calibration measured."""
+    if rule is None:
+        return ("none: every photo is answered with its nearest SKU (prodsearch calibrate QUERIES --index DIR "
+                "sets a rule)")
+    c = rule.get("calibration") or {}
+    line = f"{rule['rule']} >= {rule['threshold']:.4f}"
+    if c:
+        line += (f" (calibrated at generation {c.get('generation')} on {c.get('photos')} photos of {c.get('skus')} "
+                 f"SKUs: {c.get('false_accept_rate', 0):.1%} of unknown products accepted, "
+                 f"{c.get('known_accuracy', 0):.1%} of known photos right)")
+    return line
+
+
 def format_info(info: IndexInfo) -> str:
     lines = [
         f"index:      {info.index_dir}",
@@ -186,6 +200,7 @@ def format_info(info: IndexInfo) -> str:
         f"held by readers)",
         f"stored:     {human_size(round(info.stored_bytes_per_image))} per image "
         f"({info.stored_dtype or 'no vectors'} in catalog.db)",
+        f"rejection:  {format_rejection(info.rejection)}",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
         f"consistent: {'yes' if info.consistent else 'NO'}",

@@ -10,7 +10,10 @@ from typing import Sequence
 
 from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
 from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
+from prodsearch.eval.open_set import OpenSetScores, Rates, open_set_scores, rates_at
 from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.rejection import RULES, STORED, Decision, RejectRule, Rejection, rule_values, top_two
+from prodsearch.indexer.results import Match
 from prodsearch.catalog.listing import Item, Skipped, read_listing
 from prodsearch.retrieval.embedding import FileEmbeddings, FilesDone
 
@@ -25,6 +28,16 @@ class QueryOutcome:
     score: float  # similarity of the first SKU
     truth_category: str | None = None  # the query's own, else its SKU's in the catalog
     predicted_category: str | None = None  # the first SKU's
+    matches: list[Match] = field(default_factory=list)  # the ranked SKUs' details, best first
+    decision: Decision | None = None  # the "not in catalog" rule's, when one was applied
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.ranked) and self.ranked[0] == self.truth
+
+    def value(self, rule: str) -> float:
+        """The rejection rule's value of this answer (higher: surer it is a catalog product)."""
+        return float(rule_values(rule, *top_two([m.score for m in self.matches])))
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,26 @@ class ProductAccuracy:
 
 
 @dataclass
+class OpenSetReport:
+    """Rejection of products that are not in the catalog: what the applied rule does to the known
+    photos (and the unknown ones, when given), and the threshold-free metrics of every rule."""
+
+    rule: str | None  # applied; None: no rule (then the metrics are those of ``score``)
+    threshold: float | None
+    known: int
+    unknown: int
+    at_threshold: Rates | None  # None without a rule
+    scores: OpenSetScores | None  # of the applied rule (``score`` without one); None without unknown photos
+    by_rule: dict[str, OpenSetScores] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "threshold": self.threshold, "known": self.known, "unknown": self.unknown,
+                "at_threshold": self.at_threshold.to_dict() if self.at_threshold else None,
+                **(self.scores.to_dict() if self.scores else {"auroc": None, "dir_at_far": None, "open_auc": None}),
+                "by_rule": {rule: s.to_dict() for rule, s in self.by_rule.items()}}
+
+
+@dataclass
 class EvalReport:
     n: int
     top1: float
@@ -52,10 +85,13 @@ class EvalReport:
     levels: list[LevelAccuracy] = field(default_factory=list)  # top-1 at each level of the category tree
     categories: list[CategoryAccuracy] = field(default_factory=list)  # per true category, worst first
     products: ProductAccuracy | None = None  # when the queries name their product
+    open_set: OpenSetReport | None = None  # with a rejection rule or unknown photos
+    unknown_outcomes: list[QueryOutcome] = field(default_factory=list)  # photos of products not in the catalog
 
     @property
     def images_per_second(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else 0.0
+        """Photos embedded per second, the unknown ones included (one pass embeds both)."""
+        return (self.n + len(self.unknown_outcomes)) / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +105,7 @@ class EvalReport:
             "levels": [lv.to_dict() for lv in self.levels],
             "categories": [c.to_dict() for c in self.categories],
             "products": self.products.to_dict() if self.products else None,
+            "open_set": self.open_set.to_dict() if self.open_set else None,
         }
 
 
@@ -76,31 +113,43 @@ def evaluate(
     queries: str | os.PathLike,
     index: ProductIndex,
     *,
+    unknown: str | os.PathLike | None = None,
+    rejection: Rejection = STORED,
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: FilesDone | None = None,
 ) -> EvalReport:
-    """Embed every labelled query photo with the index's encoder, rank SKUs, and score top-1 / top-5."""
+    """Embed every labelled query photo with the index's encoder, rank SKUs, and score top-1 / top-5;
+    with the "not in catalog" rule (``rejection``, the stored one by default) and photos of
+    products the catalog does not hold (``unknown``), score rejection too."""
     listing = read_listing(queries)
     items = listing.items
-    embedded = index.embed([it.path for it in items], batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
-    report = score_embedded(items, embedded, index)
+    rule = index.rule(rejection)
+    others = read_listing(unknown) if unknown is not None else None
+    paths = [it.path for it in items] + ([it.path for it in others.items] if others else [])
+    embedded = index.embed(paths, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    known, strangers = embedded.split(len(items))
+    report = score_embedded(items, known, index, rule)
     report.skipped[:0] = listing.skipped
+    if others is not None:
+        report.unknown_outcomes = answer_unknown(others.items, strangers, index, rule)
+        report.skipped += others.skipped + [Skipped(str(others.items[p].path), r) for p, r in sorted(strangers.failures.items())]
+    if rule is not None or others is not None:
+        report.open_set = open_set_report(report.outcomes, report.unknown_outcomes, rule)
     return report
 
 
-def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex) -> EvalReport:
+def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex,
+                   rule: RejectRule | None = None) -> EvalReport:
     """Score already-embedded query photos against ``index`` (one embedding pass can serve several
-    indexes built with the same model)."""
+    indexes built with the same model); ``rule`` decides on each answer."""
     matches = index.search(embedded.vectors, top_k=5)
     catalog = index.products({items[p].sku for p in embedded.positions.tolist()})
     outcomes = []
     for p, row in zip(embedded.positions.tolist(), matches):
         item = items[p]
         truth_category = item.category or (catalog[item.sku].category if item.sku in catalog else None)
-        outcomes.append(QueryOutcome(str(item.path), item.sku, [m.sku for m in row], row[0].score if row else 0.0,
-                                     truth_category, row[0].category if row else None))
+        outcomes.append(outcome(item, row, rule, truth_category))
     skipped = [Skipped(str(items[p].path), r) for p, r in sorted(embedded.failures.items())]
     known = set(index.skus)
     unknown = sum(o.truth not in known for o in outcomes)
@@ -120,6 +169,42 @@ def score_embedded(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
         categories=per_category_accuracy(truth_categories, hits_at_k(ranked, truth, 1)),
         products=score_products(items, embedded, index),
     )
+
+
+def outcome(item: Item, row: list[Match], rule: RejectRule | None, truth_category: str | None = None) -> QueryOutcome:
+    return QueryOutcome(str(item.path), item.sku, [m.sku for m in row], row[0].score if row else 0.0,
+                        truth_category, row[0].category if row else None, row,
+                        rule.decide([m.score for m in row]) if rule is not None and row else None)
+
+
+def answer_unknown(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex,
+                   rule: RejectRule | None) -> list[QueryOutcome]:
+    """Answers to photos of products the catalog does not hold; one whose label is a SKU of the
+    index is a mistake in the set, and counted all the same (with a warning)."""
+    rows = index.search(embedded.vectors, top_k=5)
+    outcomes = [outcome(items[p], row, rule, items[p].category) for p, row in zip(embedded.positions.tolist(), rows)]
+    held = set(index.skus)
+    clash = sorted({o.truth for o in outcomes if o.truth in held})
+    if clash:
+        log.warning("%d SKUs of the unknown photos are in the index (%s); they count as unknown all the same",
+                    len(clash), ", ".join(clash[:5]))
+    return outcomes
+
+
+def open_set_report(known: Sequence[QueryOutcome], unknown: Sequence[QueryOutcome],
+                    rule: RejectRule | None) -> OpenSetReport:
+    correct = [o.correct for o in known]
+    by_rule = {}
+    if unknown:
+        by_rule = {r: open_set_scores([o.value(r) for o in known], correct, [o.value(r) for o in unknown])
+                   for r in RULES}
+    applied = rule.rule if rule is not None else "score"
+    at = None
+    if rule is not None:
+        at = rates_at(rule.threshold, [o.value(rule.rule) for o in known], correct,
+                      [o.value(rule.rule) for o in unknown])
+    return OpenSetReport(rule.rule if rule else None, rule.threshold if rule else None, len(known), len(unknown), at,
+                         by_rule.get(applied), by_rule)
 
 
 def score_products(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex) -> ProductAccuracy | None:

@@ -17,6 +17,7 @@ holds both.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import urllib.parse
@@ -151,6 +152,7 @@ class CatalogDB:
         db["changes"].create({"generation": int, "image_id": int, "op": str})
         db["changes"].create_index(["generation"])
         db["meta"].create({"key": str, "value": int}, pk="key")
+        db["settings"].create({"key": str, "value": str}, pk="key")
         db["meta"].insert_all([{"key": k, "value": v} for k, v in
                                (("schema", SCHEMA_VERSION), ("generation", 0), ("snapshot", 0), ("next_id", 0))])
 
@@ -178,6 +180,14 @@ class CatalogDB:
     def state(self) -> State:
         meta = dict(self.db.execute("select key, value from meta").fetchall())
         return State(meta["generation"], meta["snapshot"], meta["next_id"])
+
+    def setting(self, key: str) -> dict | None:
+        """A setting stored with the catalog (``rejection``: the calibrated rule), ``None`` if unset;
+        catalogs written before settings existed have none."""
+        if not self.db["settings"].exists():
+            return None
+        row = self.db.execute("select value from settings where key = ?", [key]).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def products(self, skus: Iterable[str]) -> dict[str, Product]:
         rows = self._run_in("select sku, name, category from products where sku in ({})", set(skus))
@@ -372,6 +382,14 @@ class CatalogDB:
             "select sku from products where sku not in (select distinct sku from images)").fetchall()]
         self._run_in("delete from products where sku in ({})", set(orphans))
         return orphans
+
+    def set_setting(self, key: str, value: dict | None) -> None:
+        """Store (or with ``None`` delete) a setting, creating the table in catalogs older than it."""
+        self.db["settings"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        if value is None:
+            self.db.execute("delete from settings where key = ?", [key])
+        else:
+            self.db["settings"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
 
     def set_generation(self, generation: int) -> None:
         self._set("generation", generation)

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB, Product
+from prodsearch.indexer.rejection import RejectRule
 from prodsearch.indexer.results import Match
 from prodsearch.indexer.search_backend import VectorSearch
 
@@ -72,6 +73,7 @@ class IndexView:
     names: PackedStrings  # each SKU's
     category_codes: np.ndarray  # each SKU's index into ``categories``; -1: the SKU has no product row
     categories: list[str | None]
+    rejection: RejectRule | None = None  # the calibrated "not in catalog" rule of this generation
 
     def __len__(self) -> int:
         return self.vectors.ntotal

@@ -13,6 +13,7 @@ from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import read_manifest
+from prodsearch.indexer.rejection import REJECTION_SETTING
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vectors import vector_ids
 from prodsearch.retrieval.onnx_files import stored_models
@@ -41,6 +42,7 @@ class IndexInfo:
     stored_dtype: str = ""  # of those blobs: float16; float32 in older indexes; "float16+float32" in both
     onnx_models: dict[str, str] = field(default_factory=dict)  # model-*.onnx file -> "ok" or why it is not used
     runtime: str = ""  # what --runtime/--precision auto run queries on, on this machine
+    rejection: dict | None = None  # the calibrated "not in catalog" rule (RejectRule.to_dict()); None: none
 
     @property
     def size_bytes(self) -> int:
@@ -99,6 +101,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         if check:
             problems.append(f"SQLite integrity check: {check}")
         pending = db.pending_changes()
+        rejection = db.setting(REJECTION_SETTING)
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
@@ -108,4 +111,4 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
-                     onnx_models, auto_runtime(onnx_models))
+                     onnx_models, auto_runtime(onnx_models), rejection)

@@ -17,6 +17,7 @@ from typing import Iterable
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.models import encoder_for
+from prodsearch.indexer.rejection import REJECTION_SETTING, RejectRule
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.retrieval.embedding import FilesDone
@@ -206,3 +207,10 @@ def remove_from_index(
         commit = writer.commit(remove=ids)
     return ChangeReport(index_dir, removed=len(ids), removed_skus=commit.removed_skus,
                         generation=commit.generation, seconds=time.perf_counter() - start)
+
+
+def set_rejection(index_dir: str | os.PathLike, rule: RejectRule | None, *, wait: float = 0.0) -> int:
+    """Store the "not in catalog" rule in the index (``None`` removes it) as a new generation, so
+    that running servers pick it up on their next refresh; returns that generation."""
+    with IndexWriter(index_dir, "calibrate", wait=wait) as writer:
+        return writer.commit(settings={REJECTION_SETTING: None if rule is None else rule.to_dict()}).generation

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.index_types import set_search_params
 from prodsearch.indexer.index_view import IndexView, read_images, read_products
 from prodsearch.indexer.search_backend import VectorSearch
+from prodsearch.indexer.rejection import REJECTION_SETTING, STORED, Decision, RejectRule, Rejection, resolve
 from prodsearch.indexer.results import Answer, FusedResult, Match, QueryResult  # noqa: F401  (the answers' types live here too)
 from prodsearch.indexer.placement import place_for_search, resolve_search_device
 from prodsearch.retrieval.embedding import FileEmbeddings, embed_files
@@ -126,6 +127,15 @@ class ProductIndex:
     def __len__(self) -> int:
         return len(self._view)
 
+    @property
+    def rejection(self) -> RejectRule | None:
+        """The current generation's calibrated "not in catalog" rule (``None``: uncalibrated)."""
+        return self._view.rejection
+
+    def rule(self, rejection: Rejection = STORED) -> RejectRule | None:
+        """The rule answers apply for ``rejection`` (see :func:`~prodsearch.indexer.rejection.resolve`)."""
+        return resolve(rejection, self._view.rejection)
+
     def refresh(self) -> bool:
         """Load the newest generation if writers committed since the current one was loaded; calls
         already running finish on the one they started with. Returns whether it changed."""
@@ -178,7 +188,9 @@ class ProductIndex:
                                   resolve_search_device(self._search_device), self._search_backend)
         ids, codes, paths, skus = read_images(db)
         names, category_codes, categories = read_products(db, skus)
-        return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories)
+        stored = db.setting(REJECTION_SETTING)
+        return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories,
+                         RejectRule.from_dict(stored) if stored else None)
 
     # ------------------------------------------------------------------ connections
 
@@ -210,11 +222,19 @@ class ProductIndex:
 
     # ------------------------------------------------------------------ answers
 
-    def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None) -> list[list[Match]]:
+    def search(self, queries: np.ndarray, top_k: int = 5, category: str | None = None, *,
+               without_skus: Collection[str] = ()) -> list[list[Match]]:
         """Rank SKUs for each query embedding (rows of ``queries``); with ``category`` only the
-        products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete."""
+        products in that subtree of the category tree (``Fruit`` or ``Fruit/Apple``) compete, and
+        never those of ``without_skus`` (calibration plays them as products the shop does not sell)."""
         view = self._current()
-        return view.answer(queries, top_k, self._category_ids(view, category))
+        among = self._category_ids(view, category)
+        if without_skus:
+            without = set(without_skus)
+            left_out = [code for code, sku in enumerate(view.skus) if sku in without]
+            kept = view.image_ids[~np.isin(view.image_sku_codes, left_out)]
+            among = kept if among is None else np.intersect1d(among, kept)
+        return view.answer(queries, top_k, among)
 
     def search_as_one(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> list[Match]:
         """Rank SKUs for several photos of one product (rows of ``photos``) by fusing their evidence.
@@ -229,15 +249,20 @@ class ProductIndex:
         view = self._current()
         return self._fused(view, photos, top_k, category, self._category_ids(view, category)).matches
 
-    def identify(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> Answer:
+    def identify(self, photos: np.ndarray, top_k: int = 5, category: str | None = None,
+                 rejection: Rejection = STORED) -> Answer:
         """Which SKU are these photos of (rows of ``photos``, one product)? Ranked SKUs with the
-        generation that answered: one photo is ranked as :meth:`search` does, several are fused as
-        :meth:`search_as_one` does."""
+        generation that answered and, under a "not in catalog" rule (``rejection``, the stored one
+        by default), whether the first is accepted: one photo is ranked as :meth:`search` does,
+        several are fused as :meth:`search_as_one` does."""
         view = self._current()
         among = self._category_ids(view, category)
+        rule = resolve(rejection, view.rejection)
         if len(photos) == 1:
-            return Answer(view.generation, view.answer(photos, top_k, among)[0])
-        return self._fused(view, photos, top_k, category, among)
+            matches, decision = decided(view.answer(photos, wanted(top_k, rule), among)[0], top_k, rule)
+            return Answer(view.generation, matches, decision)
+        fused = self._fused(view, photos, wanted(top_k, rule), category, among)
+        return Answer(fused.generation, *decided(fused.matches, top_k, rule))
 
     def _fused(self, view: IndexView, photos: np.ndarray, top_k: int, category: str | None,
                among: np.ndarray | None) -> Answer:
@@ -291,28 +316,45 @@ class ProductIndex:
         return embed_files(self.encoder, paths, **kwargs)
 
     def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
-              **embed_kwargs) -> list[QueryResult]:
-        """Embed photos and rank SKUs for each (within ``category`` if given); unreadable photos
-        get an ``error`` instead of matches."""
+              rejection: Rejection = STORED, **embed_kwargs) -> list[QueryResult]:
+        """Embed photos and rank SKUs for each (within ``category`` if given), each accepted or
+        rejected by the "not in catalog" rule (``rejection``: see :meth:`identify`); unreadable
+        photos get an ``error`` instead of matches."""
         view = self._current()
         among = self._category_ids(view, category)  # an unknown category fails before any embedding
+        rule = resolve(rejection, view.rejection)
         embedded = self.embed(paths, **embed_kwargs)
-        ranked = dict(zip(embedded.positions.tolist(), view.answer(embedded.vectors, top_k, among)))
-        return [
-            QueryResult(str(p), ranked.get(i, []), embedded.failures.get(i))
-            for i, p in enumerate(paths)
-        ]
+        ranked = dict(zip(embedded.positions.tolist(), view.answer(embedded.vectors, wanted(top_k, rule), among)))
+        results = []
+        for i, p in enumerate(paths):
+            matches, decision = decided(ranked[i], top_k, rule) if i in ranked else ([], None)
+            results.append(QueryResult(str(p), matches, embedded.failures.get(i), decision))
+        return results
 
     def query_as_one(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
-                     **embed_kwargs) -> "FusedResult":
+                     rejection: Rejection = STORED, **embed_kwargs) -> "FusedResult":
         """Embed several photos of one product and rank SKUs by their fused evidence
-        (:meth:`search_as_one`); unreadable photos are left out and reported."""
+        (:meth:`search_as_one`), accepted or rejected as :meth:`query` does; unreadable photos are
+        left out and reported."""
         view = self._current()
         among = self._category_ids(view, category)
+        rule = resolve(rejection, view.rejection)
         embedded = self.embed(paths, **embed_kwargs)
         errors = {str(paths[i]): reason for i, reason in embedded.failures.items()}
-        return FusedResult([str(p) for p in paths], self._fused(view, embedded.vectors, top_k, category, among).matches,
-                           errors)
+        fused = self._fused(view, embedded.vectors, wanted(top_k, rule), category, among).matches
+        matches, decision = decided(fused, top_k, rule)
+        return FusedResult([str(p) for p in paths], matches, errors, decision)
+
+
+def wanted(top_k: int, rule: RejectRule | None) -> int:
+    """SKUs to rank: a rule reads the second SKU even when one is asked for."""
+    return max(top_k, 2) if rule is not None else top_k
+
+
+def decided(matches: list[Match], top_k: int, rule: RejectRule | None) -> tuple[list[Match], Decision | None]:
+    """The first ``top_k`` matches and the rule's decision on them (``None`` without a rule)."""
+    decision = rule.decide([m.score for m in matches]) if rule is not None and matches else None
+    return matches[:top_k], decision
 
 
 def open_index(index_dir: str | os.PathLike, **kwargs) -> ProductIndex:

@@ -72,11 +72,12 @@ class IndexWriter:
 
     def commit(self, *, products: Iterable[dict] = (), images: list[dict] | None = None,
                vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,
-               rebuild_as: str | None = None) -> Commit:
+               rebuild_as: str | None = None, settings: dict[str, dict | None] | None = None) -> Commit:
         """Apply removals, product upserts, new images and moved files' paths atomically, as the next
         generation; write a FAISS snapshot if the change log has grown long, or after a removal from
         an index type that cannot delete in place. ``rebuild_as``: write the snapshot as a fresh
-        index of that factory string, trained on the vectors now stored."""
+        index of that factory string, trained on the vectors now stored. ``settings``: stored with
+        the catalog (``None`` deletes one), in the same generation, so readers see them with it."""
         db = self.db
         crash_point("before-commit")
         with db.transaction():
@@ -91,6 +92,8 @@ class IndexWriter:
             if moved:
                 db.update_paths(moved)
             orphans = db.remove_orphan_products()
+            for key, value in (settings or {}).items():
+                db.set_setting(key, value)
             db.set_generation(generation)
             crash_point("inside-commit")
         crash_point("after-commit")

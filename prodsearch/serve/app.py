@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from prodsearch import __version__
+from prodsearch.indexer.rejection import STORED
 from prodsearch.indexer.results import Match
 from prodsearch.serve import http_errors
 from prodsearch.serve.middleware import LimitBody, RecordMetrics
@@ -83,12 +84,14 @@ def create_app(service: SearchService) -> FastAPI:
         parameters."""
         start = time.perf_counter()
         photos, params = await _search_request(request, settings.max_upload_bytes)
-        searched = await run_in_threadpool(service.search, photos, params.top_k, params.category)
+        rejection = None if not params.reject else params.threshold if params.threshold is not None else STORED
+        searched = await run_in_threadpool(service.search, photos, params.top_k, params.category, rejection)
         timings = {**searched.timings_ms, "total": 1000 * (time.perf_counter() - start)}
         service.metrics.observe_stages(timings)
-        matches = [_match(m) for m in searched.answer.matches]
-        return SearchOut(matches=matches, match=matches[0].sku if matches else None,
-                         generation=searched.answer.generation, photos=len(photos), timings_ms=timings)
+        answer = searched.answer
+        return SearchOut(matches=[_match(m) for m in answer.matches], match=answer.match.sku if answer.match else None,
+                         decision=answer.decision.to_dict() if answer.decision else None,
+                         generation=answer.generation, photos=len(photos), timings_ms=timings)
 
     # ------------------------------------------------------------------ catalog
 
@@ -207,7 +210,7 @@ async def _search_request(request: Request, limit: int) -> tuple[list[bytes], Se
                                      "{\"images_base64\": [...]}")
         form = await _form(request)
         photos = await _read_files(form.getlist("image"))
-        fields = {k: _text(form.get(k)) or request.query_params.get(k) for k in ("top_k", "category")}
+        fields = {k: _text(form.get(k)) or request.query_params.get(k) for k in SearchParams.model_fields}
         return photos, SearchParams.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         raise HTTPException(422, http_errors.validation_message(exc.errors())) from None

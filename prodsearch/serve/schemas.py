@@ -14,6 +14,9 @@ TopK = Annotated[int, Field(ge=1, le=100, description="How many SKUs to rank")]
 class SearchParams(BaseModel):
     top_k: TopK = 5
     category: Optional[str] = Field(None, description="Only products in this category subtree (`Fruit`, `Fruit/Apple`)")
+    threshold: Optional[float] = Field(None, description="Reject below this value of the index's \"not in catalog\" "
+                                                         "rule instead of the calibrated threshold")
+    reject: bool = Field(True, description="false: always name the nearest SKU (ignore the rule)")
 
 
 class SearchJSON(SearchParams):
@@ -37,9 +40,18 @@ class Timings(BaseModel):
     total: float
 
 
+class DecisionOut(BaseModel):
+    accepted: bool
+    rule: str = Field(description="score, margin or ratio (README: \"Not in our catalog\")")
+    value: float = Field(description="The rule's value for this answer; accepted when >= threshold")
+    threshold: float
+
+
 class SearchOut(BaseModel):
     matches: list[MatchOut]
     match: Optional[str] = Field(description="The accepted SKU, or null: not one the catalog holds")
+    decision: Optional[DecisionOut] = Field(description="How the \"not in catalog\" rule decided; null when the "
+                                                        "index has no rule (or reject=false)")
     generation: int = Field(description="The catalog generation that answered")
     photos: int
     timings_ms: Timings

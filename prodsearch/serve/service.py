@@ -24,6 +24,7 @@ from prodsearch.catalog.listing import Item, Listing
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.lifecycle import NotInIndexError, add_to_index, remove_from_index
 from prodsearch.indexer.product_index import ProductIndex
+from prodsearch.indexer.rejection import STORED, Rejection
 from prodsearch.indexer.results import Answer
 from prodsearch.indexer.vectors import set_search_threads
 from prodsearch.retrieval.runtime import describe
@@ -156,15 +157,17 @@ class SearchService:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, photos: list[bytes], top_k: int = 5, category: str | None = None) -> Searched:
-        """Rank SKUs for photos of one product (several are fused as ``query --as-one`` does)."""
+    def search(self, photos: list[bytes], top_k: int = 5, category: str | None = None,
+               rejection: Rejection = STORED) -> Searched:
+        """Rank SKUs for photos of one product (several are fused as ``query --as-one`` does), the
+        first accepted or rejected by the "not in catalog" rule (the index's, by default)."""
         with self.embedding.expecting():
             t0 = time.perf_counter()
             inputs = self.decoder.inputs(photos)
             t1 = time.perf_counter()
             vectors = self.embedding.embed(inputs)
             t2 = time.perf_counter()
-        answer = self.index.identify(vectors, top_k, category)
+        answer = self.index.identify(vectors, top_k, category, rejection)
         t3 = time.perf_counter()
         return Searched(answer, {"decode": 1000 * (t1 - t0), "embed": 1000 * (t2 - t1), "search": 1000 * (t3 - t2)})
 

@@ -65,6 +65,11 @@ function renderResults(data) {
   const matches = Array.isArray(data.matches) ? data.matches : [];
   const bestSku = data.match;
   $("not-found").hidden = bestSku !== null && bestSku !== undefined;
+  const d = data.decision;
+  $("not-found-detail").textContent = d && !d.accepted && matches.length
+    ? `The closest product, ${matches[0].name || matches[0].sku}, scores ${d.rule} ${d.value.toFixed(3)}, ` +
+      `below this shop's threshold of ${d.threshold.toFixed(3)}. The closest products are listed below.`
+    : "The photo does not match any product confidently. The closest products are listed below.";
   const heading = $("results-heading");
   heading.hidden = false;
   if (matches.length === 0) heading.textContent = "No products found";
