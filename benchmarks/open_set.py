@@ -11,10 +11,10 @@ OpenAUC on all test photos, and what the rule's threshold, set on val for the as
 rate, does on test, for two calibrations: the even-id SKUs left out in folds ("left out"), and
 that plus the val photos of half the odd-id SKUs as products the shop does not sell ("+ others");
 the false-accept rates at a threshold count the other half's test photos only. "*": the rule
-calibrate picks. Models: ImageNet zero-shot, heads only (frozen backbone)
-and fine-tuned (CPU preset at 224), both trained on the even-id SKUs' train + iconic photos only.
+calibrate picks. Models: ImageNet zero-shot, heads only (frozen backbone) and fine-tuned (CPU
+preset at 224), both trained on the even-id SKUs' train + iconic photos only.
 
-    python benchmarks/open_set.py                      # trains what it needs (about 15 min on 2 cores)
+    python benchmarks/open_set.py                      # trains what it needs (about 25 min on 2 cores)
     python benchmarks/open_set.py --train-out DIR      # reuse train_grocery_store.py's runs in DIR
     python benchmarks/open_set.py --model "GPU preset (448)=runs/gpu/model.pt"   # one more row: a model
                                                        # trained elsewhere on the same even-id SKUs
