@@ -74,7 +74,7 @@ def _perspective_coeffs(dst: np.ndarray, src: np.ndarray) -> list[float]:
     return np.linalg.solve(np.array(rows, float), np.array(rhs, float)).tolist()
 
 
-def _warp_product(prod: Image.Image, rng: np.random.Generator) -> Image.Image:
+def warp(prod: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Perspective tilt (corners jittered) and in-plane rotation (clipped to +-25 deg) in one resampling."""
     w, h = prod.size
     src = np.array([(0, 0), (w, 0), (w, h), (0, h)], float)
@@ -132,9 +132,15 @@ def _lighting_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 def render_snapshot(spec: ProductSpec, rng: np.random.Generator, size: int = 256) -> Image.Image:
     """A customer's phone photo of ``spec``: scaled, tilted and rotated on clutter, often partly
     occluded, relit, blurred and noisy - hard, yet recognisable."""
+    return snapshot_of(_product_rgba(spec, size), rng, size)
+
+
+def snapshot_of(product: Image.Image, rng: np.random.Generator, size: int = 256) -> Image.Image:
+    """A customer's phone photo of a cut-out product (RGBA, transparent around it): the same
+    scene as :func:`render_snapshot`, for any product image (training augmentation of real ones)."""
     img = _clutter_background(rng, size)
-    prod = _product_rgba(spec, size)
-    prod = _warp_product(_scaled(prod, rng.uniform(0.65, 0.92) * size / max(prod.size)), rng)
+    prod = product
+    prod = warp(_scaled(prod, rng.uniform(0.65, 0.92) * size / max(prod.size)), rng)
     if max(prod.size) > size:
         prod = _scaled(prod, size / max(prod.size))
     pw, ph = prod.size
