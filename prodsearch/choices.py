@@ -30,3 +30,4 @@ RUNTIME_CHOICES = ("auto", "onnx", "torch")
 
 CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
 METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
+AUGMENTATIONS = ("standard", "customer")  # train --augment (prodsearch.retrieval.augment)

@@ -50,6 +50,12 @@ class TrainConfig:
     finetune_lr_scale: float = setting(0.1, "Finetune stages run at the base learning rates times this.")
     frozen_stages: int = setting(0, "Do not train the stem and the first N backbone stages (cheaper on CPU).")
     freeze_backbone: bool = setting(False, "Cache backbone features once, train only the heads.")
+    augment: str = setting("standard", "Training augmentation: standard (random crop, flip, colour jitter) or "
+                                       "customer (each photo rendered as a customer's phone photo: shelf, tilt, "
+                                       "hand or price tag, blur, low resolution, JPEG).")
+    hflip: bool = setting(True, "Random horizontal flips (mirrored text never appears on a real package).")
+    views: int = setting(1, "With --freeze-backbone: augmented views of each photo whose features are cached "
+                            "beside the photo's own (1: the photo only); each draw picks one.")
     freeze_bn: bool = setting(True, "Keep the backbone's BatchNorm statistics (small batches).")
     amp: str = setting("auto", "CUDA mixed precision: auto (bf16 where supported, else fp16) or off.")
     seed: int = setting(0, "Seed of sampling, augmentation and initialisation.")

@@ -100,6 +100,43 @@ def test_freeze_backbone_trains_only_the_heads(shop, tmp_path):
     assert result.history[-1].loss < result.history[0].loss
 
 
+def test_cached_views_of_customer_photos(shop, tmp_path):
+    """Heads only with augmented views: each photo's features cached as itself + 2 customer-photo
+    views, an epoch draws every view once, and the same seed gives the same model."""
+    config = tiny_config(shop, tmp_path / "a", epochs=2, freeze_backbone=True, augment="customer", views=3,
+                         hflip=False)
+    trainer = Trainer(config, None)
+    features = trainer.features["train"]
+    assert features.shape[:2] == (len(trainer.data), 3)
+    assert not torch.equal(features[:, 0], features[:, 1]) and not torch.equal(features[:, 1], features[:, 2])
+    drawn = [x for x, _ in trainer.loader(np.arange(len(trainer.data)), seed=0)]
+    assert sum(len(x) for x in drawn) >= len(trainer.data) * 3 - config.batch_size  # all views, one epoch
+    first = train(config)
+    assert first.history[0].images >= len(trainer.data) * 3 - config.batch_size
+    again = load_checkpoint(train(tiny_config(shop, tmp_path / "b", epochs=2, freeze_backbone=True,
+                                              augment="customer", views=3, hflip=False)).model_path)
+    assert all(torch.equal(v, again["state_dict"][k]) for k, v in load_checkpoint(first.model_path)["state_dict"].items())
+
+
+def test_customer_augmentation_trains_the_whole_network(shop, tmp_path):
+    result = train(tiny_config(shop, tmp_path / "run", epochs=1, augment="customer", hflip=False))
+    assert result.history and math.isfinite(result.history[0].loss)
+    with pytest.raises(TrainingError, match="--views"):
+        train(tiny_config(shop, tmp_path / "views", views=2))
+
+
+def test_standard_augmentation_without_flips():
+    from PIL import Image
+
+    from prodsearch.retrieval.train_data import photo_augmentation
+
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in photo_augmentation(72, flip=False).transforms)
+    assert any(type(t).__name__ == "RandomHorizontalFlip" for t in photo_augmentation(72).transforms)
+    assert photo_augmentation(72, "customer")(Image.new("RGB", (40, 50), "white")).size == (72, 72)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        photo_augmentation(72, "fancy")
+
+
 class Interrupt(Exception):
     pass
 

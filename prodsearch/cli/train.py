@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prodsearch.choices import CLASSIFICATION_LOSSES, DEVICE_CHOICES, METRIC_LOSSES
+from prodsearch.choices import AUGMENTATIONS, CLASSIFICATION_LOSSES, DEVICE_CHOICES, METRIC_LOSSES
 from prodsearch.cli.app import cli, echo_json, json_option, quiet_option, shows_progress
 from prodsearch.cli.reports import train_result_dict
 from prodsearch.train_config import TrainConfig
@@ -56,7 +56,7 @@ SETTINGS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def setting_option(*decls: str, **kwargs: Any):
     """The option for the :class:`TrainConfig` field of the same name, with that field's default and
     help: the defaults are defined once, in the config a run saves, not restated here."""
-    spec = SETTINGS[decls[0].lstrip("-").replace("-", "_")]
+    spec = SETTINGS[decls[0].split("/")[0].lstrip("-").replace("-", "_")]  # "--hflip/--no-hflip": hflip
     if spec.default is not dataclasses.MISSING:
         default = spec.default
         kwargs["default"] = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -88,6 +88,9 @@ def setting_option(*decls: str, **kwargs: Any):
 @setting_option("--accuracy-epochs", type=click.IntRange(min=0))
 @setting_option("--frozen-stages", type=click.IntRange(min=0, max=7))
 @setting_option("--freeze-backbone", is_flag=True)
+@setting_option("--augment", type=click.Choice(AUGMENTATIONS))
+@setting_option("--hflip/--no-hflip")
+@setting_option("--views", type=click.IntRange(min=1))
 @setting_option("--seed", type=int)
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue the run saved in this last.pt (its own settings are used).")

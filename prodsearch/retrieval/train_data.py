@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from prodsearch.retrieval.augment import CustomerPhoto
 from prodsearch.retrieval.images import ImageLoadError, load_image
 
 # Below this many files, starting worker processes costs more than it saves.
@@ -48,17 +49,42 @@ class LabelledSet:
         return len(self.paths)
 
 
-def train_transform(img_size: int, resize: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
-    """Resize, random crop (512 -> 448 in the paper's high-resolution setting, 256 -> 224 as the
-    baseline), and the standard ImageNet flip and colour jitter."""
-    return transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomCrop(img_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+def train_transform(img_size: int, resize: int, mean: Sequence[float], std: Sequence[float],
+                    augment: str = "standard", flip: bool = True) -> transforms.Compose:
+    """Augment (:func:`photo_augmentation`) with a random crop (512 -> 448 in the paper's
+    high-resolution setting, 256 -> 224 as the baseline), then normalise."""
+    return transforms.Compose([*photo_augmentation(resize, augment, flip, crop=img_size).transforms,
+                               transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def photo_augmentation(size: int, augment: str = "standard", flip: bool = True,
+                       crop: int | None = None) -> transforms.Compose:
+    """PIL in, PIL out: ``standard`` resizes the short side to ``size``, then crops at random
+    (``crop``), flips and jitters the colours, as for ImageNet; ``customer`` renders a customer's
+    phone photo of it (:class:`CustomerPhoto`, ``size`` square), then crops."""
+    cropping = [transforms.RandomCrop(crop)] if crop else []
+    if augment == "customer":
+        return transforms.Compose([CustomerPhoto(size, flip), *cropping])
+    if augment != "standard":
+        raise ValueError(f"unknown augmentation {augment!r}; one of standard, customer")
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), *cropping,
+                               *([transforms.RandomHorizontalFlip()] if flip else []),
+                               transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
+
+
+class CachedViews(Dataset):
+    """(features of one of a photo's cached views, label): each draw picks a view at random, so the
+    same photo twice in a batch is two views of it (``features``: photos x views x dim)."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray, seed: int):
+        self.features, self.labels = features, labels
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.features[i, int(self.rng.integers(self.features.shape[1]))], int(self.labels[i])
 
 
 class AugmentedImages(Dataset):

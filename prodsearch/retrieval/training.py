@@ -14,15 +14,16 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.catalog.listing import read_listing
@@ -31,11 +32,13 @@ from prodsearch.retrieval.device import resolve_device
 from prodsearch.retrieval.embedder import Embedder
 from prodsearch.retrieval.factory import create_embedder
 from prodsearch.retrieval.embedding import embed_files
+from prodsearch.retrieval.images import load_image
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
 from prodsearch.retrieval.torch_encoder import TorchEncoder
-from prodsearch.retrieval.train_data import (MIN_FILES_FOR_WORKERS, AugmentedImages, LabelledSet, balanced_subset,
-                                             collate_labelled, decode_worker_init, train_transform)
+from prodsearch.retrieval.train_data import (MIN_FILES_FOR_WORKERS, AugmentedImages, CachedViews, LabelledSet,
+                                             balanced_subset, collate_labelled, decode_worker_init,
+                                             photo_augmentation, train_transform)
 from prodsearch.train_config import TrainConfig  # the settings live in a light module: train --help shows them
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,9 @@ class Trainer:
 
     def _check_batching(self) -> None:
         c = self.config
+        if c.views > 1 and not c.freeze_backbone:
+            raise TrainingError("--views caches augmented views for --freeze-backbone; without it every epoch "
+                                "augments the photos anew")
         if c.batch_size % c.m_per_class or c.m_per_class * len(self.data.classes) < c.batch_size:
             raise TrainingError(
                 f"--batch-size {c.batch_size} must be a multiple of --m-per-class {c.m_per_class} and at most "
@@ -158,18 +164,41 @@ class Trainer:
         return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
     def _cache_features(self) -> dict[str, torch.Tensor]:
-        """Pooled backbone features of every training (and validation) image, computed once."""
-        sets = {"train": self.data, **({"val": self.val} if self.val else {})}
-        cached = {}
-        for name, data in sets.items():
-            result = embed_files(TorchEncoder(self.embedder, self.device, pooled=True), data.paths,
-                                 num_workers=self.config.workers)
-            if result.failures:
-                raise TrainingError(f"{len(result.failures)} {name} images could not be read, e.g. "
-                                    f"{data.paths[next(iter(result.failures))]}")
-            cached[name] = torch.from_numpy(result.vectors)
-            log.info("cached %d %s features (%.1f img/s)", len(result.vectors), name, result.images_per_second)
+        """Pooled backbone features of every training (and validation) image, computed once; the
+        training photos' as photos x views x dim (view 0: the photo itself, then ``views - 1``
+        augmented ones), the validation photos' as photos x dim."""
+        cached = {"train": torch.stack([self._pooled(self.data.paths, "train")]
+                                       + [self._pooled(paths, f"view {v}") for v, paths in self._views()], dim=1)}
+        if self.val:
+            cached["val"] = self._pooled(self.val.paths, "val")
         return cached
+
+    def _pooled(self, paths: list[str], name: str) -> torch.Tensor:
+        result = embed_files(TorchEncoder(self.embedder, self.device, pooled=True), paths,
+                             num_workers=self.config.workers)
+        if result.failures:
+            raise TrainingError(f"{len(result.failures)} {name} images could not be read, e.g. "
+                                f"{paths[next(iter(result.failures))]}")
+        log.info("cached %d %s features (%.1f img/s)", len(result.vectors), name, result.images_per_second)
+        return torch.from_numpy(result.vectors)
+
+    def _views(self) -> Iterator[tuple[int, list[str]]]:
+        """Augmented views of the training photos, one set of files at a time (high-quality JPEGs in
+        a temporary folder, removed after), each set drawn from its own seed."""
+        c = self.config
+        augment = photo_augmentation(c.resize, c.augment, c.hflip)
+        with tempfile.TemporaryDirectory(prefix="prodsearch-views-") as tmp:
+            for v in range(1, c.views):
+                random.seed(c.seed * 1_000_003 + v)
+                torch.manual_seed(c.seed * 1_000_003 + v)  # torchvision's random transforms
+                paths = []
+                for i, path in enumerate(self.data.paths):
+                    out = os.path.join(tmp, f"{v}-{i}.jpg")
+                    augment(load_image(path, min_side=decode_min_side(self.embedder.data_config))).save(out, quality=95)
+                    paths.append(out)
+                yield v, paths
+                for out in paths:
+                    os.remove(out)
 
     def optimizer(self, stage: int) -> torch.optim.Optimizer:
         c = self.config
@@ -185,13 +214,14 @@ class Trainer:
     def loader(self, indices: np.ndarray, seed: int) -> DataLoader:
         c = self.config
         labels = self.data.labels[indices]
-        sampler = MPerClassSampler(labels, c.m_per_class, c.batch_size,
-                                   length_before_new_iter=max(len(indices), c.batch_size))
+        views = 1 if self.features is None else self.features["train"].shape[1]
+        sampler = MPerClassSampler(labels, c.m_per_class, c.batch_size,  # an epoch: every cached view once
+                                   length_before_new_iter=max(len(indices) * views, c.batch_size))
         if self.features is not None:
-            dataset = TensorDataset(self.features["train"][indices], torch.from_numpy(labels))
+            dataset = CachedViews(self.features["train"][indices], labels, seed)
             return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True)
         cfg = self.embedder.data_config
-        transform = train_transform(c.img_size, c.resize, cfg["mean"], cfg["std"])
+        transform = train_transform(c.img_size, c.resize, cfg["mean"], cfg["std"], c.augment, c.hflip)
         dataset = AugmentedImages(self.data.subset(indices), transform, decode_min_side(cfg))
         # Training decodes and augments in workers, as its benchmark (BENCHMARKS.md) was measured.
         default = min(4, os.cpu_count() or 1) if len(indices) >= MIN_FILES_FOR_WORKERS else 0
