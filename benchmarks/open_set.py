@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train_grocery_store import DEFAULT_DATASET, PRESETS, ROOT, run_training
+from train_grocery_store import DEFAULT_DATASET, PRESETS, ROOT, heads_config, run_training, unseen_config
 
 from prodsearch.catalog.csv_writer import write_catalog_csv
 from prodsearch.catalog.listing import read_listing
@@ -43,7 +43,6 @@ from prodsearch.indexer.build import build_index
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.rejection import RULES
 from prodsearch.retrieval.encoders import create_encoder
-from prodsearch.retrieval.training import TrainConfig
 
 log = logging.getLogger("open_set")
 COLUMNS = ["model", "rule", "closed top-1", "AUROC", "DIR@FAR=1%", "DIR@FAR=5%", "OpenAUC",
@@ -53,10 +52,8 @@ COLUMNS = ["model", "rule", "closed top-1", "AUROC", "DIR@FAR=1%", "DIR@FAR=5%",
 def trained_models(even, train_out: Path, device: str) -> list[tuple[str, str, float]]:
     """(row name, model, training minutes): zero-shot, heads only, fine-tuned, on even-id SKUs."""
     preset = PRESETS["cpu"]
-    heads = TrainConfig(train=str(even.catalog_b), val=str(even.val), out=str(train_out / "train-even-heads-224"),
-                        device=device, freeze_backbone=True, epochs=30, lr_steps=(20,), accumulate=1)
-    fine = TrainConfig(train=str(even.catalog_b), val=str(even.val), out=str(train_out / "train-even-224"),
-                       device=device, **{**preset, "balanced_epochs": 0, "accuracy_epochs": 0})  # = unseen()'s run
+    heads = heads_config(even, train_out / "train-even-heads-224", device)
+    fine = unseen_config(even, train_out / "train-even-224", preset, device)  # unseen()'s run, reused
     rows = [("ImageNet zero-shot (224)", preset["model"], 0.0)]
     for name, config in (("heads only (224)", heads), ("fine-tuned, CPU preset (224)", fine)):
         run, minutes = run_training(config)

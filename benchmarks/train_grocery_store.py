@@ -57,7 +57,8 @@ def run_training(config: TrainConfig) -> tuple[Path, float]:
     out = Path(config.out)
     done = out / "model.pt", out / "config.json", out / "history.json"
     timing = out / "train_seconds.json"
-    if all(p.is_file() for p in done) and json.loads(done[1].read_text()) == config.to_dict():
+    # Settings added since a run was saved read as their defaults (TrainConfig.from_dict), as train does.
+    if all(p.is_file() for p in done) and TrainConfig.from_dict(json.loads(done[1].read_text())) == config:
         log.info("reusing the finished training run in %s (delete it to retrain)", out)
     else:
         start = time.perf_counter()
@@ -84,12 +85,21 @@ def ablation(manifests: GroceryManifests, out: Path, preset: dict, device: str) 
     return rows
 
 
-def heads_only(manifests: GroceryManifests, out: Path, device: str) -> list[dict]:
+def heads_config(manifests: GroceryManifests, out: Path, device: str) -> TrainConfig:
     """The cheapest training: ImageNet backbone frozen, its pooled features cached once, only the
-    embedding head and ArcFace classifier trained (minutes on a CPU)."""
-    config = TrainConfig(train=str(manifests.catalog_b), val=str(manifests.val), out=str(out / "train-heads-224"),
-                         device=device, freeze_backbone=True, epochs=30, lr_steps=(20,), accumulate=1)
-    run, minutes = run_training(config)
+    embedding head and ArcFace classifier trained (minutes on a CPU), on protocol B's catalog."""
+    return TrainConfig(train=str(manifests.catalog_b), val=str(manifests.val), out=str(out), device=device,
+                       freeze_backbone=True, epochs=30, lr_steps=(20,), accumulate=1)
+
+
+def unseen_config(even: GroceryManifests, out: Path, preset: dict, device: str) -> TrainConfig:
+    """The preset's main stage on the even-id SKUs only (protocol B's catalog of them)."""
+    return TrainConfig(train=str(even.catalog_b), val=str(even.val), out=str(out), device=device,
+                       **{**preset, "balanced_epochs": 0, "accuracy_epochs": 0})
+
+
+def heads_only(manifests: GroceryManifests, out: Path, device: str) -> list[dict]:
+    run, minutes = run_training(heads_config(manifests, out / "train-heads-224", device))
     return [{"row": "heads only, frozen backbone (224)", "train min": minutes,
              **score(str(run / "model.pt"), manifests, run, device)}]
 
@@ -98,9 +108,7 @@ def unseen(dataset: Path, out: Path, preset: dict, device: str) -> list[dict]:
     """Train on even class ids, score the odd ones: products the embedder never saw."""
     even = write_grocery_store_manifests(dataset, out / "manifests", classes="even")
     odd = write_grocery_store_manifests(dataset, out / "manifests", classes="odd")
-    config = TrainConfig(train=str(even.catalog_b), val=str(even.val), out=str(out / "train-even-224"),
-                         device=device, **{**preset, "balanced_epochs": 0, "accuracy_epochs": 0})
-    run, minutes = run_training(config)
+    run, minutes = run_training(unseen_config(even, out / "train-even-224", preset, device))
     return [
         {"row": "odd SKUs, ImageNet zero-shot", "train min": 0.0, **score(preset["model"], odd, out / "odd-zero", device)},
         {"row": "odd SKUs, trained on even SKUs (224)", "train min": minutes,

@@ -188,7 +188,10 @@ def rejection_options(command):
 
 
 def rejection_choice(threshold: float | None, no_reject: bool) -> float | str | None:
-    """What answers take for ``rejection``: None (off), a threshold, or the stored rule."""
+    """What answers take for ``rejection`` (:func:`prodsearch.indexer.rejection.chosen`); called
+    inside a command, so ``--help`` does not load it."""
     if no_reject and threshold is not None:
         raise click.UsageError("--threshold and --no-reject contradict each other; give one")
-    return None if no_reject else threshold if threshold is not None else "stored"
+    from prodsearch.indexer.rejection import chosen
+
+    return chosen(threshold, reject=not no_reject)

@@ -83,9 +83,6 @@ class RejectRule:
         """The same rule at another threshold (``--threshold``), without the calibration's figures."""
         return RejectRule(self.rule, float(threshold))
 
-    def describe(self) -> str:
-        return f"{self.rule} >= {self.threshold:.4g}"
-
     def to_dict(self) -> dict:
         return {"rule": self.rule, "threshold": self.threshold, "calibration": self.calibration}
 
@@ -109,3 +106,9 @@ def resolve(rejection: Rejection, stored: RejectRule | None) -> RejectRule | Non
     if isinstance(rejection, (int, float)) and not isinstance(rejection, bool):
         return (stored or RejectRule("score", 0.0)).with_threshold(float(rejection))
     raise ValueError(f"rejection must be a RejectRule, a threshold, {STORED!r} or None, not {rejection!r}")
+
+
+def chosen(threshold: float | None = None, reject: bool = True) -> Rejection:
+    """What ``--threshold`` / ``--no-reject`` (HTTP: ``threshold``, ``reject=false``) ask answers
+    for: no rejection, the stored rule at another threshold, or the stored rule."""
+    return None if not reject else threshold if threshold is not None else STORED

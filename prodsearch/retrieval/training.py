@@ -102,7 +102,7 @@ class Trainer:
         if len(self.data.classes) < 2:
             raise TrainingError(f"{config.train} has {len(self.data.classes)} SKU; training needs at least 2")
         self.val = LabelledSet.from_items(read_listing(config.val).items, self.data.classes) if config.val else None
-        self._check_batching()
+        self._check_settings()
         self.embedder = self._create_embedder()
         self.loss = RetrievalLoss(
             create_classification_loss(config.classification_loss, len(self.data.classes), self.embedder.embed_dim),
@@ -117,7 +117,7 @@ class Trainer:
         self.best_val: float | None = None
         self.autocast, self.scaler = self._mixed_precision()
 
-    def _check_batching(self) -> None:
+    def _check_settings(self) -> None:
         c = self.config
         if c.views > 1 and not c.freeze_backbone:
             raise TrainingError("--views caches augmented views for --freeze-backbone; without it every epoch "
@@ -187,6 +187,7 @@ class Trainer:
         a temporary folder, removed after), each set drawn from its own seed."""
         c = self.config
         augment = photo_augmentation(c.resize, c.augment, c.hflip)
+        min_side = decode_min_side(self.embedder.data_config)
         with tempfile.TemporaryDirectory(prefix="prodsearch-views-") as tmp:
             for v in range(1, c.views):
                 random.seed(c.seed * 1_000_003 + v)
@@ -194,7 +195,7 @@ class Trainer:
                 paths = []
                 for i, path in enumerate(self.data.paths):
                     out = os.path.join(tmp, f"{v}-{i}.jpg")
-                    augment(load_image(path, min_side=decode_min_side(self.embedder.data_config))).save(out, quality=95)
+                    augment(load_image(path, min_side=min_side)).save(out, quality=95)
                     paths.append(out)
                 yield v, paths
                 for out in paths:

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from prodsearch import __version__
-from prodsearch.indexer.rejection import STORED
+from prodsearch.indexer.rejection import chosen
 from prodsearch.indexer.results import Match
 from prodsearch.serve import http_errors
 from prodsearch.serve.middleware import LimitBody, RecordMetrics
@@ -84,8 +84,8 @@ def create_app(service: SearchService) -> FastAPI:
         parameters."""
         start = time.perf_counter()
         photos, params = await _search_request(request, settings.max_upload_bytes)
-        rejection = None if not params.reject else params.threshold if params.threshold is not None else STORED
-        searched = await run_in_threadpool(service.search, photos, params.top_k, params.category, rejection)
+        searched = await run_in_threadpool(service.search, photos, params.top_k, params.category,
+                                           chosen(params.threshold, params.reject))
         timings = {**searched.timings_ms, "total": 1000 * (time.perf_counter() - start)}
         service.metrics.observe_stages(timings)
         answer = searched.answer

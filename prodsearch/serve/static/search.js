@@ -61,6 +61,8 @@ function renderResult(item, index, isBest) {
   return li;
 }
 
+const notFoundText = $("not-found-detail").textContent;  // the page's own words, for answers without a rule
+
 function renderResults(data) {
   const matches = Array.isArray(data.matches) ? data.matches : [];
   const bestSku = data.match;
@@ -69,7 +71,7 @@ function renderResults(data) {
   $("not-found-detail").textContent = d && !d.accepted && matches.length
     ? `The closest product, ${matches[0].name || matches[0].sku}, scores ${d.rule} ${d.value.toFixed(3)}, ` +
       `below this shop's threshold of ${d.threshold.toFixed(3)}. The closest products are listed below.`
-    : "The photo does not match any product confidently. The closest products are listed below.";
+    : notFoundText;
   const heading = $("results-heading");
   heading.hidden = false;
   if (matches.length === 0) heading.textContent = "No products found";
