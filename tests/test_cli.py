@@ -129,14 +129,36 @@ def test_device_cuda_without_gpu(runner, tmp_path, built_index, monkeypatch):
 
 
 def test_demo_small(runner, tmp_path):
-    result = run(runner, "demo", "--out", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "-q")
+    result = run(runner, "demo", "--out", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "--train-snapshots", 2,
+                 "-q")
     assert result.exit_code == 0, result.output
     assert "Generated 6 SKUs" in result.output
-    assert "Indexed 6 images of 6 SKUs" in result.output
-    assert "Customer snapshots: n=12  top-1 " in result.output
+    assert "12 customer snapshots to evaluate and 12 to train on" in result.output
+    assert f"Indexed 6 images of 6 SKUs into {tmp_path / 'demo' / 'index'}\n" in result.output
+    assert "Trained the embedding head on 18 photos" in result.output
+    assert f"Indexed 6 images of 6 SKUs into {tmp_path / 'demo' / 'index-trained'}\n" in result.output
+    lines = result.output.splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("Customer snapshots (n=12)")))
+    assert lines[table].split()[-2:] == ["ImageNet", "trained"]
+    assert [line.split()[0] for line in lines[table + 1:table + 3]] == ["top-1", "top-5"]
+    assert all(0 <= float(v) <= 1 for line in lines[table + 1:table + 3] for v in line.split()[1:])
+    example = lines.index(next(line for line in lines if line.startswith("Example query (true SKU: ")))
+    assert lines[example + 2].split() == ["ImageNet", "trained"]
+    answers = lines[example + 3:example + 8]  # rank, then each model's SKU and score
+    assert [line.split()[0] for line in answers] == ["1.", "2.", "3.", "4.", "5."]
+    assert all(len(line.split()) == 5 for line in answers)
+    assert len(ProductIndex.open(tmp_path / "demo" / "index")) == len(ProductIndex.open(
+        tmp_path / "demo" / "index-trained")) == 6
+    assert (tmp_path / "demo" / "model" / "model.pt").is_file()
+
+
+def test_demo_without_training(runner, tmp_path):
+    result = run(runner, "demo", "--out", tmp_path / "demo", "--skus", 4, "--snapshots", 1, "--no-train", "-q")
+    assert result.exit_code == 0, result.output
+    assert "Customer snapshots: n=4  top-1 " in result.output and "to train on" not in result.output
     assert "Example query (true SKU: " in result.output and "  1. " in result.output
-    index = ProductIndex.open(tmp_path / "demo" / "index")
-    assert len(index) == 6
+    assert "Trained" not in result.output and not (tmp_path / "demo" / "index-trained").exists()
+    assert not (tmp_path / "demo" / "data" / "train").exists()
 
 
 def test_query_within_a_category(runner, tmp_path):

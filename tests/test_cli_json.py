@@ -106,9 +106,9 @@ def test_out_names_what_a_command_writes():
 
 
 def test_train_defaults_are_train_configs():
-    """Given nothing but TRAIN and --out, the command builds exactly TrainConfig's defaults."""
+    """With --recipe none, the command builds exactly TrainConfig's defaults."""
     train = commands()["train"]
-    params = train.make_context("train", ["photos.csv", "--out", "run"]).params
+    params = train.make_context("train", ["photos.csv", "--out", "run", "--recipe", "none"]).params
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in params.items() if k in names}
     assert TrainConfig(train="photos.csv", **settings) == TrainConfig(train="photos.csv", out="run")
@@ -226,8 +226,8 @@ def test_train_json_is_the_run(tmp_path):
     shop = write_synthetic_dataset(tmp_path / "shop", n_skus=6, snapshots_per_sku=4, size=64)
     data = json_of("train", shop.queries_csv, "--out", tmp_path / "run", "--val", shop.catalog_csv,
                    "--freeze-backbone", "--epochs", 1, "--img-size", 64, "--resize", 72, "--embed-dim", 32,
-                   "--batch-size", 8, "--m-per-class", 2, "--device", "cpu", "--workers", 0, "-q")
-    assert data["out"] == str(tmp_path / "run")
+                   "--batch-size", 8, "--m-per-class", 2, "--device", "cpu", "--workers", 0, "-q", "--recipe", "none")
+    assert data["out"] == str(tmp_path / "run") and data["recipe"] is None
     assert data["model_path"] == str(tmp_path / "run" / "model.pt") and Path(data["model_path"]).is_file()
     assert data["best_path"] == str(tmp_path / "run" / "best.pt")
     assert data["skus"] == 6 and sorted(data["classes"]) == sorted(p.sku for p in shop.products)
@@ -241,7 +241,7 @@ def test_train_json_is_the_run(tmp_path):
 
 
 def test_demo_json(tmp_path):
-    data = json_of("demo", "--out", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "-q")
+    data = json_of("demo", "--out", tmp_path / "demo", "--skus", 6, "--snapshots", 2, "--train-snapshots", 2, "-q")
     assert data["out"] == str(tmp_path / "demo") and (data["skus"], data["evaluation"]["n"]) == (6, 12)
     assert 1 <= data["product_lines"] <= 6
     assert data["build"]["images"] == len(ProductIndex.open(tmp_path / "demo" / "index")) == 6
@@ -249,3 +249,10 @@ def test_demo_json(tmp_path):
     assert data["example"]["error"] is None and len(data["example"]["matches"]) == 5
     assert Path(data["example"]["path"]).parent.name == data["example_truth"]
     assert_durations(data, "seconds")
+    trained = data["trained"]
+    assert trained["model_path"] == str(tmp_path / "demo" / "model" / "model.pt")
+    assert trained["train_images"] == 6 * (1 + 2) and len(trained["history"]) == trained["epochs"]
+    assert trained["build"]["images"] == len(ProductIndex.open(tmp_path / "demo" / "index-trained")) == 6
+    assert trained["evaluation"]["n"] == 12 and 0 <= trained["evaluation"]["top1"] <= 1
+    assert trained["example"]["path"] == data["example"]["path"] and len(trained["example"]["matches"]) == 5
+    assert_durations(trained, "train_seconds")

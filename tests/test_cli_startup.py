@@ -56,7 +56,7 @@ def test_names_the_help_lists_are_the_libraries_own():
     from prodsearch import choices
     from prodsearch.cli.lifecycle import MASS_REMOVAL_SHARE
     from prodsearch.indexer import lifecycle
-    from prodsearch.retrieval import device, embedder, losses
+    from prodsearch.retrieval import device, embedder, losses, views
 
     assert MASS_REMOVAL_SHARE == lifecycle.MASS_REMOVAL_SHARE
     assert (embedder.MODELS, embedder.ALIASES, embedder.DEFAULT_MODEL) == (
@@ -64,3 +64,4 @@ def test_names_the_help_lists_are_the_libraries_own():
     assert (device.DEVICE_CHOICES, device.PRECISION_CHOICES) == (choices.DEVICE_CHOICES, choices.PRECISION_CHOICES)
     assert (losses.CLASSIFICATION_LOSSES, losses.METRIC_LOSSES) == (
         choices.CLASSIFICATION_LOSSES, choices.METRIC_LOSSES)
+    assert views.MAX_VIEWS == choices.MAX_VIEWS

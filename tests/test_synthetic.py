@@ -150,3 +150,22 @@ def test_write_dataset_is_byte_identical_per_seed(tmp_path):
     assert len(first) == 2 + 4 * 3
     assert written("b", seed=5) == first
     assert written("c", seed=6) != first
+
+
+def test_training_snapshots_are_their_own_split(tmp_path):
+    """Training snapshots go to train/ and train.csv (with the catalog photos), drawn from their own
+    stream: never an evaluation snapshot, and the evaluation snapshots stay the same bytes."""
+    plain = write_synthetic_dataset(tmp_path / "plain", n_skus=4, snapshots_per_sku=2, size=48, seed=5)
+    ds = write_synthetic_dataset(tmp_path / "shop", n_skus=4, snapshots_per_sku=2, size=48, seed=5,
+                                 train_snapshots_per_sku=3)
+    assert plain.train_dir is None and plain.train_csv is None and not (tmp_path / "plain" / "train").exists()
+    assert ds.train_dir == tmp_path / "shop" / "train" and ds.train_csv == tmp_path / "shop" / "train.csv"
+    queries = {p.relative_to(ds.queries_dir): p.read_bytes() for p in sorted(ds.queries_dir.glob("*/*.jpg"))}
+    assert queries == {p.relative_to(plain.queries_dir): p.read_bytes()
+                       for p in sorted(plain.queries_dir.glob("*/*.jpg"))}
+    training = {p.read_bytes() for p in ds.train_dir.glob("*/*.jpg")}
+    assert len(training) == 4 * 3 and not training & set(queries.values())
+    header, *rows = read_csv(ds.train_csv)
+    assert header == ["image", "sku", "name", "category"] and len(rows) == 4 + 4 * 3
+    assert sorted(image.split("/")[0] for image, *_ in rows) == ["catalog"] * 4 + ["train"] * 12
+    assert all(image.split("/")[1] == sku for image, sku, *_ in rows)

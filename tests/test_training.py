@@ -182,7 +182,8 @@ def test_train_cli(shop, tmp_path):
     result = CliRunner().invoke(cli, [
         "train", str(shop.queries_csv), "--out", str(tmp_path / "run"), "--val", str(shop.catalog_csv),
         "--freeze-backbone", "--epochs", "2", "--img-size", "64", "--resize", "72", "--embed-dim", "32",
-        "--batch-size", "8", "--m-per-class", "2", "--accuracy-epochs", "1", "--device", "cpu", "--silent"])
+        "--batch-size", "8", "--m-per-class", "2", "--accuracy-epochs", "1", "--device", "cpu", "--silent",
+        "--recipe", "none"])
     assert result.exit_code == 0, result.output
     assert f"Trained on 6 SKUs; model written to {tmp_path / 'run' / 'model.pt'}" in result.output
     assert "accuracy epoch   1" in result.output

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from prodsearch.choices import DEFAULT_MODEL, MODELS
+from prodsearch.choices import DEFAULT_MODEL, MAX_VIEWS, MODELS
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, rejection_choice, rejection_options, runtime_options, search_options,
                                 wait_option, workers_option)
@@ -28,19 +28,25 @@ MAX_LISTED = 20
 @click.argument("catalog", type=click.Path())
 @index_option
 @click.option("--model", default=None,
-              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), a checkpoint (.pt) from 'prodsearch train', "
-                   f"or its export (.onnx) from 'prodsearch export' [default: {DEFAULT_MODEL}; an existing index's "
-                   "own model when rebuilding it].")
+              help=f"Embedder: {', '.join(MODELS)} (or lite0-2, b0-b3), optionally @SIZE for its input size "
+                   "(lite2@448), or an ensemble of them joined by + (lite0+lite2@448); a checkpoint (.pt) from "
+                   f"'prodsearch train', or its export (.onnx) from 'prodsearch export' [default: {DEFAULT_MODEL}; "
+                   "an existing index's own model when rebuilding it].")
 @click.option("--index-type", default="auto", show_default=True,
               help="Vector index: auto (exact below 100k images, IVF below 2M, IVF-PQ with re-ranking above) "
                    "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat.")
+@click.option("--views", type=click.IntRange(min=1, max=MAX_VIEWS), default=None, metavar="N",
+              help=f"Embed every photo, catalog and query alike, as the mean of N fixed views (1 to {MAX_VIEWS}: the "
+                   "photo, its centre crop, then its corner crops): more accurate on catalogs of a few clean photos "
+                   "per product, N times slower embedding, no extra memory (one vector per photo). The index keeps "
+                   "it for its queries, add and update [default: 1; an existing index's own when rebuilding it].")
 @batch_option
 @runtime_options
 @workers_option
 @wait_option
 @quiet_option
 @json_option
-def index(catalog, index_dir, model, index_type, batch_size, runtime, device, precision, workers, wait, quiet,
+def index(catalog, index_dir, model, index_type, views, batch_size, runtime, device, precision, workers, wait, quiet,
           as_json):
     """Build an index of the catalog photos in CATALOG.
 
@@ -51,13 +57,14 @@ def index(catalog, index_dir, model, index_type, batch_size, runtime, device, pr
     Example:
         prodsearch index shop/catalog/ --index shop/idx
         prodsearch index big-catalog.csv --index big-idx --index-type IVF4096,Flat
+        prodsearch index shop/catalog/ --index shop/idx-views --views 6
     """
     from prodsearch.indexer.build import build_index
 
     with Progress("Embedding", quiet) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
                              runtime=runtime, device=device, precision=precision, num_workers=workers,
-                             progress=progress, wait=wait)
+                             progress=progress, wait=wait, views=views)
     if as_json:
         echo_json(build_report_dict(report))
     else:
@@ -78,7 +85,8 @@ def format_build_report(report: BuildReport) -> str:
     if report.shared_across_skus:
         lines.append(f"  warning: {report.shared_across_skus} images are identical files under different SKUs")
     lines += skipped_lines(report.skipped)
-    lines.append(f"  speed: {report.images_per_second:.1f} images/s "
+    views = f", {report.views} views each" if report.views > 1 else ""
+    lines.append(f"  speed: {report.images_per_second:.1f} images/s{views} "
                  f"({report.embed_seconds:.1f}s embedding, {report.seconds:.1f}s total)")
     return "\n".join(lines)
 

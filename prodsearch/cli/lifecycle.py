@@ -187,11 +187,20 @@ def format_rejection(rule: dict | None) -> str:
     return line
 
 
+def format_views(views: int) -> str:
+    """What ``index --views`` set, for people: the views and what they cost."""
+    if views == 1:
+        return "1 (each photo embedded as itself)"
+    return (f"{views} (each photo, catalog and query, embedded as the mean of itself and {views - 1} crops: "
+            f"{views}x the embedding time, one vector per photo)")
+
+
 def format_info(info: IndexInfo) -> str:
     lines = [
         f"index:      {info.index_dir}",
         f"model:      {info.model} ({info.weights}), {info.embed_dim}-d, {info.input_size} px",
         f"runtime:    {info.runtime} (what --runtime auto runs queries on, on this machine)",
+        f"views:      {format_views(info.views)}",
         "onnx:       " + (", ".join(f"{name} ({state})" for name, state in info.onnx_models.items())
                           or "none stored (exported from torch by the first command that needs it)"),
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prodsearch.catalog.importers import ImportReport
     from prodsearch.catalog.listing import Skipped
-    from prodsearch.demo import DemoReport
+    from prodsearch.demo import DemoReport, TrainedRun
     from prodsearch.eval.evaluate import EvalReport
     from prodsearch.eval.stats import CatalogStats
     from prodsearch.indexer.build import BuildReport
@@ -59,6 +59,7 @@ def build_report_dict(report: BuildReport) -> dict[str, Any]:
         "seconds": seconds(report.seconds),
         "embed_seconds": seconds(report.embed_seconds),
         "images_per_second": speed(report.images_per_second),
+        "views": report.views,
     }
 
 
@@ -133,5 +134,21 @@ def demo_report_dict(report: DemoReport, kept: str | PathLike | None) -> dict[st
         "evaluation": eval_report_dict(report.evaluation),
         "example": report.example.to_dict(),
         "example_truth": report.example_truth,
+        "trained": trained_run_dict(report.trained) if report.trained else None,
         "seconds": seconds(report.seconds),
+    }
+
+
+def trained_run_dict(run: TrainedRun) -> dict[str, Any]:
+    """The trained side of ``demo --json``: how it was trained, then ``build``, ``evaluation`` and
+    ``example`` as the ImageNet side has them."""
+    return {
+        "model_path": str(run.training.model_path),
+        "train_images": run.train_images,
+        "epochs": run.config.epochs,
+        "history": [epoch_dict(r) for r in run.training.history],
+        "train_seconds": seconds(run.train_seconds),
+        "build": build_report_dict(run.build),
+        "evaluation": eval_report_dict(run.evaluation),
+        "example": run.example.to_dict(),
     }

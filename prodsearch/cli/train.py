@@ -8,10 +8,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from prodsearch.choices import AUGMENTATIONS, CLASSIFICATION_LOSSES, DEVICE_CHOICES, METRIC_LOSSES
 from prodsearch.cli.app import cli, echo_json, json_option, quiet_option, shows_progress
 from prodsearch.cli.reports import train_result_dict
+from prodsearch.retrieval.recipes import (RECIPE_CHOICES, RECIPES, CatalogOnlyError, Recipe, catalog_only_advice,
+                                          choose_recipe, photos_per_sku)
 from prodsearch.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -92,28 +95,39 @@ def setting_option(*decls: str, **kwargs: Any):
 @setting_option("--hflip/--no-hflip")
 @setting_option("--views", type=click.IntRange(min=1))
 @setting_option("--seed", type=int)
+@click.option("--recipe", type=click.Choice(RECIPE_CHOICES), default="auto", show_default=True,
+              help="Defaults for the situation: " + "; ".join(f"{r.name}: {r.situation}" for r in RECIPES.values())
+              + "; auto picks one from the photos per SKU and the device; none: the plain defaults below. "
+              "Options given here override the recipe.")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue the run saved in this last.pt (its own settings are used).")
 @setting_option("--device", type=click.Choice(DEVICE_CHOICES))
 @setting_option("--workers", type=click.IntRange(min=0))
 @quiet_option
 @json_option
-def train(train_set, resume, quiet, as_json, **settings):
+def train(train_set, recipe, resume, quiet, as_json, **settings):
     """Train the embedder on labelled photos in TRAIN (catalog formats: folder per SKU or CSV).
 
     ArcFace (or another classification loss) plus a pair-based metric loss, Adam with weight decay,
     and the Products-10K tricks as switches: --img-size 448 --resize 512, --balanced-epochs,
-    --accuracy-epochs. Writes OUT/model.pt, which index, query and eval take as --model.
+    --accuracy-epochs. Writes OUT/model.pt, which index, query and eval take as --model. --recipe
+    (default auto) sets the defaults for what TRAIN holds: a catalog alone (a few photos per SKU)
+    is not trained on, since that makes shelf photos worse; the command says what to index instead.
 
     \b
-    Example (CPU, minutes):
-        prodsearch train shop/train.csv --val shop/val.csv --out runs/heads --freeze-backbone --epochs 30
-    Example (GPU, the paper's recipe):
-        prodsearch train shop/train.csv --out runs/p10k --img-size 448 --resize 512 --epochs 70 \\
-            --balanced-epochs 5 --accuracy-epochs 3
+    Example (the recipe for what it is given):
+        prodsearch train shop/train.csv --val shop/val.csv --out runs/shop
+    Example (CPU, minutes: heads only):
+        prodsearch train shop/train.csv --val shop/val.csv --out runs/heads --recipe none --freeze-backbone
     """
     from prodsearch.retrieval.training import train as run_training
 
+    chosen = None if resume else pick_recipe(recipe, train_set, settings["device"])
+    if chosen is not None:
+        given = click.get_current_context().get_parameter_source
+        settings |= {k: v for k, v in chosen.settings.items() if given(k) == ParameterSource.DEFAULT}
+        if not quiet and not as_json:
+            click.echo(f"Recipe {chosen.name}: {chosen.situation}", err=True)
     config = TrainConfig(train=train_set, **settings)
     start = time.perf_counter()
     progress = TrainProgress(quiet)
@@ -122,9 +136,24 @@ def train(train_set, resume, quiet, as_json, **settings):
     finally:
         progress.close()
     if as_json:
-        echo_json(train_result_dict(result, time.perf_counter() - start))
+        echo_json(train_result_dict(result, time.perf_counter() - start) | {"recipe": chosen and chosen.name})
     else:
         click.echo(format_train_result(result))
+
+
+def pick_recipe(name: str, train_set: str, device: str) -> Recipe | None:
+    """The recipe asked for, or for ``auto`` the one for this training set and device; a catalog
+    alone is refused with the command that serves it better (:class:`CatalogOnlyError`)."""
+    if name in ("none", "customer-photos", "gpu"):
+        return choose_recipe(name, 0.0, False)
+    from prodsearch.catalog.listing import read_listing
+    from prodsearch.retrieval.device import resolve_device
+
+    median = photos_per_sku(item.sku for item in read_listing(train_set).items)
+    chosen = choose_recipe(name, median, resolve_device(device).type == "cuda")
+    if chosen is not None and not chosen.trains:
+        raise CatalogOnlyError(catalog_only_advice(train_set, median))
+    return chosen
 
 
 def format_train_result(result: TrainResult) -> str:

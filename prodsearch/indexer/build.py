@@ -36,6 +36,7 @@ from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
 from prodsearch.retrieval.encoders import ModelSource, create_encoder
 from prodsearch.retrieval.runtime import Encoder
+from prodsearch.retrieval.views import check_views
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class BuildReport:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    views: int = 1  # views each photo was embedded as (the index's setting)
 
     @property
     def images_per_second(self) -> float:
@@ -69,6 +71,7 @@ def build_index(
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     wait: float = 0.0,
+    views: int | None = None,
 ) -> BuildReport:
     """Index every readable image of ``catalog`` into ``index_dir``.
 
@@ -77,11 +80,20 @@ def build_index(
     a new one is built with ``model`` (a name, a checkpoint or ONNX file, an embedder or encoder) or
     the default model. ``runtime`` ``auto`` embeds with ONNX Runtime on the CPU, torch on a GPU;
     either way the index keeps its model exported to ONNX, for queries without torch.
+
+    ``views`` (1 to ``MAX_VIEWS``; a new index's default 1) embeds every photo as the mean of that
+    many fixed views (:mod:`prodsearch.retrieval.views`): the index keeps it, and its queries and
+    additions are embedded alike. A rebuild keeps the index's own and refuses another.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
+    if views is not None:
+        check_views(views)
     check_target(index_dir)
     existing, unreadable = _existing_index(index_dir)
+    if existing is not None:
+        _check_same_views(index_dir, existing.views, views)
+    views = existing.views if existing is not None else views or 1
     # Where it cannot write, it says so before the slow work (loading the model, embedding).
     writer = IndexWriter(index_dir, "index", wait=wait) if existing is not None else None
     if existing is None:
@@ -96,7 +108,7 @@ def build_index(
         _check_same_index_type(index_dir, existing.index_factory, index_type)
     scanned = scan(listing)
     embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
-                         progress=progress)
+                         progress=progress, views=views)
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
         raise nothing_readable(catalog, len(listing.items), skipped)
@@ -107,11 +119,11 @@ def build_index(
                    else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
         _replace(writer, products, embedded, factory)
     else:
-        manifest = Manifest(encoder.config, "", str(listing.source))
+        manifest = Manifest(encoder.config, "", str(listing.source), views=views)
         create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
                          replace=unreadable, encoder=encoder)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
-                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds)
+                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
 
@@ -149,6 +161,16 @@ def _check_same_index_type(index_dir: Path, built: str, index_type: str) -> None
     if index_type not in ("auto", built):
         raise IndexTypeError(f"{index_dir} holds a {built} index and a rebuild in place keeps its type; to build "
                              f"a {index_type} index, remove the folder or choose another --index")
+
+
+def _check_same_views(index_dir: Path, built: int, views: int | None) -> None:
+    """A rebuild keeps the views its queries are embedded with: another number would change every
+    vector's meaning, which is a new index, not a rebuild."""
+    if views not in (None, built):
+        raise IndexDirError(
+            f"{index_dir} holds an index built with --views {built}; a rebuild in place keeps its views: leave out "
+            f"--views to rebuild with {built}, or remove the folder or choose another --index to build one with "
+            f"--views {views}")
 
 
 def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderConfig) -> None:
@@ -201,7 +223,7 @@ def create_index_dir(
                 db.mark_snapshot(1)
             db.close()
             write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
-                                            index_factory=factory, index_requested=index_type))
+                                            index_factory=factory, index_requested=index_type, views=manifest.views))
             if encoder is not None:
                 keep_model(staged, encoder)
             crash_point("build-staged")

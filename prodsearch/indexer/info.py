@@ -43,6 +43,7 @@ class IndexInfo:
     onnx_models: dict[str, str] = field(default_factory=dict)  # model-*.onnx file -> "ok" or why it is not used
     runtime: str = ""  # what --runtime/--precision auto run queries on, on this machine
     rejection: dict | None = None  # the calibrated "not in catalog" rule (RejectRule.to_dict()); None: none
+    views: int = 1  # views each photo, catalog and query, is embedded as
 
     @property
     def size_bytes(self) -> int:
@@ -111,4 +112,4 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
-                     onnx_models, auto_runtime(onnx_models), rejection)
+                     onnx_models, auto_runtime(onnx_models), rejection, manifest.views)

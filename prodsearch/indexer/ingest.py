@@ -117,11 +117,13 @@ def embed_new(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: FilesDone | None = None,
+    views: int = 1,
 ) -> Embedded:
-    """Embed the files of ``keys``; unreadable ones are skipped with their reason."""
+    """Embed the files of ``keys`` as ``views`` views each (the index's setting); unreadable ones are
+    skipped with their reason."""
     items = [scanned.files[k] for k in keys]
     result = embed_files(encoder, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
-                         progress=progress)
+                         progress=progress, views=views)
     images = []
     for pos, (w, h) in zip(result.positions.tolist(), result.sizes.tolist()):
         info = scanned.info[keys[pos]]

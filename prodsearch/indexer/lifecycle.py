@@ -118,7 +118,7 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
             listing = _without_case_clashes(listing, {r["sku"] for r in rows})
         scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
         new_keys = [k for k in scanned.files if k not in held]
-        embedded = embed_new(encoder, scanned, new_keys, **embed_kwargs)
+        embedded = embed_new(encoder, scanned, new_keys, views=writer.manifest.views, **embed_kwargs)
         skipped = scanned.skipped + embedded.skipped
         unchanged = len(scanned.files) - len(new_keys)
         if not unchanged and not embedded.images:

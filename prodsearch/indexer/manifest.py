@@ -38,9 +38,9 @@ class NewerFormatError(IndexDirError):
 
 @dataclass(frozen=True)
 class Manifest:
-    """What an index is, fixed when it is created: the model and its preprocessing, the vector index
-    type. What it holds (counts, generation) changes with every write and lives in the catalog
-    database; ``prodsearch info`` shows both."""
+    """What an index is, fixed when it is created: the model and its preprocessing, the views each
+    photo is embedded as, the vector index type. What it holds (counts, generation) changes with
+    every write and lives in the catalog database; ``prodsearch info`` shows both."""
 
     model: EmbedderConfig
     index_type: str  # the FAISS class, for people
@@ -49,6 +49,7 @@ class Manifest:
     created: str = ""
     index_factory: str = "auto"  # the FAISS factory string it was built as, for rebuilding it alike
     index_requested: str = ""  # what --index-type asked for ("auto" or a factory): a rebuild resizes by it
+    views: int = 1  # every photo, catalog and query, embedded as the mean of this many fixed views
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class Manifest:
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.model.to_dict(),
             "embed_dim": self.model.embed_dim,
+            "embedding": {"views": self.views},
             "vector_index": {"type": self.index_type, "factory": self.index_factory,
                              "requested": self.index_requested or self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
@@ -73,6 +75,7 @@ class Manifest:
             created=d.get("created", ""),
             index_factory=d["vector_index"].get("factory", "auto"),
             index_requested=d["vector_index"].get("requested") or d["vector_index"].get("factory", "auto"),
+            views=d.get("embedding", {}).get("views", 1),  # indexes from before views: the photo alone
         )
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prodsearch.choices import MAX_VIEWS
+
 Positive = Annotated[int, Field(gt=0)]
 Channels = tuple[float, float, float]
 
@@ -46,6 +48,12 @@ class VectorIndexSection(_Schema):
     metric: Literal["inner_product"] = "inner_product"
 
 
+class EmbeddingSection(_Schema):
+    """How photos become vectors beyond the model: ``views`` fixed views each, fused (absent before views)."""
+
+    views: Annotated[int, Field(ge=1, le=MAX_VIEWS)] = 1
+
+
 class CatalogSection(_Schema):
     source: str
 
@@ -57,6 +65,7 @@ class ManifestSchema(_Schema):
     created: str = ""
     model: ModelSection
     embed_dim: Positive
+    embedding: EmbeddingSection = Field(default_factory=EmbeddingSection)
     vector_index: VectorIndexSection
     catalog: CatalogSection
 

@@ -309,11 +309,11 @@ class ProductIndex:
         return ids
 
     def embed(self, paths: Sequence[str | os.PathLike], **kwargs) -> FileEmbeddings:
-        """:func:`~prodsearch.retrieval.embedding.embed_files` with the index's encoder (``batch_size``,
-        ``num_workers``, ``progress``)."""
+        """:func:`~prodsearch.retrieval.embedding.embed_files` with the index's encoder and views (a
+        query must be embedded as the catalog was), and ``batch_size``, ``num_workers``, ``progress``."""
         if self.encoder is None:
             raise ValueError("this ProductIndex was opened without an encoder; use ProductIndex.open")
-        return embed_files(self.encoder, paths, **kwargs)
+        return embed_files(self.encoder, paths, views=self.manifest.views, **kwargs)
 
     def query(self, paths: Sequence[str | os.PathLike], top_k: int = 5, category: str | None = None,
               rejection: Rejection = STORED, **embed_kwargs) -> list[QueryResult]:

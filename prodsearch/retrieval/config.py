@@ -11,8 +11,9 @@ from typing import Any
 class EmbedderConfig:
     """Everything that determines the vectors an embedder produces; stored in the index manifest."""
 
-    name: str  # timm architecture
-    weights: str  # "imagenet:<package>...", "random:seed=0" or "checkpoint:<digest of the weights>"
+    name: str  # timm architecture, or an ensemble's members with their sizes ("a@224+b@448")
+    weights: str  # "imagenet:<package>...", "random:seed=0" or "checkpoint:<digest of the weights>"; an
+    # ensemble's members' joined by " + "
     embed_dim: int
     data_config: dict[str, Any] = field(default_factory=dict)
     head: bool = False  # a trained projection + BatchNorm embedding head follows the pooling
@@ -44,3 +45,18 @@ class EmbedderConfig:
 def _jsonable(data_config: dict[str, Any]) -> dict[str, Any]:
     """Tuples become lists so a config compares equal to itself after a JSON round trip."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+
+
+class ConfiguredModel:
+    """What every model prodsearch embeds with shows of its :class:`EmbedderConfig` (a single
+    backbone and an ensemble alike): its embedding size and its preprocessing."""
+
+    config: EmbedderConfig
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.config.data_config

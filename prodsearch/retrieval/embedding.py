@@ -4,6 +4,9 @@ A small pool of threads decodes, resizes and normalises photos (PIL and numpy re
 while the encoder runs the previous batch, so the pipeline runs at the model's own rate. Bad files
 never stop a batch: each one is reported with its reason and the rest carry on. Nothing here
 imports torch: the encoder decides the runtime.
+
+With ``views`` > 1 each photo becomes that many model inputs (itself, its centre and corner crops:
+:mod:`prodsearch.retrieval.views`) and its vector is their fused mean: still one row per photo.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from PIL import Image
 from prodsearch.retrieval.images import ImageLoadError, load_image, to_rgb
 from prodsearch.retrieval.preprocess import Preprocess, decode_min_side
 from prodsearch.retrieval.runtime import Encoder, describe
+from prodsearch.retrieval.views import check_views, decode_side, fuse_views, view_inputs
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +69,21 @@ def default_num_workers(n_files: int) -> int:
 
 
 class Decoder:
-    """Reads one file (or an upload's bytes in a ``BytesIO``) into the model's input; failures become
-    reasons, never exceptions."""
+    """Reads one file (or an upload's bytes in a ``BytesIO``) into the model inputs of its ``views``,
+    ``(views, 3, H, W)``; failures become reasons, never exceptions."""
 
-    def __init__(self, data_config: dict):
-        self.preprocess = Preprocess(data_config)
-        self.min_side = decode_min_side(data_config)
+    def __init__(self, data_config: dict, views: int = 1):
+        check_views(views)
+        self.preprocess, self.views = Preprocess(data_config), views
+        self.min_side = decode_side(decode_min_side(data_config), views)
 
     def __call__(self, path: str | os.PathLike | io.BytesIO) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
+        """(inputs, upright size, None), or (None, None, why the file cannot be used)."""
         try:
-            img = load_image(path, min_side=self.min_side)
+            img = load_image(path, min_side=self.min_side)  # upright: crops are taken of what people see
         except ImageLoadError as exc:
             return None, None, str(exc)
-        return self.preprocess(img), img.size, None
+        return view_inputs(img, self.views, self.preprocess), img.size, None
 
 
 def embed_files(
@@ -87,21 +93,29 @@ def embed_files(
     batch_size: int | None = None,
     num_workers: int | None = None,
     progress: FilesDone | None = None,
+    views: int = 1,
 ) -> FileEmbeddings:
     """Embed image files in order; ``progress(done, total)`` is called after each batch.
 
-    ``num_workers`` decoding threads (0: decode in this thread, between batches).
+    ``num_workers`` decoding threads (0: decode in this thread, between batches). ``views`` > 1
+    embeds each file as the fused mean of that many fixed views (an index's setting: see
+    :mod:`prodsearch.retrieval.views`). ``batch_size`` counts model inputs, as the encoder's own
+    does (the step measured fastest, and what bounds memory): a batch holds ``batch_size // views``
+    photos, at least one, whose views are encoded in steps of at most ``batch_size``.
     """
+    check_views(views)
     batch_size = batch_size or encoder.batch_size
+    photos = max(1, batch_size // views)
     num_workers = default_num_workers(len(paths)) if num_workers is None else num_workers
-    decode = Decoder(encoder.config.data_config)
+    decode = Decoder(encoder.config.data_config, views)
     vectors, positions, sizes, failures, done = [], [], [], {}, 0
     start = time.perf_counter()
-    for batch in _batches(_decoded(decode, paths, num_workers, batch_size * BATCHES_AHEAD), batch_size):
+    for batch in _batches(_decoded(decode, paths, num_workers, photos * BATCHES_AHEAD), photos):
         good = [(i, x, size) for i, x, size, _ in batch if x is not None]
         failures.update({i: reason for i, x, _, reason in batch if x is None})
         if good:
-            vectors.append(encoder.encode(np.stack([x for _, x, _ in good])))
+            inputs = np.concatenate([x for _, x, _ in good])
+            vectors.append(fuse_views(_encoded(encoder, inputs, batch_size), views))
             positions.extend(i for i, _, _ in good)
             sizes.extend(size for _, _, size in good)
         done += len(batch)
@@ -115,9 +129,16 @@ def embed_files(
         failures=failures,
         seconds=seconds,
     )
-    log.info("embedded %d files in %.1fs (%.1f images/s, %s), %d failed", len(result.positions), seconds,
-             result.images_per_second, describe(encoder), len(failures))
+    log.info("embedded %d files in %.1fs (%.1f images/s, %s%s), %d failed", len(result.positions), seconds,
+             result.images_per_second, describe(encoder), f", {views} views each" if views > 1 else "", len(failures))
     return result
+
+
+def _encoded(encoder: Encoder, inputs: np.ndarray, step: int) -> np.ndarray:
+    """``encoder.encode`` in steps of at most ``step`` inputs (one photo's views may be more)."""
+    if len(inputs) <= step:
+        return encoder.encode(inputs)
+    return np.concatenate([encoder.encode(inputs[i:i + step]) for i in range(0, len(inputs), step)])
 
 
 def _decoded(decode: Decoder, paths: Sequence, num_workers: int, ahead: int) -> Iterator[tuple]:
@@ -152,13 +173,15 @@ def _batches(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
 
 def preprocessed(paths: Sequence[str | os.PathLike], data_config: dict, num_workers: int = 2) -> np.ndarray:
     """The model inputs of the readable files among ``paths``, ``(n, 3, H, W)`` float32 (unreadable
-    ones are left out): what int8 quantization calibrates on."""
+    ones are left out): what int8 quantization calibrates on. The photos alone, without other views:
+    their crops hold nothing the activations' ranges do not already cover."""
     decoded = _decoded(Decoder(data_config), paths, num_workers, 16)
     arrays = [x for _, x, _, _ in decoded if x is not None]
-    return np.stack(arrays) if arrays else np.zeros((0, *Preprocess(data_config).input_shape), np.float32)
+    return np.concatenate(arrays) if arrays else np.zeros((0, *Preprocess(data_config).input_shape), np.float32)
 
 
-def embed_pil(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
-    """Embed in-memory images with the same preprocessing as files."""
+def embed_pil(encoder: Encoder, images: Sequence[Image.Image], views: int = 1) -> np.ndarray:
+    """Embed in-memory images (upright) with the same preprocessing, and ``views``, as files."""
     preprocess = Preprocess(encoder.config.data_config)
-    return encoder.encode(np.stack([preprocess(to_rgb(img)) for img in images]))
+    inputs = np.concatenate([view_inputs(to_rgb(img), views, preprocess) for img in images])
+    return fuse_views(encoder.encode(inputs), views)

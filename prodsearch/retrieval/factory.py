@@ -1,6 +1,7 @@
 """``create_embedder``: one entry point above the builders, as timm's ``_factory.py`` sits above its
-models. A name builds an ImageNet embedder (:mod:`.embedder`); a path loads a trained one
-(:mod:`.checkpoint`), which itself builds on :mod:`.embedder`: no module imports one above it.
+models. A name builds an ImageNet embedder (:mod:`.embedder`), or an ensemble of them
+(:mod:`.ensemble`) where it lists several joined by ``+``; a path loads a trained one
+(:mod:`.checkpoint`). Those build on :mod:`.embedder`: no module imports one above it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import os
 
 from prodsearch.choices import DEFAULT_MODEL
 from prodsearch.retrieval.checkpoint import load_embedder
-from prodsearch.retrieval.embedder import Embedder, build_embedder
+from prodsearch.retrieval.embedder import Embedder, build_embedder, parse_model_name
+from prodsearch.retrieval.ensemble import EnsembleEmbedder, build_ensemble
 
 
 def is_checkpoint_path(name: str | os.PathLike) -> bool:
@@ -24,10 +26,15 @@ def create_embedder(
     embed_dim: int | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
-) -> Embedder:
+) -> Embedder | EnsembleEmbedder:
     """An embedder by model name (see :func:`~prodsearch.retrieval.embedder.build_embedder` for the
-    options), or the trained one a checkpoint file holds."""
+    options; ``NAME@SIZE`` for its input size, ``A+B@SIZE`` for an ensemble), or the trained one a
+    checkpoint file holds."""
     if is_checkpoint_path(name):
         return load_embedder(name)
+    members = parse_model_name(os.fspath(name))
+    if len(members) > 1:
+        return build_ensemble(members, pretrained=pretrained, embed_dim=embed_dim, img_size=img_size,
+                              crop_pct=crop_pct)
     return build_embedder(os.fspath(name), pretrained=pretrained, embed_dim=embed_dim, img_size=img_size,
                           crop_pct=crop_pct)

@@ -29,8 +29,8 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.catalog.listing import read_listing
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
 from prodsearch.retrieval.device import resolve_device
-from prodsearch.retrieval.embedder import Embedder
-from prodsearch.retrieval.factory import create_embedder
+from prodsearch.retrieval.embedder import Embedder, parse_model_name
+from prodsearch.retrieval.factory import create_embedder, is_checkpoint_path
 from prodsearch.retrieval.embedding import embed_files
 from prodsearch.retrieval.images import load_image
 from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
@@ -320,6 +320,23 @@ class Trainer:
         return stage + 1, 0, None
 
 
+def check_trainable(config: TrainConfig) -> None:
+    """Training trains one backbone's head at ``--img-size``: refuse an ensemble (its members have no
+    head to train together) or a ``NAME@SIZE`` at odds with ``--img-size`` before anything is written."""
+    if is_checkpoint_path(config.model):
+        return
+    members = parse_model_name(config.model)
+    if len(members) > 1:
+        raise TrainingError(
+            f"--model {config.model} is an ensemble of {len(members)} backbones, and training trains one: train a "
+            f"single backbone (e.g. --model {members[-1][0]} --img-size {members[-1][1] or config.img_size}), or use "
+            f"the ensemble untrained: prodsearch index CATALOG --index DIR --model {config.model}")
+    [(name, size)] = members
+    if size is not None and size != config.img_size:
+        raise TrainingError(f"--model {config.model} asks for {size} px but training crops at --img-size "
+                            f"{config.img_size}: give the size once, with --model {name} --img-size {size}")
+
+
 def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
           progress: EpochDone | None = None) -> TrainResult:
     """Run (or, from a ``last.pt``, continue) a training run; return where the model was written.
@@ -333,6 +350,7 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
         if "optimizer" not in payload:
             raise TrainingError(f"{resume} holds a finished model, not a run to resume: resume from last.pt")
         config = TrainConfig.from_dict({**payload["config"], "device": config.device, "workers": config.workers})
+    check_trainable(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")

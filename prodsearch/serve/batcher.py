@@ -6,6 +6,9 @@ requests queue their photos; one worker thread takes what is waiting, keeps coll
 ``wait_ms`` until ``max_batch`` photos, runs one model step and hands each request its rows.
 :class:`DirectEmbedding` is the same interface without batching (each request runs its own step),
 which ``benchmarks/serve_load.py`` measures against it.
+
+On an index with ``views`` > 1 every photo arrives as that many model inputs (its views,
+consecutive): both count photos, not inputs, and hand each request one fused vector per photo.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 import numpy as np
 
 from prodsearch.retrieval.runtime import Encoder
+from prodsearch.retrieval.views import check_views, fuse_views
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ class Embedding(Protocol):
         """Around a request's decoding and embedding (see :meth:`MicroBatcher.expecting`)."""
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
-        """Embed model inputs ``(n, 3, H, W)``; blocks until done."""
+        """Embed the model inputs of n photos, ``(n * views, 3, H, W)``, into ``(n, dim)``; blocks
+        until done."""
 
     def close(self) -> None: ...
 
@@ -40,8 +45,9 @@ class Embedding(Protocol):
 class DirectEmbedding:
     """Every request runs its own model step (micro-batching off)."""
 
-    def __init__(self, encoder: Encoder, observe: BatchObserver | None = None):
-        self.encoder, self._observe = encoder, observe
+    def __init__(self, encoder: Encoder, observe: BatchObserver | None = None, views: int = 1):
+        check_views(views)
+        self.encoder, self._observe, self.views = encoder, observe, views
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
@@ -49,19 +55,22 @@ class DirectEmbedding:
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         if self._observe:
-            self._observe(len(inputs))
-        return self.encoder.encode(inputs)
+            self._observe(len(inputs) // self.views)
+        return fuse_views(self.encoder.encode(inputs), self.views)
 
     def close(self) -> None:
         pass
 
 
 class MicroBatcher:
-    """One worker thread embeds the photos of all waiting requests in steps of up to ``max_batch``."""
+    """One worker thread embeds the photos of all waiting requests in steps of up to ``max_batch``
+    photos (``max_batch * views`` model inputs)."""
 
-    def __init__(self, encoder: Encoder, *, max_batch: int, wait_ms: float, observe: BatchObserver | None = None):
+    def __init__(self, encoder: Encoder, *, max_batch: int, wait_ms: float, observe: BatchObserver | None = None,
+                 views: int = 1):
+        check_views(views)
         self.encoder, self.max_batch, self.wait = encoder, max(1, max_batch), max(0.0, wait_ms) / 1000
-        self._observe = observe
+        self._observe, self.views = observe, views
         self._queue: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
         self._carry: tuple[np.ndarray, Future] | None = None  # taken from the queue, left for the next step
         self._lock = threading.Lock()
@@ -115,7 +124,7 @@ class MicroBatcher:
     def _collect(self, first: tuple[np.ndarray, Future]) -> tuple[list[tuple[np.ndarray, Future]], bool]:
         """``first`` and what arrives within ``wait`` seconds, up to ``max_batch`` photos (a request is
         never split: one larger than the rest of the room waits for the next step)."""
-        batch, photos, deadline = [first], len(first[0]), time.perf_counter() + self.wait
+        batch, photos, deadline = [first], self._photos(first[0]), time.perf_counter() + self.wait
         while photos < self.max_batch:
             try:  # wait only while announced requests may still come; take what is queued anyway
                 wait = deadline - time.perf_counter() if self._announced > 0 else 0.0
@@ -124,12 +133,15 @@ class MicroBatcher:
                 break
             if item is None:
                 return batch, True
-            if photos + len(item[0]) > self.max_batch:
+            if photos + self._photos(item[0]) > self.max_batch:
                 self._carry = item  # first in the next step
                 break
             batch.append(item)
-            photos += len(item[0])
+            photos += self._photos(item[0])
         return batch, False
+
+    def _photos(self, inputs: np.ndarray) -> int:
+        return len(inputs) // self.views
 
     def _step(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         live = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]
@@ -137,8 +149,9 @@ class MicroBatcher:
             return
         try:
             if self._observe:
-                self._observe(sum(len(x) for x, _ in live))
-            vectors = self.encoder.encode(np.concatenate([x for x, _ in live]))
+                self._observe(sum(self._photos(x) for x, _ in live))
+            # Each request holds whole photos, so the step's groups of views never straddle two.
+            vectors = fuse_views(self.encoder.encode(np.concatenate([x for x, _ in live])), self.views)
         except BaseException as exc:  # every waiting request hears of it; the worker carries on
             log.exception("embedding a batch of %d requests failed", len(live))
             for _, f in live:
@@ -146,5 +159,5 @@ class MicroBatcher:
             return
         start = 0
         for x, f in live:
-            f.set_result(vectors[start:start + len(x)])
-            start += len(x)
+            f.set_result(vectors[start:start + self._photos(x)])
+            start += self._photos(x)

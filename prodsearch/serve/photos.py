@@ -63,17 +63,18 @@ def extension(data: bytes) -> str:
 
 
 class PhotoDecoder:
-    """Decodes and preprocesses the photos of a request; several photos decode in parallel on a
-    small thread pool (PIL and numpy release the GIL)."""
+    """Decodes and preprocesses the photos of a request into the model inputs of their ``views``
+    (the index's setting); several photos decode in parallel on a small thread pool (PIL and numpy
+    release the GIL)."""
 
-    def __init__(self, data_config: dict, threads: int, max_bytes: int):
-        self._decode, self.max_bytes = Decoder(data_config), max_bytes
+    def __init__(self, data_config: dict, threads: int, max_bytes: int, views: int = 1):
+        self._decode, self.max_bytes, self.views = Decoder(data_config, views), max_bytes, views
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="prodsearch-decode")
 
     def inputs(self, photos: list[bytes]) -> np.ndarray:
-        """The model inputs of ``photos``, ``(n, 3, H, W)``; the first photo over ``max_bytes`` or
-        that does not decode is refused with why. One photo is decoded in the calling thread: a
-        hand-off to the pool would only add latency."""
+        """The model inputs of ``photos``, ``(n * views, 3, H, W)``, each photo's views consecutive;
+        the first photo over ``max_bytes`` or that does not decode is refused with why. One photo is
+        decoded in the calling thread: a hand-off to the pool would only add latency."""
         for i, data in enumerate(photos, 1):
             check_size(data, self.max_bytes, f"photo {i}")
         decode = lambda data: self._decode(io.BytesIO(data))  # noqa: E731
@@ -82,7 +83,7 @@ class PhotoDecoder:
             if array is None:
                 raise BadPhotoError(f"photo {i} cannot be used: {reason}" if len(photos) > 1
                                     else f"the photo cannot be used: {reason}")
-        return np.stack([array for array, _, _ in decoded])
+        return np.concatenate([array for array, _, _ in decoded])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -111,6 +111,7 @@ class IndexOut(BaseModel):
     device: str
     index_type: str
     dim: int
+    views: int = Field(1, description="Views each photo, catalog and query, is embedded as (prodsearch index --views)")
 
 
 class WriteOut(BaseModel):

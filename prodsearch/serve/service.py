@@ -104,27 +104,31 @@ class SearchService:
         threads = settings.model_threads or (None if self.batching else 1)
         if threads and hasattr(encoder, "with_threads"):
             encoder = self.index.encoder = encoder.with_threads(threads)
-        self.decoder = PhotoDecoder(encoder.config.data_config, settings.decode_threads, settings.max_upload_bytes)
+        # Photos are embedded as the index's catalog was: its views each, fused after the model.
+        self.views = self.index.manifest.views
+        self.decoder = PhotoDecoder(encoder.config.data_config, settings.decode_threads, settings.max_upload_bytes,
+                                    self.views)
         self.embedding: Embedding = (
             MicroBatcher(encoder, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms,
-                         observe=self.metrics.batch.observe)
-            if self.batching else DirectEmbedding(encoder, self.metrics.batch.observe))
+                         observe=self.metrics.batch.observe, views=self.views)
+            if self.batching else DirectEmbedding(encoder, self.metrics.batch.observe, self.views))
         self.ready = False
         self._write_lock = threading.Lock()  # this server's writes, one at a time (the writer lock spans processes)
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="prodsearch-refresh", daemon=True)
         self._observe_generation()
-        log.info("serving %s: %d images, generation %d, embedding with %s (%s), micro-batching %s", self.index_dir,
-                 len(self.index), self.index.generation, encoder.config.label, describe(encoder),
-                 "on" if self.batching else "off")
+        log.info("serving %s: %d images, generation %d, embedding with %s (%s, %d views a photo), micro-batching %s",
+                 self.index_dir, len(self.index), self.index.generation, encoder.config.label, describe(encoder),
+                 self.views, "on" if self.batching else "off")
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Warm the model (the first steps of a session are slow) and start looking for new generations."""
+        """Warm the model at the steps searches take (the first steps of a session are slow) and start
+        looking for new generations."""
         shape = tuple(self.index.encoder.config.data_config["input_size"])
         for n in {1, self.settings.max_batch}:
-            self.index.encoder.encode(np.zeros((n, *shape), np.float32))
+            self.index.encoder.encode(np.zeros((n * self.views, *shape), np.float32))
         self._refresher.start()
         self.ready = True
 
@@ -187,7 +191,7 @@ class SearchService:
         return {"products": counts["products"], "images": counts["images"], "generation": generation,
                 "serving_generation": self.index.generation, "model": manifest.model.name,
                 "runtime": encoder.runtime, "precision": encoder.precision, "device": encoder.device,
-                "index_type": manifest.index_type, "dim": manifest.model.embed_dim}
+                "index_type": manifest.index_type, "dim": manifest.model.embed_dim, "views": manifest.views}
 
     def products(self, *, limit: int, offset: int, category: str | None, text: str | None) -> dict:
         with self._reading() as db:
