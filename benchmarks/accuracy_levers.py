@@ -38,7 +38,7 @@ from cli_startup import cpu_line
 from train_grocery_store import DEFAULT_DATASET, ROOT, run_training
 
 log = logging.getLogger("accuracy_levers")
-PARTS = ("zero-shot", "views", "rerank", "backbones", "training", "cost")
+PARTS = ("zero-shot", "views", "rerank", "backbones", "training", "trained-levers", "cost")
 LITE0 = "tf_efficientnet_lite0"
 
 
@@ -204,6 +204,17 @@ def training_rows(pr: Protocols, bank: Bank, out: Path, device: str) -> list[dic
     return rows
 
 
+def trained_lever_rows(pr: Protocols, bank: Bank, out: Path) -> list[dict]:
+    """The levers that won on the untrained embedder, on the heads-only model trained on train +
+    iconic photos (the ``training`` part's run): do they still add on a trained embedder?"""
+    run = out / "heads-A-standard"
+    tag, model = run.name, str(run / "model.pt")
+    return [{"row": "heads only (A, B)", **pr.score(bank, tag, model, ("A", "B"))},
+            {"row": "heads only + 6 views on both sides", **pr.score(bank, tag, model, ("A", "B"), tta=6, catalog_views=6)},
+            {"row": "heads only + 6 query views", **pr.score(bank, tag, model, ("A", "B"), tta=6)},
+            {"row": "heads only, SKU = mean of its best 3 photos", **pr.score(bank, tag, model, ("B",), how="mean-top")}]
+
+
 def cost_rows(pr: Protocols, photos: int = 96) -> list[dict]:
     """What each embedder costs, side by side in one run on a quiet machine: photos/s of
     ``embed_files`` (decoding included) on ONNX Runtime fp32, the index's runtime on a CPU, on the
@@ -237,7 +248,8 @@ def main() -> None:
     pr, bank = Protocols(args.dataset, args.out, args.split), Bank(args.out)
     makers = {"zero-shot": lambda: zero_shot_rows(pr, bank), "views": lambda: view_rows(pr, bank),
               "rerank": lambda: rerank_rows(pr, bank), "backbones": lambda: backbone_rows(pr, bank),
-              "training": lambda: training_rows(pr, bank, args.out, args.device), "cost": lambda: cost_rows(pr)}
+              "training": lambda: training_rows(pr, bank, args.out, args.device), "cost": lambda: cost_rows(pr),
+              "trained-levers": lambda: trained_lever_rows(pr, bank, args.out)}
     results = {"split": args.split, "machine": cpu_line()}
     print(results["machine"], flush=True)
     columns = ["row"] + [f"{p} top-{k}" for p in ALL for k in (1, 5)]
