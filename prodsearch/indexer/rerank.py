@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from prodsearch.retrieval.views import normalized
+
 SKU_SCORING = ("max", "mean-top")
-
-
-def normalized(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def neighbour_mean(vectors: np.ndarray, database: np.ndarray, k: int, alpha: float,

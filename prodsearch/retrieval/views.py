@@ -59,8 +59,8 @@ def fuse_views(vectors: np.ndarray, n: int) -> np.ndarray:
     if len(vectors) % n:
         raise ValueError(f"{len(vectors)} embeddings are not whole groups of {n} views")
     grouped = vectors.reshape(len(vectors) // n, n, -1).astype(np.float32, copy=False)
-    mean = _normalized(grouped).mean(axis=1)
-    return _normalized(mean)
+    mean = normalized(grouped).mean(axis=1)
+    return normalized(mean)
 
 
 def decode_side(min_side: int, n: int) -> int:
@@ -69,6 +69,7 @@ def decode_side(min_side: int, n: int) -> int:
     return min_side if n == 1 else math.ceil(min_side / CROP)
 
 
-def _normalized(x: np.ndarray) -> np.ndarray:
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero): what fusing views and re-ranking work on."""
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
