@@ -28,7 +28,8 @@ python="${PYTHON:-python3}"
 # matplotlib: stats; click: cli, cli_json, bad_input_cli; filelock: lifecycle; pillow: images, synthetic,
 # cli_json's demo; hypothesis: *_properties; onnxruntime, onnx: onnx, runtimes, preprocess;
 # fastapi, uvicorn, prometheus-client, python-multipart, httpx: serve, serve_cli; selenium: serve_browser,
-# eval_report_browser; matplotlib and pillow also: eval_report). A new slow test file need not join them.
+# eval_report_browser; matplotlib and pillow also: eval_report; pymilvus, milvus-lite: milvus). A new slow test
+# file need not join them.
 TESTS=(
     tests/test_catalog_db.py tests/test_catalog_csv.py tests/test_index_types.py tests/test_torch_search.py
     tests/test_layers.py tests/test_sources.py tests/test_importers.py tests/test_embedder.py
@@ -38,6 +39,7 @@ TESTS=(
     tests/test_bad_input_cli.py tests/test_concurrent_readers.py tests/test_stats.py tests/test_weights.py
     tests/test_metrics.py tests/test_categories.py tests/test_synthetic.py tests/test_grocery_store.py
     tests/test_packaging.py tests/test_crash.py tests/test_onnx.py tests/test_runtimes.py tests/test_preprocess.py
+    tests/test_milvus.py
     tests/test_serve.py tests/test_serve_batching.py tests/test_serve_cli.py tests/test_serve_browser.py
     tests/test_open_set.py tests/test_open_set_cli.py tests/test_eval_report.py tests/test_eval_report_browser.py
 )

@@ -4,11 +4,13 @@ Synthetic clustered vectors shaped like real embeddings (N/10 near-duplicate clu
 super-clusters, L2-normalised), 1,000 queries drawn from the same clusters. For each size and
 method: build time, index bytes per vector, recall@1 / recall@10 against exact search, batched
 queries/s, single-query queries/s and p50 / p99 latency. hnswlib and usearch are measured when
-installed (`pip install '.[bench]'`).
+installed (`pip install '.[bench]'`); Milvus Lite (FLAT and IVF_FLAT, embedded in this process, filled
+and searched through prodsearch's Milvus store) when pymilvus is (`pip install '.[milvus]'`).
 
     python benchmarks/search_scale.py                       # 100k and 1M vectors, d = 512
     python benchmarks/search_scale.py --sizes 100000 --dim 1280
     python benchmarks/search_scale.py --sizes 12400000 --singles 200   # Cdiscount scale, ~1 h
+    python benchmarks/search_scale.py --only prodsearch Flat Milvus     # FAISS beside Milvus Lite
 
 Sizes whose float32 vectors do not fit in ``--in-memory-gb`` are generated once as float16 on disk
 (``--work``) and streamed: exact search runs over float16 chunks (the ground truth and the exact
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import shutil
 import threading
 import statistics
 import time
@@ -32,7 +35,7 @@ import numpy as np
 
 from prodsearch.eval.metrics import recall_against_exact
 from prodsearch.eval.report import markdown_table
-from prodsearch.indexer.index_types import choose_index_type, set_search_params, train_index
+from prodsearch.indexer.index_types import choose_index_type, nlist_for, set_search_params, train_index
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search
 
 Search = Callable[[np.ndarray, int], np.ndarray]  # queries, k -> ids
@@ -180,6 +183,31 @@ def numpy_method(base: np.ndarray) -> Callable[[], tuple[Search, int]]:
     return lambda: (run, base.shape[1] * 4)
 
 
+def milvus_method(base: np.ndarray, kind: str, folder: Path, chunk: int = 100_000):
+    """A Milvus Lite collection (embedded, in this process) as ``index --vector-store milvus`` fills
+    it: upserted through pymilvus in prodsearch's batches; bytes per vector = the Lite folder's size."""
+    from prodsearch.indexer.milvus import MilvusSearch, MilvusStore
+    from prodsearch.indexer.milvus_types import milvus_index_spec, parse_spec
+    from prodsearch.indexer.vector_store import MilvusTarget
+
+    def build():
+        lite = folder / "milvus-bench.db"
+        shutil.rmtree(lite, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        store = MilvusStore.open(MilvusTarget(str(lite.resolve()), "bench"), folder, base.shape[1])
+        spec = milvus_index_spec(kind, len(base), base.shape[1], lite=True)
+        store.create(spec)
+        for start in range(0, len(base), chunk):
+            rows = np.asarray(base[start:start + chunk], dtype=np.float32)
+            store.upsert(np.arange(start, start + len(rows)), rows, ["s"] * len(rows), [""] * len(rows))
+        store.flush()
+        searcher = MilvusSearch(store, parse_spec(spec)[0])
+        nbytes = sum(f.stat().st_size for f in lite.rglob("*") if f.is_file()) // len(base)
+        build.close = store.close
+        return (lambda q, k: searcher.search(q, k)[1]), nbytes
+    return build
+
+
 def hnswlib_method(base: np.ndarray, ef_construction: int = 200, ef: int = 128):
     import hnswlib
 
@@ -204,7 +232,7 @@ def usearch_method(base: np.ndarray, ef: int = 128):
 
 
 def run_size(n: int, dim: int, n_queries: int, singles: int, folder: Path, in_memory: float,
-             nprobes: list[int]) -> list[dict]:
+             nprobes: list[int], only: list[str] = ()) -> list[dict]:
     on_disk = n * dim * 4 > in_memory
     with PEAK:
         base = clustered_on_disk(n, dim, n, folder) if on_disk else clustered(n, dim, seed=n)
@@ -235,11 +263,17 @@ def run_size(n: int, dim: int, n_queries: int, singles: int, folder: Path, in_me
                 methods.append((name, make(base)))
             except ImportError:
                 logging.warning("%s is not installed (pip install '.[bench]'): skipped", name.split()[0])
+        methods += [("Milvus Lite FLAT", milvus_method(base, "FLAT", folder)),
+                    (f"Milvus Lite IVF_FLAT nlist {nlist_for(n)} nprobe 16", milvus_method(base, "IVF_FLAT", folder))]
     rows = [{"vectors": n, **exact_row}] if on_disk else []
     for name, build in methods:
+        if only and not any(word in name for word in only):
+            continue
         row = measure(name, build, queries, truth, singles)
         rows.append({"vectors": n, **row})
         print(markdown_table([rows[-1]]).splitlines()[-1], flush=True)
+        if name.startswith("Milvus"):
+            build.close()
         if name.startswith("prodsearch") and faiss.try_extract_index_ivf(build.index.index) is not None:
             for nprobe in nprobes:  # the same index searched with other nprobe values
                 set_search_params(build.index, nprobe=nprobe)
@@ -262,6 +296,8 @@ def main() -> None:
                         help="where vectors too large for memory are kept as float16 (12.4M x 512: 12.7 GB)")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[8, 32],
                         help="other nprobe values to search prodsearch's IVF index with (default one: 16)")
+    parser.add_argument("--only", nargs="*", default=[],
+                        help="measure only the methods whose name holds one of these words (prodsearch, Flat, Milvus)")
     parser.add_argument("--in-memory-gb", type=float, default=8.0,
                         help="sizes whose float32 vectors exceed this are generated on disk as float16")
     args = parser.parse_args()
@@ -269,7 +305,8 @@ def main() -> None:
     print(f"{platform.machine()}, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, d = {args.dim}")
     rows = []
     for n in args.sizes:
-        rows += run_size(n, args.dim, args.queries, args.singles, args.work, args.in_memory_gb * 1e9, args.nprobe)
+        rows += run_size(n, args.dim, args.queries, args.singles, args.work, args.in_memory_gb * 1e9, args.nprobe,
+                         args.only)
     print()
     print(markdown_table(rows, list(dict.fromkeys(k for row in rows for k in row))))
 

@@ -33,3 +33,10 @@ METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
 AUGMENTATIONS = ("standard", "customer")  # train --augment (prodsearch.retrieval.augment)
 # index --views: the photo, its centre crop and its four corner crops (prodsearch.retrieval.views).
 MAX_VIEWS = 6
+# index --vector-store, and a Milvus collection's defaults (prodsearch.indexer.vector_store).
+VECTOR_STORES = ("faiss", "milvus")
+MILVUS_LITE_FILE = "milvus.db"  # the Milvus Lite data folder inside an index folder: the default URI
+MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # a server's token ("user:password" or an API key); never in the manifest
+MILVUS_COLLECTION = "prodsearch_images"
+# index --chunk-size: photos a new index embeds and commits together (prodsearch.indexer.chunked).
+CHUNK_PHOTOS = 50_000

@@ -39,3 +39,7 @@ class IndexTypeError(ProdsearchError, ValueError):
 
 class CategoryError(ProdsearchError):
     """A category asked for holds no products in the index."""
+
+
+class VectorStoreError(ProdsearchError):
+    """The vector store (a Milvus server or Milvus Lite folder) cannot be reached or refused a request."""

@@ -4,6 +4,7 @@ Each failure point kills the writer exactly there (``PRODSEARCH_CRASH_AT``); the
 wherever the process happens to be, mostly while it embeds.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -95,15 +96,16 @@ def test_kill_at_random_moments(pristine, tmp_path):
 
 
 def test_a_build_killed_half_way_is_cleaned_up_by_the_next(pristine, tmp_path):
-    """kill -9 of 'index' into a new folder leaves its hidden staging folder; the next build removes it."""
+    """kill -9 of 'index' into a new folder leaves its hidden partial build; the next build finishes it."""
     _, catalog = pristine
     command = [sys.executable, "-m", "prodsearch", "index", str(catalog), "--index", str(tmp_path / "idx"), "--silent",
                "--workers", "0"]
     proc = subprocess.run(command, env={**os.environ, CRASH_ENV: "build-staged"}, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     left = [p.name for p in tmp_path.iterdir()]
-    assert len(left) == 1 and left[0].startswith(".idx.tmp-") and not (tmp_path / "idx").exists()
-    proc = subprocess.run(command, capture_output=True, timeout=300)
+    assert len(left) == 1 and left[0].startswith(".idx.partial-") and not (tmp_path / "idx").exists()
+    proc = subprocess.run(command + ["--json"], capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["resumed"] == NEW  # every photo was committed: none embedded again
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     assert index_info(tmp_path / "idx").images == NEW

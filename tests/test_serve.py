@@ -48,7 +48,16 @@ def query_photo(n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def served_index(tmp_path_factory, embedder) -> Path:
-    root = tmp_path_factory.mktemp("served")
+    return build_served(tmp_path_factory.mktemp("served"), embedder)
+
+
+@pytest.fixture(scope="module")
+def served_milvus_index(tmp_path_factory, embedder) -> Path:
+    """The same index with its vectors in Milvus Lite."""
+    return build_served(tmp_path_factory.mktemp("served-milvus"), embedder, vector_store="milvus")
+
+
+def build_served(root: Path, embedder, **options) -> Path:
     (root / "catalog").mkdir()
     rows = []
     for n, (sku, name, category) in enumerate(PRODUCTS):
@@ -57,7 +66,8 @@ def served_index(tmp_path_factory, embedder) -> Path:
         rows.append({"image": path.name, "sku": sku, "name": name, "category": category})
     product_image(77).save(root / "catalog" / "milk-1-back.jpg", quality=92)
     rows.append({"image": "milk-1-back.jpg", "sku": "milk-1", "name": "", "category": ""})
-    build_index(write_csv(root / "catalog" / "catalog.csv", rows), root / "idx", model=embedder, num_workers=0)
+    build_index(write_csv(root / "catalog" / "catalog.csv", rows), root / "idx", model=embedder, num_workers=0,
+                **options)
     return root / "idx"
 
 
@@ -319,7 +329,10 @@ def test_writes_need_a_token(served_index, index_copy):
         assert client.delete("/v1/products/lime", headers=AUTH).status_code == 200
 
 
-def test_add_search_and_delete_through_the_api(index_copy):
+@pytest.mark.parametrize("store", ["faiss", "milvus"])
+def test_add_search_and_delete_through_the_api(request, tmp_path, store):
+    served = request.getfixturevalue("served_index" if store == "faiss" else "served_milvus_index")
+    index_copy = Path(shutil.copytree(served, tmp_path / "idx"))
     with client_for(index_copy) as client:
         start = client.get("/v1/index").json()["generation"]
         new = product_image(424242)

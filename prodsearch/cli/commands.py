@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from prodsearch.choices import DEFAULT_MODEL, MAX_VIEWS, MODELS
+from prodsearch.choices import (CHUNK_PHOTOS, DEFAULT_MODEL, MAX_VIEWS, MILVUS_COLLECTION, MILVUS_LITE_FILE, MILVUS_TOKEN_ENV, MODELS,
+                                VECTOR_STORES)
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, rejection_choice, rejection_options, runtime_options, search_options,
                                 wait_option, workers_option)
@@ -34,20 +35,36 @@ MAX_LISTED = 20
                    "an existing index's own model when rebuilding it].")
 @click.option("--index-type", default="auto", show_default=True,
               help="Vector index: auto (exact below 100k images, IVF below 2M, IVF-PQ with re-ranking above) "
-                   "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat.")
+                   "or a FAISS factory string such as Flat, HNSW32,Flat, IVF4096,Flat; with Milvus the same choice in "
+                   "Milvus's names (FLAT, IVF_SQ8, IVF_PQ), or one of them (HNSW, IVF_FLAT, GPU_CAGRA on a server).")
 @click.option("--views", type=click.IntRange(min=1, max=MAX_VIEWS), default=None, metavar="N",
               help=f"Embed every photo, catalog and query alike, as the mean of N fixed views (1 to {MAX_VIEWS}: the "
                    "photo, its centre crop, then its corner crops): more accurate on catalogs of a few clean photos "
                    "per product, N times slower embedding, no extra memory (one vector per photo). The index keeps "
                    "it for its queries, add and update [default: 1; an existing index's own when rebuilding it].")
+@click.option("--vector-store", type=click.Choice(VECTOR_STORES), default=None,
+              help="Where the vectors are searched: faiss (files in the index folder) or milvus (a Milvus "
+                   "collection: Milvus Lite inside the index folder, or the server of --milvus-uri); catalog.db "
+                   "holds them either way [default: faiss; an existing index's own when rebuilding it].")
+@click.option("--milvus-uri", default=None, metavar="URI",
+              help=f"A Milvus server or cluster (http://HOST:19530; its token from ${MILVUS_TOKEN_ENV}) or a Milvus "
+                   f"Lite folder; implies --vector-store milvus [default: {MILVUS_LITE_FILE} inside the index folder].")
+@click.option("--milvus-collection", default=None, metavar="NAME",
+              help=f"The collection to create [default: {MILVUS_COLLECTION}]; on a shared server give each index its own.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=CHUNK_PHOTOS, show_default=True, metavar="N",
+              help="A new index is embedded and committed N photos at a time: memory holds one chunk of vectors, "
+                   "and a build that is stopped resumes after its last committed chunk.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue an interrupted build of the same catalog, model and settings into the same --index "
+                   "(photos it committed are not embedded again), or start over.")
 @batch_option
 @runtime_options
 @workers_option
 @wait_option
 @quiet_option
 @json_option
-def index(catalog, index_dir, model, index_type, views, batch_size, runtime, device, precision, workers, wait, quiet,
-          as_json):
+def index(catalog, index_dir, model, index_type, views, vector_store, milvus_uri, milvus_collection, chunk_size, resume,
+          batch_size, runtime, device, precision, workers, wait, quiet, as_json):
     """Build an index of the catalog photos in CATALOG.
 
     CATALOG is a folder with one sub-folder per SKU (catalog/<sku>/*.jpg) or a CSV file with
@@ -58,13 +75,17 @@ def index(catalog, index_dir, model, index_type, views, batch_size, runtime, dev
         prodsearch index shop/catalog/ --index shop/idx
         prodsearch index big-catalog.csv --index big-idx --index-type IVF4096,Flat
         prodsearch index shop/catalog/ --index shop/idx-views --views 6
+        prodsearch index shop/catalog/ --index shop/idx-milvus --vector-store milvus
+        prodsearch index shop/catalog/ --index shop/idx --milvus-uri http://milvus:19530 --milvus-collection shop
     """
     from prodsearch.indexer.build import build_index
 
     with Progress("Embedding", quiet) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
                              runtime=runtime, device=device, precision=precision, num_workers=workers,
-                             progress=progress, wait=wait, views=views)
+                             progress=progress, wait=wait, views=views, vector_store=vector_store,
+                             milvus_uri=milvus_uri, milvus_collection=milvus_collection, chunk_size=chunk_size,
+                             resume=resume)
     if as_json:
         echo_json(build_report_dict(report))
     else:
@@ -85,6 +106,8 @@ def format_build_report(report: BuildReport) -> str:
     if report.shared_across_skus:
         lines.append(f"  warning: {report.shared_across_skus} images are identical files under different SKUs")
     lines += skipped_lines(report.skipped)
+    if report.resumed:
+        lines.append(f"  resumed: {report.resumed} photos committed by the interrupted build were not embedded again")
     views = f", {report.views} views each" if report.views > 1 else ""
     lines.append(f"  speed: {report.images_per_second:.1f} images/s{views} "
                  f"({report.embed_seconds:.1f}s embedding, {report.seconds:.1f}s total)")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
+from prodsearch.choices import CHUNK_PHOTOS
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, runtime_options, wait_option, workers_option)
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
@@ -37,15 +38,19 @@ def catalog_command(name: str, help_text: str, *extra_options):
     @batch_option
     @runtime_options
     @workers_option
+    @click.option("--chunk-size", type=click.IntRange(min=1), default=CHUNK_PHOTOS, show_default=True, metavar="N",
+                  help="New photos are embedded and committed N at a time, each chunk a generation: memory holds one "
+                       "chunk, and a run that is stopped keeps what it committed (the next run skips it).")
     @wait_option
     @quiet_option
     @json_option
-    def command(catalog, index_dir, model, batch_size, runtime, device, precision, workers, wait, quiet, as_json,
-                **extra):
+    def command(catalog, index_dir, model, batch_size, runtime, device, precision, workers, chunk_size, wait, quiet,
+                as_json, **extra):
         operation = catalog_operation(name)
         with Progress("Embedding", quiet) as progress:
             report = operation(catalog, index_dir, model=model, batch_size=batch_size, runtime=runtime, device=device,
-                               precision=precision, num_workers=workers, progress=progress, wait=wait, **extra)
+                               precision=precision, num_workers=workers, progress=progress, wait=wait,
+                               chunk_size=chunk_size, **extra)
         if as_json:
             echo_json(change_report_dict(report))
         else:
@@ -151,8 +156,12 @@ def format_remove_report(report: ChangeReport) -> str:
 
 @cli.command()
 @index_option
+@click.option("--repair", is_flag=True,
+              help="First bring the vector store level with catalog.db (the truth): every Milvus row compared and "
+                   "rewritten, or a fresh FAISS snapshot; for a writer killed part-way or a store changed by hand.")
+@wait_option
 @json_option
-def info(index_dir, as_json):
+def info(index_dir, repair, wait, as_json):
     """Describe an index: SKUs, images, vectors, model, index type, size on disk, consistency.
 
     Exits with status 1 if the catalog and the vector index disagree.
@@ -160,17 +169,23 @@ def info(index_dir, as_json):
     \b
     Example:
         prodsearch info --index shop/idx --json
+        prodsearch info --index shop/idx --repair
     """
-    from prodsearch.indexer.info import index_info
+    from prodsearch.indexer.info import index_info, repair_index
 
+    if repair:
+        done = repair_index(index_dir, wait=wait)
+        if not as_json:
+            click.echo(f"repaired:   {done}")
     result = index_info(index_dir)
     if as_json:
         echo_json(result.to_dict())
     else:
         click.echo(format_info(result))
     if not result.consistent:
-        raise ProdsearchError(f"{index_dir} is inconsistent: {'; '.join(result.problems)}; "
-                              f"rebuild it with: prodsearch index CATALOG --index {index_dir}")
+        raise ProdsearchError(f"{index_dir} is inconsistent: {'; '.join(result.problems)}; repair the vector store "
+                              f"with: prodsearch info --index {index_dir} --repair, or rebuild the index: prodsearch "
+                              f"index CATALOG --index {index_dir}")
 
 
 def format_rejection(rule: dict | None) -> str:
@@ -205,8 +220,10 @@ def format_info(info: IndexInfo) -> str:
                           or "none stored (exported from torch by the first command that needs it)"),
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
         f"{info.pending_changes} changes since the snapshot)",
+        f"store:      {info.vector_store}",
         f"memory:     {human_size(round(info.memory_bytes_per_image))} per image ({info.index_factory} index, "
-        f"held by readers)",
+        f"held by readers)" if info.vector_store == "faiss" else
+        f"memory:     held by Milvus ({info.index_factory} index)",
         f"stored:     {human_size(round(info.stored_bytes_per_image))} per image "
         f"({info.stored_dtype or 'no vectors'} in catalog.db)",
         f"rejection:  {format_rejection(info.rejection)}",

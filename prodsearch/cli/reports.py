@@ -60,6 +60,7 @@ def build_report_dict(report: BuildReport) -> dict[str, Any]:
         "embed_seconds": seconds(report.embed_seconds),
         "images_per_second": speed(report.images_per_second),
         "views": report.views,
+        "resumed": report.resumed,
     }
 
 

@@ -1,8 +1,8 @@
 """``index``: build an index folder from a catalog, or rebuild an existing one in place.
 
-A new folder is assembled under a temporary name beside its destination and renamed into place.
-An existing index is rebuilt under the writer lock in one transaction: readers see the old
-catalog until the new one is complete.
+A new folder is assembled in chunks beside its destination (:mod:`.chunked`: bounded memory, a
+stopped build resumes) and renamed into place. An existing index is rebuilt under the writer lock
+in one transaction: readers see the old catalog until the new one is complete.
 """
 
 from __future__ import annotations
@@ -17,18 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import IndexDirError, IndexTypeError, ReadOnlyIndexError
+from prodsearch.errors import IndexDirError, IndexTypeError, ProdsearchError, ReadOnlyIndexError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
-from prodsearch.indexer.ingest import Duplicate, Embedded, embed_new, nothing_readable, product_rows, scan
+from prodsearch.indexer.chunked import CHUNK_PHOTOS, Chunked, embed_in_chunks, open_partial, partial_dir
+from prodsearch.indexer.ingest import Duplicate, Embedded, Scan, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
                                          model_differences, read_manifest, write_manifest)
 from prodsearch.indexer.models import encoder_for, keep_model
-from prodsearch.indexer.publish import check_can_create, publish_new, publish_replacing, staging_dir
+from prodsearch.indexer.publish import (check_can_create, publish_new, publish_replacing, remove_stale_staging,
+                                       staging_dir)
 from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resize_index_type, resolve_index_type
+from prodsearch.indexer.milvus_types import milvus_index_spec
+from prodsearch.indexer.vector_store import MilvusTarget, milvus_target
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.choices import DEFAULT_MODEL
@@ -52,10 +56,11 @@ class BuildReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     views: int = 1  # views each photo was embedded as (the index's setting)
+    resumed: int = 0  # photos an interrupted build of the same index had committed: not embedded again
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return (self.images - self.resumed) / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def build_index(
@@ -72,6 +77,11 @@ def build_index(
     progress: FilesDone | None = None,
     wait: float = 0.0,
     views: int | None = None,
+    vector_store: str | None = None,
+    milvus_uri: str | None = None,
+    milvus_collection: str | None = None,
+    chunk_size: int = CHUNK_PHOTOS,
+    resume: bool = True,
 ) -> BuildReport:
     """Index every readable image of ``catalog`` into ``index_dir``.
 
@@ -84,6 +94,15 @@ def build_index(
     ``views`` (1 to ``MAX_VIEWS``; a new index's default 1) embeds every photo as the mean of that
     many fixed views (:mod:`prodsearch.retrieval.views`): the index keeps it, and its queries and
     additions are embedded alike. A rebuild keeps the index's own and refuses another.
+
+    ``vector_store`` ``milvus`` keeps the vectors searched in a Milvus collection (``milvus_collection``
+    at ``milvus_uri``: a server, or by default a Milvus Lite folder inside the index) instead of FAISS
+    files; ``catalog.db`` holds them either way. A rebuild keeps the index's store.
+
+    A new index is embedded and committed ``chunk_size`` photos at a time (:mod:`.chunked`): memory
+    holds one chunk of vectors, and a build that was stopped resumes where it stopped unless
+    ``resume`` is false. A rebuild in place replaces every row in one transaction (readers see the
+    old catalog until the new one is whole), so its memory grows with the catalog.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -93,7 +112,12 @@ def build_index(
     existing, unreadable = _existing_index(index_dir)
     if existing is not None:
         _check_same_views(index_dir, existing.views, views)
+        _check_same_store(index_dir, existing, vector_store, milvus_uri, milvus_collection)
     views = existing.views if existing is not None else views or 1
+    milvus = (milvus_target(milvus_uri, milvus_collection)
+              if existing is None and (vector_store == "milvus" or milvus_uri or milvus_collection) else None)
+    if milvus is not None and not milvus.is_lite:
+        _check_collection_free(milvus, index_dir)
     # Where it cannot write, it says so before the slow work (loading the model, embedding).
     writer = IndexWriter(index_dir, "index", wait=wait) if existing is not None else None
     if existing is None:
@@ -102,26 +126,40 @@ def build_index(
     options = {"runtime": runtime, "device": device, "precision": precision}
     encoder = (encoder_for(existing, index_dir, model=model, check=False, **options) if existing
                else create_encoder(model or DEFAULT_MODEL, calibration=[it.path for it in listing.items], **options))
-    resolve_index_type(index_type, len(listing.items), encoder.config.embed_dim)  # a bad type fails before embedding
+    # a bad type fails before embedding
+    store = existing.milvus if existing is not None else milvus
+    if store is not None:
+        milvus_index_spec(index_type, len(listing.items), encoder.config.embed_dim, lite=store.is_lite)
+    else:
+        resolve_index_type(index_type, len(listing.items), encoder.config.embed_dim)
     if existing is not None:
         _check_same_model(index_dir, existing.model, encoder.config)
         _check_same_index_type(index_dir, existing.index_factory, index_type)
     scanned = scan(listing)
+    if writer is None:
+        manifest = Manifest(encoder.config, "", str(listing.source), views=views, milvus=milvus)
+        built = _build_new(scanned, index_dir, manifest, encoder, index_type, replace=unreadable, catalog=catalog,
+                           files=len(listing.items), chunk_size=chunk_size, resume=resume, batch_size=batch_size,
+                           num_workers=num_workers, progress=progress)
+        report = BuildReport(index_dir, built.skus, built.images, scanned.duplicates, scanned.shared_across_skus,
+                             scanned.skipped + built.skipped, time.perf_counter() - start, built.embed_seconds, views,
+                             built.resumed)
+        log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
+        return report
     embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
                          progress=progress, views=views)
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
         raise nothing_readable(catalog, len(listing.items), skipped)
     products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images])
-    if writer is not None:
-        dim = existing.model.embed_dim
+    dim = existing.model.embed_dim
+    if existing.milvus is not None:  # sized again for the new catalog, as an IVF FAISS index is
+        factory = milvus_index_spec(existing.index_requested if index_type == "auto" else index_type,
+                                    len(embedded.images), dim, lite=existing.milvus.is_lite)
+    else:
         factory = (index_type if index_type != "auto"
                    else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
-        _replace(writer, products, embedded, factory)
-    else:
-        manifest = Manifest(encoder.config, "", str(listing.source), views=views)
-        create_index_dir(index_dir, manifest, products, embedded.images, embedded.vectors, index_type,
-                         replace=unreadable, encoder=encoder)
+    _replace(writer, products, embedded, factory)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
                          scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
@@ -173,6 +211,30 @@ def _check_same_views(index_dir: Path, built: int, views: int | None) -> None:
             f"--views {views}")
 
 
+def _check_same_store(index_dir: Path, existing: Manifest, store: str | None, uri: str | None,
+                      collection: str | None) -> None:
+    """A rebuild in place keeps where the vectors live; moving them is a new index."""
+    asked = ("milvus" if uri or collection else store) or existing.store
+    target = existing.milvus
+    if asked != existing.store or (target is not None and (uri not in (None, target.uri)
+                                                           or collection not in (None, target.collection))):
+        where = "FAISS files" if target is None else str(target)
+        raise IndexDirError(f"{index_dir} keeps its vectors in {where}, and a rebuild in place keeps them there: leave "
+                            "out --vector-store/--milvus-uri/--milvus-collection, or remove the folder or choose "
+                            "another --index")
+
+
+def _check_collection_free(target: MilvusTarget, index_dir: Path) -> None:
+    """A new index never takes over a server collection that exists (another index's, or data of
+    someone else): said before any embedding."""
+    from prodsearch.indexer.milvus import MilvusStore
+
+    with MilvusStore.open(target, index_dir, dim=0) as store:
+        if store.exists():
+            raise IndexDirError(f"the collection {target.collection} already exists at {target.uri}; choose another "
+                                "--milvus-collection (or drop that one if it is an old index's)")
+
+
 def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderConfig) -> None:
     diffs = model_differences(built.identity(), config.identity())
     if diffs:
@@ -191,6 +253,50 @@ def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, fact
         writer.commit(products=products, images=embedded.images, vectors=embedded.vectors, remove=old_ids,
                       rebuild_as=factory)
     log.info("rebuilt the index at %s in place as %s", writer.index_dir, factory)
+
+
+def _build_new(scanned: Scan, index_dir: Path, manifest: Manifest, encoder: Encoder, index_type: str, *,
+               replace: bool, catalog, files: int, chunk_size: int, resume: bool, **embed) -> Chunked:
+    """A new index folder, embedded in chunks into a partial build (resumed if one was stopped),
+    finished and renamed into place (``replace``: in place of an unreadable one)."""
+    staged = partial_dir(index_dir, manifest, index_type)
+    remove_stale_staging(index_dir)  # what a killed build of the older kind or a replacing publish left
+    open_partial(index_dir, staged, resume)
+    with WriterLock(staged, "index"):
+        built = embed_in_chunks(scanned, staged, encoder, views=manifest.views, chunk_size=chunk_size, **embed)
+        try:
+            if not built.images:
+                raise nothing_readable(catalog, files, scanned.skipped + built.skipped)
+            with built.db.transaction():
+                built.db.set_generation(1)
+            finish_staged(staged, built.db, manifest, index_type, built.images, encoder)
+        except ProdsearchError:
+            built.db.close()
+            shutil.rmtree(staged, ignore_errors=True)  # nothing readable, a type that cannot be built: not resumable
+            raise
+        built.db.close()
+        (publish_replacing if replace else publish_new)(staged, index_dir)
+    return built
+
+
+def finish_staged(staged: Path, db: CatalogDB, manifest: Manifest, index_type: str, count: int,
+                  encoder: Encoder | None) -> None:
+    """Complete a staged folder whose catalog holds generation 1: its vector store (a FAISS snapshot,
+    or a Milvus collection), its manifest, its model."""
+    if manifest.milvus is not None:
+        factory, type_name = _fill_milvus(db, staged, manifest, index_type, count)
+    else:
+        factory = resolve_index_type(index_type, count, manifest.model.embed_dim)
+        index = rebuild_vectors(db, manifest.model.embed_dim, factory)
+        write_vector_index(index, snapshot_path(staged, 1))
+        with db.transaction():
+            db.mark_snapshot(1)
+        type_name = index_type_name(index)
+    write_manifest(staged, Manifest(manifest.model, type_name, manifest.catalog_source, index_factory=factory,
+                                    index_requested=index_type, views=manifest.views, milvus=manifest.milvus))
+    if encoder is not None:
+        keep_model(staged, encoder)
+    crash_point("build-staged")
 
 
 def create_index_dir(
@@ -216,18 +322,25 @@ def create_index_dir(
                 db.upsert_products(products)
                 db.add_images(images, vectors, generation=1)
                 db.set_generation(1)
-            factory = resolve_index_type(index_type, len(images), manifest.model.embed_dim)
-            index = rebuild_vectors(db, manifest.model.embed_dim, factory)
-            write_vector_index(index, snapshot_path(staged, 1))
-            with db.transaction():
-                db.mark_snapshot(1)
+            finish_staged(staged, db, manifest, index_type, len(images), encoder)
             db.close()
-            write_manifest(staged, Manifest(manifest.model, index_type_name(index), manifest.catalog_source,
-                                            index_factory=factory, index_requested=index_type, views=manifest.views))
-            if encoder is not None:
-                keep_model(staged, encoder)
-            crash_point("build-staged")
             (publish_replacing if replace else publish_new)(staged, index_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def _fill_milvus(db: CatalogDB, staged: Path, manifest: Manifest, index_type: str, count: int) -> tuple[str, str]:
+    """Create the new index's collection and write every vector into it; (its spec, its type)."""
+    from prodsearch.indexer.milvus import MilvusStore, catch_up  # pymilvus: only for such an index
+
+    dim, target = manifest.model.embed_dim, manifest.milvus
+    spec = milvus_index_spec(index_type, count, dim, lite=target.is_lite)
+    with MilvusStore.open(target, staged, dim) as store:
+        try:
+            catch_up(db, store, spec)
+        except BaseException:
+            if not target.is_lite:  # a server keeps what a failed build created; the staged Lite folder goes with it
+                store.drop()
+            raise
+    return spec, spec.split(":")[0]

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import compress
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Container, Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlite_utils
@@ -206,6 +206,32 @@ class CatalogDB:
         while batch := cursor.fetchmany(rows):
             yield batch
 
+    def image_keys(self) -> set[tuple[str, str]]:
+        """(SKU, MD5) of every image: what a resumed build has committed already."""
+        return {(r[0], r[1]) for r in self.db.execute("select sku, md5 from images")}
+
+    def images_not_in(self, keys: Container[tuple[str, str]], rows: int = 100_000) -> list[tuple[int, str]]:
+        """(id, path) of the images whose (SKU, MD5) is not among ``keys``, read ``rows`` at a time:
+        what a catalog no longer lists, found without holding every image row."""
+        cursor, out = self.db.execute("select id, sku, md5, path from images"), []
+        while batch := cursor.fetchmany(rows):
+            out += [(i, path) for i, sku, md5, path in batch if (sku, md5) not in keys]
+        return out
+
+    def held_images(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+        """(id, path) of the images the index holds of ``keys`` ((SKU, MD5) pairs), looked up by MD5."""
+        keys = set(keys)
+        rows = self._run_in("select id, sku, md5, path from images where md5 in ({})", {md5 for _, md5 in keys})
+        return {(sku, md5): (i, path) for i, sku, md5, path in rows if (sku, md5) in keys}
+
+    def file_infos(self, paths: Iterable[str]) -> dict[str, tuple[str, int, float]]:
+        """(MD5, size, mtime) the index recorded for each of ``paths`` it holds: hashes not computed again."""
+        rows = self._run_in("select path, md5, size, mtime from images where path in ({})", set(paths))
+        return {path: (md5, size, mtime) for path, md5, size, mtime in rows}
+
+    def all_skus(self) -> set[str]:
+        return {r[0] for r in self.db.execute("select sku from products")}
+
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
         return dict(self._run_in("select id, path from images where id in ({})", {int(i) for i in ids}))
 
@@ -294,6 +320,34 @@ class CatalogDB:
         removed = {i for i, op in rows if op == "remove"}
         return sorted(added - removed), sorted(removed - added)
 
+    def store_changes_since(self, generation: int) -> tuple[list[int], list[int]]:
+        """(ids to upsert, ids to delete) that bring a vector store level from ``generation``: added
+        images and those whose product's category changed (``meta``), less the removed. Replaying
+        them twice changes nothing (upsert and delete by primary key)."""
+        rows = self.db.execute("select image_id, op from changes where generation > ?", [generation]).fetchall()
+        removed = {i for i, op in rows if op == "remove"}
+        return sorted({i for i, op in rows if op != "remove"} - removed), sorted(removed)
+
+    def store_rows(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """(ids, float32 vectors, SKUs, categories) of ``ids`` that are stored, in id order: a vector
+        store's rows ("" for a product without a category)."""
+        rows = sorted(self._run_in(
+            "select v.id, v.vector, i.sku, coalesce(p.category, '') from vectors v join images i on i.id = v.id "
+            "join products p on p.sku = i.sku where v.id in ({})", {int(i) for i in ids}))
+        return self._store_rows(rows, dim)
+
+    def store_row_chunks(self, dim: int, rows: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray, list[str], list[str]]]:
+        """Every image as :meth:`store_rows` gives them, ``rows`` at a time in id order."""
+        cursor = self.db.execute(
+            "select v.id, v.vector, i.sku, coalesce(p.category, '') from vectors v join images i on i.id = v.id "
+            "join products p on p.sku = i.sku order by v.id")
+        while batch := cursor.fetchmany(rows):
+            yield self._store_rows(batch, dim)
+
+    def _store_rows(self, rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, self._decode(ids, [r[1] for r in rows], dim), [r[2] for r in rows], [r[3] for r in rows]
+
     def integrity_problem(self) -> str | None:
         """SQLite's quick check of every page (reads the whole file): ``None`` when it finds nothing."""
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
@@ -352,7 +406,15 @@ class CatalogDB:
         with self.db.atomic():
             yield
 
-    def upsert_products(self, products: Iterable[dict]) -> None:
+    def upsert_products(self, products: Iterable[dict], generation: int | None = None) -> None:
+        """Insert or update products; with ``generation``, log a ``meta`` change for every image of a
+        product whose category changes (a vector store keeps each image's category to filter on)."""
+        products = list(products)
+        if generation is not None:
+            held = self.products(p["sku"] for p in products)
+            moved = [p["sku"] for p in products if p["sku"] in held and held[p["sku"]].category != p.get("category")]
+            ids = [r[0] for r in self._run_in("select id from images where sku in ({})", set(moved))]
+            self.db["changes"].insert_all({"generation": generation, "image_id": i, "op": "meta"} for i in ids)
         self.db["products"].upsert_all(products, pk="sku")
 
     def add_images(self, images: list[dict], vectors: np.ndarray, generation: int) -> list[int]:

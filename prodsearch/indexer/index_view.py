@@ -19,7 +19,7 @@ import numpy as np
 from prodsearch.indexer.catalog_db import CatalogDB, Product
 from prodsearch.indexer.rejection import RejectRule
 from prodsearch.indexer.results import Match
-from prodsearch.indexer.search_backend import VectorSearch
+from prodsearch.indexer.search_backend import VectorSearch, Where
 
 FUSION_CANDIDATES = 50  # SKUs per photo that compete when several photos are fused
 
@@ -108,18 +108,30 @@ class IndexView:
     def top_categories(self) -> list[str]:
         return sorted({c.split("/")[0] for c in self.categories if c})
 
-    def answer(self, queries: np.ndarray, top_k: int, among: np.ndarray | None) -> list[list[Match]]:
+    def where(self, category: str | None = None, without_skus: frozenset[str] = frozenset()) -> Where | None:
+        """The restriction to ``category`` and without ``without_skus`` as fields, for stores that
+        filter by them (``None``: no restriction)."""
+        if category is None and not without_skus:
+            return None
+        categories = ()
+        if category is not None:
+            prefix = category.strip("/")
+            categories = tuple(c for c in self.categories if c is not None and (c == prefix or c.startswith(prefix + "/")))
+        return Where(category, categories, frozenset(without_skus))
+
+    def answer(self, queries: np.ndarray, top_k: int, among: np.ndarray | None,
+               where: Where | None = None) -> list[list[Match]]:
         if len(queries) == 0 or len(self) == 0:
             return [[] for _ in range(len(queries))]
-        return self.matches(self.rank_skus(queries, top_k, among))
+        return self.matches(self.rank_skus(queries, top_k, among, where))
 
     def fuse(self, photos: np.ndarray, top_k: int, among: np.ndarray | None,
-             stored: Callable[[Sequence[int], int], np.ndarray | None]) -> list[Match] | None:
+             stored: Callable[[Sequence[int], int], np.ndarray | None], where: Where | None = None) -> list[Match] | None:
         """:meth:`ProductIndex.search_as_one`'s ranking; ``stored(ids, dim)`` reads the candidates'
         stored vectors, ``None`` (returned) when some are gone."""
         if len(photos) == 0 or len(self) == 0:
             return []
-        per_photo = self.rank_skus(photos, max(top_k, FUSION_CANDIDATES), among)
+        per_photo = self.rank_skus(photos, max(top_k, FUSION_CANDIDATES), among, where)
         candidates = np.unique([code for row in per_photo for code, _, _ in row])
         ids = self.image_ids[np.isin(self.image_sku_codes, candidates)]
         if among is not None:
@@ -151,8 +163,8 @@ class IndexView:
             out.append(matches)
         return out
 
-    def rank_skus(self, queries: np.ndarray, top_k: int,
-                  among: np.ndarray | None = None) -> list[list[tuple[int, float, int]]]:
+    def rank_skus(self, queries: np.ndarray, top_k: int, among: np.ndarray | None = None,
+                  where: Where | None = None) -> list[list[tuple[int, float, int]]]:
         """(sku code, best similarity, best image id) per query, best first, ``top_k`` distinct SKUs.
 
         Searches a few images per wanted SKU and widens the search until enough distinct SKUs are
@@ -163,7 +175,7 @@ class IndexView:
         want = min(top_k, n_skus)
         k = min(pool, max(4 * top_k, 32))
         while True:
-            scores, ids = self.vectors.search(queries, k, among)
+            scores, ids = self.vectors.search(queries, k, among, where)
             codes = self.sku_codes(ids)
             ranked = [_first_per_sku(codes[r], scores[r], ids[r], want) for r in range(len(queries))]
             if k >= pool or all(len(row) >= want for row in ranked):

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import IndexDirError
+from prodsearch.errors import IndexDirError, VectorStoreError
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
-from prodsearch.indexer.manifest import read_manifest
+from prodsearch.indexer.manifest import Manifest, read_manifest
 from prodsearch.indexer.rejection import REJECTION_SETTING
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
+from prodsearch.indexer.vector_store import LITE_FILE
 from prodsearch.indexer.vectors import vector_ids
 from prodsearch.retrieval.onnx_files import stored_models
 from prodsearch.retrieval.runtime import auto_precision, resolve_runtime
@@ -44,6 +45,7 @@ class IndexInfo:
     runtime: str = ""  # what --runtime/--precision auto run queries on, on this machine
     rejection: dict | None = None  # the calibrated "not in catalog" rule (RejectRule.to_dict()); None: none
     views: int = 1  # views each photo, catalog and query, is embedded as
+    vector_store: str = "faiss"  # or the Milvus collection the vectors are searched in
 
     @property
     def size_bytes(self) -> int:
@@ -79,15 +81,11 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         db.begin_snapshot()
         state, counts, problems = db.state(), db.counts(), []
         image_ids = db.image_ids()
-        try:
-            vectors = load_vectors(index_dir, db, model.embed_dim, manifest.index_factory)
-            faiss_ids, ntotal = np.sort(vector_ids(vectors)), vectors.ntotal
-        except (RuntimeError, OSError, IndexDirError) as exc:
-            problems.append(f"the vector snapshot cannot be read ({exc})")
-            faiss_ids, ntotal = np.zeros(0, dtype=np.int64), 0
-        if not np.array_equal(faiss_ids, image_ids):
-            problems.append(f"the vector index has {len(np.setdiff1d(faiss_ids, image_ids))} vectors without a "
-                            f"catalog image and {len(np.setdiff1d(image_ids, faiss_ids))} images without a vector")
+        store_ids = (_milvus_ids if manifest.milvus is not None else _snapshot_ids)(index_dir, db, manifest, problems)
+        ntotal = len(store_ids)
+        if not np.array_equal(store_ids, image_ids):
+            problems.append(f"the vector index has {len(np.setdiff1d(store_ids, image_ids))} vectors without a "
+                            f"catalog image and {len(np.setdiff1d(image_ids, store_ids))} images without a vector")
         if not np.array_equal(db.vector_ids(), image_ids):
             problems.append("the stored vectors do not match the catalog images")
         sizes = db.stored_sizes()
@@ -104,6 +102,9 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         pending = db.pending_changes()
         rejection = db.setting(REJECTION_SETTING)
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
+    lite = index_dir / LITE_FILE  # a Milvus Lite folder inside the index: its files together
+    if lite.is_dir():
+        files[LITE_FILE] = sum(f.stat().st_size for f in lite.rglob("*") if f.is_file())
     snapshot = snapshot_path(index_dir, state.snapshot)
     per_image = snapshot.stat().st_size / ntotal if ntotal and snapshot.is_file() else 0.0  # the file is the index
     onnx_models = stored_models(index_dir, model)
@@ -112,4 +113,34 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
-                     onnx_models, auto_runtime(onnx_models), rejection, manifest.views)
+                     onnx_models, auto_runtime(onnx_models), rejection, manifest.views,
+                     "faiss" if manifest.milvus is None else str(manifest.milvus))
+
+
+def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:
+    """The ids the FAISS snapshot with the logged changes applied holds (sorted)."""
+    try:
+        return np.sort(vector_ids(load_vectors(index_dir, db, manifest.model.embed_dim, manifest.index_factory)))
+    except (RuntimeError, OSError, IndexDirError) as exc:
+        problems.append(f"the vector snapshot cannot be read ({exc})")
+        return np.zeros(0, dtype=np.int64)
+
+
+def _milvus_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:
+    """The ids the Milvus collection holds (sorted)."""
+    from prodsearch.indexer.milvus import MilvusStore  # pymilvus: only for such an index
+
+    try:
+        with MilvusStore.open(manifest.milvus, index_dir, manifest.model.embed_dim) as store:
+            return store.ids() if store.exists() else np.zeros(0, dtype=np.int64)
+    except VectorStoreError as exc:
+        problems.append(str(exc))
+        return np.zeros(0, dtype=np.int64)
+
+
+def repair_index(index_dir: str | os.PathLike, *, wait: float = 0.0) -> str:
+    """``info --repair``: under the writer lock, bring the vector store level with ``catalog.db``."""
+    from prodsearch.indexer.writer import IndexWriter
+
+    with IndexWriter(index_dir, "repair", wait=wait) as writer:
+        return writer.repair()

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from prodsearch.errors import ProdsearchError
+from prodsearch.choices import CHUNK_PHOTOS
+from prodsearch.indexer.chunked import chunk_progress
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.models import encoder_for
 from prodsearch.indexer.rejection import REJECTION_SETTING, RejectRule
@@ -71,11 +73,13 @@ def add_to_index(
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     wait: float = 0.0,
+    chunk_size: int = CHUNK_PHOTOS,
 ) -> ChangeReport:
     """Add the catalog's (a path, or a listing already read) new SKUs and new images of known SKUs;
     what the index holds is skipped without embedding, so running the same add twice changes nothing."""
     return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size, runtime=runtime,
-                 device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait)
+                 device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait,
+                 chunk_size=chunk_size)
 
 
 def update_index(
@@ -91,6 +95,7 @@ def update_index(
     progress: FilesDone | None = None,
     wait: float = 0.0,
     allow_mass_removal: bool = False,
+    chunk_size: int = CHUNK_PHOTOS,
 ) -> ChangeReport:
     """Make the index match the catalog exactly: add what is new, remove what disappeared, re-embed
     files whose content changed, refresh product names and categories.
@@ -100,56 +105,89 @@ def update_index(
     ``allow_mass_removal``."""
     return _sync(catalog, index_dir, "update", model=model, remove_missing=True, batch_size=batch_size, runtime=runtime,
                  device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait,
-                 allow_mass_removal=allow_mass_removal)
+                 allow_mass_removal=allow_mass_removal, chunk_size=chunk_size)
 
 
 def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str, precision: str, remove_missing: bool,
-          wait: float, allow_mass_removal: bool = False, **embed_kwargs) -> ChangeReport:
+          wait: float, allow_mass_removal: bool = False, chunk_size: int = CHUNK_PHOTOS, **embed_kwargs) -> ChangeReport:
+    """``add`` and ``update``: diff the catalog against the index without loading every image row
+    (lookups by path and MD5, one pass over the rows for what is gone), then embed what is new and
+    commit it ``chunk_size`` photos per generation, so memory holds one chunk and a run that is
+    stopped keeps what it committed (the next run does not embed it again); removals, moves and
+    product changes come in the last generation."""
     start = time.perf_counter()
     index_dir = Path(index_dir)
     writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
     encoder = encoder_for(writer.manifest, index_dir, model=model, runtime=runtime, device=device, precision=precision)
     listing = catalog if isinstance(catalog, Listing) else read_listing(catalog)
     with writer:
-        rows = writer.db.image_rows()
-        held = {(r["sku"], r["md5"]): r for r in rows}
+        db = writer.db
+        held_count, known_skus = db.counts()["images"], db.all_skus()
         files = len(listing.items)
         if not remove_missing:  # an add cannot bring 'milk' into an index that holds 'Milk'
-            listing = _without_case_clashes(listing, {r["sku"] for r in rows})
-        scanned = scan(listing, known={r["path"]: FileInfo(r["md5"], r["size"], r["mtime"]) for r in rows})
+            listing = _without_case_clashes(listing, known_skus)
+        known = {path: FileInfo(*info) for path, info in db.file_infos(str(it.path) for it in listing.items).items()}
+        scanned = scan(listing, known=known)
+        held = db.held_images(scanned.files)
         new_keys = [k for k in scanned.files if k not in held]
-        embedded = embed_new(encoder, scanned, new_keys, views=writer.manifest.views, **embed_kwargs)
-        skipped = scanned.skipped + embedded.skipped
-        unchanged = len(scanned.files) - len(new_keys)
-        if not unchanged and not embedded.images:
+        gone = db.images_not_in(scanned.files) if remove_missing else []
+        rows = {row["sku"]: row for row in product_rows(list(scanned.files.values()))}
+        report = ChangeReport(index_dir, unchanged=len(held), duplicates=scanned.duplicates)
+        skipped, added_skus, gone_paths = list(scanned.skipped), set(), {path for _, path in gone}
+        progress = embed_kwargs.pop("progress", None)
+        for first in range(0, len(new_keys), chunk_size):
+            embedded = embed_new(encoder, scanned, new_keys[first:first + chunk_size], views=writer.manifest.views,
+                                 progress=chunk_progress(progress, first, len(new_keys)), **embed_kwargs)
+            skipped += embedded.skipped
+            report.embed_seconds += embedded.seconds
+            if first == 0:  # before anything is committed
+                last = first + chunk_size >= len(new_keys)
+                _check_before_writing(catalog, index_dir, files, skipped, held, embedded.images, last, gone, held_count,
+                                      listing, allow_mass_removal)
+            if not embedded.images:
+                continue
+            # Each chunk's products come with it (a reader never sees an image without its product); an
+            # add writes only new SKUs' (it never rewrites what the index says of known products).
+            skus = {img["sku"] for img in embedded.images}
+            commit = writer.commit(products=[rows[sku] for sku in sorted(skus if remove_missing else skus - known_skus)],
+                                   images=embedded.images, vectors=embedded.vectors)
+            added_skus |= skus
+            report.added += len(embedded.images)
+            report.added_ids += commit.added_ids
+            report.changed += sum(img["path"] in gone_paths for img in embedded.images)
+            report.generation = commit.generation
+        report.new_skus = sorted(added_skus - known_skus)
+        if not new_keys:
+            _check_before_writing(catalog, index_dir, files, skipped, held, [], True, gone, held_count, listing,
+                                  allow_mass_removal)
+        if not held and not report.added:
             raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
-        # An unreadable file is not a deleted one: the image it was keeps its place in the index.
-        unreadable = {s.path for s in skipped}
-        gone = [r for key, r in held.items() if key not in scanned.files and r["path"] not in unreadable] \
-            if remove_missing else []
-        if not allow_mass_removal:
-            check_removal_share(len(gone), len(rows), index_dir)
-        known_skus = {r["sku"] for r in rows}
-        if remove_missing:  # the catalog is the truth, names and categories included
-            products = product_rows(list(scanned.files.values()))
-        else:  # new SKUs only: an add never rewrites what the index says of known products
-            products = product_rows([scanned.files[(img["sku"], img["md5"])] for img in embedded.images
-                                     if img["sku"] not in known_skus])
-        gone_paths = {r["path"] for r in gone}
-        report = ChangeReport(
-            index_dir, added=len(embedded.images), removed=len(gone),
-            changed=sum(img["path"] in gone_paths for img in embedded.images),
-            unchanged=unchanged, new_skus=sorted({img["sku"] for img in embedded.images} - known_skus),
-            duplicates=scanned.duplicates, skipped=skipped, embed_seconds=embedded.seconds,
-            kept_unreadable=sum(r["path"] in unreadable for r in held.values()) if remove_missing else 0)
-        moved = {held[k]["id"]: str(item.path) for k, item in scanned.files.items()
-                 if k in held and held[k]["path"] != str(item.path)} if remove_missing else {}
-        if embedded.images or gone or moved or (remove_missing and _metadata_changed(writer, products)):
-            commit = writer.commit(products=products, images=embedded.images, vectors=embedded.vectors,
-                                   remove=[r["id"] for r in gone], moved=moved)
-            report.generation, report.removed_skus, report.added_ids = commit.generation, commit.removed_skus, commit.added_ids
+        unreadable = {s.path for s in skipped}  # not a deleted file: the image it was keeps its place
+        gone = [(i, path) for i, path in gone if path not in unreadable]
+        moved = {held[k][0]: str(item.path) for k, item in scanned.files.items()
+                 if k in held and held[k][1] != str(item.path)} if remove_missing else {}
+        products = list(rows.values()) if remove_missing else []  # update: names and categories from the catalog
+        if gone or moved or (products and _metadata_changed(writer, products)):
+            commit = writer.commit(products=products, remove=[i for i, _ in gone], moved=moved)
+            report.generation, report.removed_skus = commit.generation, commit.removed_skus
+        report.removed, report.skipped = len(gone), skipped
+        report.kept_unreadable = len(db.paths_in_use(unreadable)) if remove_missing else 0
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_before_writing(catalog, index_dir: Path, files: int, skipped: list[Skipped], held: dict, embedded: list,
+                          last: bool, gone: list[tuple[int, str]], held_count: int, listing: Listing,
+                          allow_mass_removal: bool) -> None:
+    """What refuses a whole add or update, checked once the first chunk is embedded and before it is
+    committed: a catalog with nothing readable, or (update) one that would remove most of the index.
+    An unreadable file is not a deleted one, and a file whose content changed under its name is
+    replaced, not removed."""
+    if last and not held and not embedded:
+        raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
+    if gone and not allow_mass_removal:
+        kept = {s.path for s in skipped} | {str(item.path) for item in listing.items}
+        check_removal_share(sum(path not in kept for _, path in gone), held_count, index_dir)
 
 
 def _without_case_clashes(listing: Listing, index_skus: set[str]) -> Listing:

@@ -1,10 +1,11 @@
 """The index folder: the contract between ``index`` and ``query``/``eval``.
 
 An index folder holds ``manifest.json`` naming the model and its preprocessing, ``catalog.db``
-(SQLite: products, images, vectors), ``vectors-<generation>.faiss`` (see :mod:`.store`) and the model
-exported to ONNX (``model-fp32-<digest>.onnx``, see :mod:`.models`). A new
-folder is assembled under a temporary name beside its destination and renamed into place, so it
-appears whole or not at all; later writes go through :class:`~prodsearch.indexer.writer.IndexWriter`.
+(SQLite: products, images, vectors), ``vectors-<generation>.faiss`` (see :mod:`.store`) or, where the
+vectors are searched in Milvus, a Milvus Lite folder ``milvus.db`` (none for a server), and the model
+exported to ONNX (``model-fp32-<digest>.onnx``, see :mod:`.models`). A new folder is assembled
+beside its destination and renamed into place, so it appears whole or not at all; later writes go
+through :class:`~prodsearch.indexer.writer.IndexWriter`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prodsearch import __version__
 from prodsearch.catalog.files import write_atomically
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
+from prodsearch.indexer.vector_store import MilvusTarget
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.onnx_files import MODEL_FILE_PATTERN
 
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = "prodsearch-index"
 FORMAT_VERSION = 2  # 2: catalog.db holds the vectors; FAISS snapshots are derived from it
+STORE_FORMAT_VERSION = 3  # 3: the vectors are searched in a Milvus collection (older prodsearch cannot)
+READABLE_VERSIONS = (FORMAT_VERSION, STORE_FORMAT_VERSION)
 
 
 class NewerFormatError(IndexDirError):
@@ -50,11 +54,16 @@ class Manifest:
     index_factory: str = "auto"  # the FAISS factory string it was built as, for rebuilding it alike
     index_requested: str = ""  # what --index-type asked for ("auto" or a factory): a rebuild resizes by it
     views: int = 1  # every photo, catalog and query, embedded as the mean of this many fixed views
+    milvus: MilvusTarget | None = None  # where the vectors are searched; None: FAISS snapshots in the folder
+
+    @property
+    def store(self) -> str:
+        return "faiss" if self.milvus is None else "milvus"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.milvus is None else STORE_FORMAT_VERSION,
             "prodsearch_version": self.prodsearch_version,
             "created": self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": self.model.to_dict(),
@@ -63,6 +72,7 @@ class Manifest:
             "vector_index": {"type": self.index_type, "factory": self.index_factory,
                              "requested": self.index_requested or self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
+            "vector_store": {"kind": "faiss"} if self.milvus is None else self.milvus.to_dict(),
         }
 
     @classmethod
@@ -76,6 +86,7 @@ class Manifest:
             index_factory=d["vector_index"].get("factory", "auto"),
             index_requested=d["vector_index"].get("requested") or d["vector_index"].get("factory", "auto"),
             views=d.get("embedding", {}).get("views", 1),  # indexes from before views: the photo alone
+            milvus=MilvusTarget.from_dict(store) if (store := d.get("vector_store", {})).get("kind") == "milvus" else None,
         )
 
 
@@ -121,9 +132,9 @@ def _json_object(text: bytes) -> dict:
 def _check_version(data: dict, index_dir: Path, rebuild: str) -> None:
     """Another format version gets its own advice: upgrade prodsearch, or rebuild."""
     version = data.get("format_version")
-    if data.get("format") != FORMAT or not isinstance(version, int) or version == FORMAT_VERSION:
+    if data.get("format") != FORMAT or not isinstance(version, int) or version in READABLE_VERSIONS:
         return
-    if version > FORMAT_VERSION:
+    if version > max(READABLE_VERSIONS):
         raise NewerFormatError(f"{index_dir} was written by a newer prodsearch ({data.get('prodsearch_version')}); upgrade prodsearch")
     raise IndexDirError(f"{index_dir} was written by an older prodsearch ({data.get('prodsearch_version')}); {rebuild}")
 
@@ -164,9 +175,9 @@ def is_index_dir(path: Path) -> bool:
 
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
-# files, FAISS snapshots, the writer lock and who holds it, temporary files a crashed writer left,
-# and the server's folders of uploaded photos and thumbnails.
-INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|"
+# files, FAISS snapshots or the Milvus Lite folder, the writer lock and who holds it, temporary files
+# a crashed writer left, and the server's folders of uploaded photos and thumbnails.
+INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|milvus\.db|"
                         rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails)$")
 
 

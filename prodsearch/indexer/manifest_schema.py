@@ -58,6 +58,14 @@ class CatalogSection(_Schema):
     source: str
 
 
+class VectorStoreSection(_Schema):
+    """Where the vectors are searched (absent before Milvus: FAISS snapshots in the folder)."""
+
+    kind: Literal["faiss", "milvus"] = "faiss"
+    uri: Annotated[str, Field(min_length=1)] = "milvus.db"
+    collection: Annotated[str, Field(min_length=1)] = "prodsearch_images"
+
+
 class ManifestSchema(_Schema):
     format: Literal["prodsearch-index"]
     format_version: int
@@ -68,6 +76,7 @@ class ManifestSchema(_Schema):
     embedding: EmbeddingSection = Field(default_factory=EmbeddingSection)
     vector_index: VectorIndexSection
     catalog: CatalogSection
+    vector_store: VectorStoreSection = Field(default_factory=VectorStoreSection)
 
     @model_validator(mode="after")
     def _same_width(self) -> "ManifestSchema":

@@ -71,6 +71,7 @@ class ProductIndex:
         self._connections_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._closed = False
+        self._milvus = None  # the Milvus collection, opened on first use by an index that keeps its vectors there
         try:
             self._view = self._load_view(self._open_connection())
         except BaseException:
@@ -156,7 +157,11 @@ class ProductIndex:
     def _load_view(self, db: CatalogDB) -> IndexView:
         with db.guarded():
             view = self._read_newest(db)
-        if len(view) != len(view.image_ids):
+        if len(view) != len(view.image_ids) and self.manifest.milvus is not None:
+            log.warning("%s: Milvus holds %d vectors for %d catalog images (a writer was stopped part-way?); the "
+                        "next writer brings it level, or: prodsearch info --index %s --repair", self.index_dir,
+                        len(view), len(view.image_ids), self.index_dir)
+        elif len(view) != len(view.image_ids):
             raise IndexDirError(
                 f"{self.index_dir} is inconsistent ({len(view)} vectors for {len(view.image_ids)} catalog "
                 f"images); rebuild it with: prodsearch index CATALOG --index {self.index_dir}")
@@ -177,20 +182,32 @@ class ProductIndex:
     def _read_view(self, db: CatalogDB) -> IndexView | None:
         """The generation ``db``'s read transaction sees; ``None`` if its snapshot file is gone."""
         state, dim, factory = db.state(), self.manifest.model.embed_dim, self.manifest.index_factory
-        if not snapshot_path(self.index_dir, state.snapshot).is_file():
+        if self.manifest.milvus is not None:
+            placed = self._milvus_search()
+        elif not snapshot_path(self.index_dir, state.snapshot).is_file():
             return None
-        try:
-            loaded = load_vectors(self.index_dir, db, dim, factory)
-        except RuntimeError:  # faiss: the file vanished while being read
-            return None
-        set_search_params(loaded, **self._search_params)
-        placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory,
-                                  resolve_search_device(self._search_device), self._search_backend)
+        else:
+            try:
+                loaded = load_vectors(self.index_dir, db, dim, factory)
+            except RuntimeError:  # faiss: the file vanished while being read
+                return None
+            set_search_params(loaded, **self._search_params)
+            placed = place_for_search(loaded, lambda: db.all_vectors(dim), factory,
+                                      resolve_search_device(self._search_device), self._search_backend)
         ids, codes, paths, skus = read_images(db)
         names, category_codes, categories = read_products(db, skus)
         stored = db.setting(REJECTION_SETTING)
         return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories,
                          RejectRule.from_dict(stored) if stored else None)
+
+    def _milvus_search(self) -> VectorSearch:
+        """The Milvus collection's search; the client is opened once and shared by every view."""
+        from prodsearch.indexer.milvus import MilvusSearch, MilvusStore  # pymilvus: only for such an index
+        from prodsearch.indexer.milvus_types import parse_spec
+
+        if self._milvus is None:
+            self._milvus = MilvusStore.open(self.manifest.milvus, self.index_dir, self.manifest.model.embed_dim)
+        return MilvusSearch(self._milvus, parse_spec(self.manifest.index_factory)[0], self._search_params)
 
     # ------------------------------------------------------------------ connections
 
@@ -219,6 +236,9 @@ class ProductIndex:
             for db in self._connections.values():
                 db.close()
             self._connections.clear()
+            if self._milvus is not None:
+                self._milvus.close()
+                self._milvus = None
 
     # ------------------------------------------------------------------ answers
 
@@ -234,7 +254,7 @@ class ProductIndex:
             left_out = [code for code, sku in enumerate(view.skus) if sku in without]
             kept = view.image_ids[~np.isin(view.image_sku_codes, left_out)]
             among = kept if among is None else np.intersect1d(among, kept)
-        return view.answer(queries, top_k, among)
+        return view.answer(queries, top_k, among, view.where(category, frozenset(without_skus)))
 
     def search_as_one(self, photos: np.ndarray, top_k: int = 5, category: str | None = None) -> list[Match]:
         """Rank SKUs for several photos of one product (rows of ``photos``) by fusing their evidence.
@@ -259,7 +279,8 @@ class ProductIndex:
         among = self._category_ids(view, category)
         rule = resolve(rejection, view.rejection)
         if len(photos) == 1:
-            matches, decision = decided(view.answer(photos, wanted(top_k, rule), among)[0], top_k, rule)
+            matches, decision = decided(view.answer(photos, wanted(top_k, rule), among, view.where(category))[0],
+                                        top_k, rule)
             return Answer(view.generation, matches, decision)
         fused = self._fused(view, photos, wanted(top_k, rule), category, among)
         return Answer(fused.generation, *decided(fused.matches, top_k, rule))
@@ -272,7 +293,7 @@ class ProductIndex:
         for _ in range(MAX_OPEN_ATTEMPTS):
             db = self._connection()
             with db.guarded():
-                fused = view.fuse(photos, top_k, among, db.vectors_if_stored)
+                fused = view.fuse(photos, top_k, among, db.vectors_if_stored, view.where(category))
             if fused is not None:
                 return Answer(view.generation, fused)
             view = self._newer_than(view, db)
@@ -324,7 +345,8 @@ class ProductIndex:
         among = self._category_ids(view, category)  # an unknown category fails before any embedding
         rule = resolve(rejection, view.rejection)
         embedded = self.embed(paths, **embed_kwargs)
-        ranked = dict(zip(embedded.positions.tolist(), view.answer(embedded.vectors, wanted(top_k, rule), among)))
+        ranked = dict(zip(embedded.positions.tolist(),
+                          view.answer(embedded.vectors, wanted(top_k, rule), among, view.where(category))))
         results = []
         for i, p in enumerate(paths):
             matches, decision = decided(ranked[i], top_k, rule) if i in ranked else ([], None)

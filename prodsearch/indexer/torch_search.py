@@ -41,9 +41,10 @@ class TorchExactIndex:
         return True
 
     @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None,
+               where: object = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids), best first; -1 ids pad rows when fewer than k vectors
-        (of ``among``, when given) qualify."""
+        (of ``among``, when given) qualify. ``where`` (fields) is ``among`` described otherwise: unused."""
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device, self.dtype)
         allowed = None if among is None else torch.isin(self.ids, torch.from_numpy(np.asarray(among, dtype=np.int64)).to(self.device))
         best_scores = torch.full((len(q), 0), float("-inf"), device=self.device)

@@ -2,7 +2,9 @@
 
 ``with IndexWriter(index_dir, "add") as w: w.commit(...)`` takes the writer lock, applies all
 changes in one SQLite transaction (catalog rows, vectors and the change log together), and writes
-a new FAISS snapshot when the log has grown long enough. Readers never wait for it.
+a new FAISS snapshot when the log has grown long enough, or, for an index whose vectors live in
+Milvus, replays the change log into the collection (:func:`~prodsearch.indexer.milvus.catch_up`).
+Readers never wait for it.
 """
 
 from __future__ import annotations
@@ -48,14 +50,20 @@ class IndexWriter:
         if not catalog_writable(self.index_dir / CATALOG_DB):
             raise ReadOnlyIndexError(self.index_dir, f"this user cannot write the folder or its {CATALOG_DB}")
         self.db: CatalogDB | None = None
+        self.milvus = None  # the Milvus collection of an index that keeps its vectors there
 
     def __enter__(self) -> "IndexWriter":
         self.lock.__enter__()
         try:
             self.db = CatalogDB(self.index_dir / CATALOG_DB, write=True)
             remove_stale_files(self.index_dir, keep=self.db.state().snapshot)
+            if self.manifest.milvus is not None:  # what a killed writer left unwritten is replayed first
+                from prodsearch.indexer.milvus import MilvusStore, catch_up  # pymilvus: only for such an index
+
+                self.milvus = MilvusStore.open(self.manifest.milvus, self.index_dir, self.manifest.model.embed_dim)
+                catch_up(self.db, self.milvus, self.manifest.index_factory)
         except BaseException:
-            self.lock.__exit__(None, None, None)
+            self.__exit__(None, None, None)
             raise
         return self
 
@@ -66,6 +74,9 @@ class IndexWriter:
                     if exc[1] is not None:
                         raise exc[1]
         finally:
+            if self.milvus is not None:
+                self.milvus.close()
+                self.milvus = None
             if self.db is not None:
                 self.db.close()
             self.lock.__exit__(*exc)
@@ -87,7 +98,7 @@ class IndexWriter:
                 db.remove_images(remove, generation)
             products = list(products)
             if products:
-                db.upsert_products(products)
+                db.upsert_products(products, generation)
             added = db.add_images(images, vectors, generation) if images else []
             if moved:
                 db.update_paths(moved)
@@ -97,17 +108,48 @@ class IndexWriter:
             db.set_generation(generation)
             crash_point("inside-commit")
         crash_point("after-commit")
-        count = db.counts()["images"]
-        # An index that cannot delete is rebuilt once here, not by every reader that opens it.
-        rebuild = bool(remove) and not deletes_in_place(self.manifest.index_factory)
-        if rebuild_as is not None:
-            self._rebuild(rebuild_as)
-        elif rebuild or needs_snapshot(db, count):
-            index = load_vectors(self.index_dir, db, self.manifest.model.embed_dim, self.manifest.index_factory)
-            write_snapshot(self.index_dir, db, index)
-            crash_point("after-snapshot")
+        if self.milvus is not None:
+            self._write_milvus(rebuild_as)
+        else:
+            self._write_faiss(bool(remove), rebuild_as)
         log.info("generation %d: +%d images, -%d images", generation, len(added), len(remove))
         return Commit(generation, added, orphans)
+
+    def _write_faiss(self, removed: bool, rebuild_as: str | None) -> None:
+        """A FAISS snapshot when one is due: the log has grown long, or an index that cannot delete
+        lost images (rebuilt once here, not by every reader that opens it)."""
+        rebuild = removed and not deletes_in_place(self.manifest.index_factory)
+        if rebuild_as is not None:
+            self._rebuild(rebuild_as)
+        elif rebuild or needs_snapshot(self.db, self.db.counts()["images"]):
+            index = load_vectors(self.index_dir, self.db, self.manifest.model.embed_dim, self.manifest.index_factory)
+            write_snapshot(self.index_dir, self.db, index)
+            crash_point("after-snapshot")
+
+    def _write_milvus(self, rebuild_as: str | None) -> None:
+        from prodsearch.indexer.milvus import catch_up, rebuild
+
+        if rebuild_as is None:
+            catch_up(self.db, self.milvus, self.manifest.index_factory)
+            return
+        rebuild(self.db, self.milvus, rebuild_as)
+        self._set_index_type(rebuild_as, rebuild_as.split(":")[0])
+
+    def repair(self) -> str:
+        """Bring the vector store level with the catalog whatever happened to it: every Milvus row
+        compared and rewritten, or a fresh FAISS snapshot from the stored vectors. Says what it did."""
+        if self.milvus is not None:
+            from prodsearch.indexer.milvus import level
+
+            written, deleted = level(self.db, self.milvus)
+            return f"{self.manifest.milvus}: {written} rows written, {deleted} deleted"
+        self._rebuild(self.manifest.index_factory)
+        return f"FAISS snapshot of generation {self.db.state().generation} rewritten from the stored vectors"
+
+    def _set_index_type(self, factory: str, type_name: str) -> None:
+        if factory != self.manifest.index_factory:
+            self.manifest = dataclasses.replace(self.manifest, index_type=type_name, index_factory=factory)
+            write_manifest(self.index_dir, self.manifest)
 
     def _rebuild(self, factory: str) -> None:
         """A fresh snapshot of type ``factory``; the manifest follows once the snapshot is in place
@@ -115,6 +157,4 @@ class IndexWriter:
         index = rebuild_vectors(self.db, self.manifest.model.embed_dim, factory)
         write_snapshot(self.index_dir, self.db, index)
         crash_point("after-snapshot")
-        if factory != self.manifest.index_factory:
-            self.manifest = dataclasses.replace(self.manifest, index_type=index_type_name(index), index_factory=factory)
-            write_manifest(self.index_dir, self.manifest)
+        self._set_index_type(factory, index_type_name(index))

@@ -1,0 +1,281 @@
+"""Vectors in a Milvus collection, through pymilvus: Milvus Lite (a folder, in process), a
+standalone server or a cluster, one client for all.
+
+A row per image: ``image_id`` (INT64 primary key), ``vector`` (FLOAT_VECTOR, inner product on
+L2-normalised vectors), ``sku`` and ``category`` (VARCHAR), so a category or SKU restriction is a
+filter expression evaluated inside the search. ``catalog.db`` stays the truth: a writer commits
+SQLite first, then replays the change log into Milvus (:func:`catch_up`: upsert and delete by
+primary key, so replaying twice changes nothing) and only then marks the log as applied. A process
+killed in between leaves the log to the next writer or ``info --repair`` (:func:`level`, which
+compares every id).
+
+Milvus Lite serves one process at a time (it locks its folder); several processes at once (a server
+answering while ``add`` runs) need a Milvus server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from prodsearch.errors import VectorStoreError
+
+try:
+    from pymilvus import DataType, MilvusClient, MilvusException
+    from pymilvus.exceptions import ConnectionConfigException
+except ImportError:  # an optional dependency: say how to get it
+    raise VectorStoreError("keeping vectors in Milvus needs pymilvus and milvus-lite: pip install 'prodsearch[milvus]'") from None
+from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.failpoints import crash_point
+from prodsearch.indexer.milvus_types import parse_spec, search_params
+from prodsearch.indexer.search_backend import Where
+from prodsearch.choices import MILVUS_TOKEN_ENV as TOKEN_ENV
+from prodsearch.indexer.vector_store import MilvusTarget
+
+log = logging.getLogger(__name__)
+# pymilvus logs every refused request with a traceback before raising it; prodsearch reports it once,
+# as a VectorStoreError saying what to do.
+logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+# Milvus Lite hands out no server timestamps; the id iterator says so at every call and carries on.
+logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+
+MAX_TOPK = 16_384  # Milvus's limit on k and on queries per request
+UPSERT_ROWS = 5_000  # rows per request: a request stays well under Milvus's 64 MB at d = 2560
+_lite_lock = threading.Lock()
+_lite_users: dict[str, int] = {}  # Lite folder -> open stores in this process (they share its server)
+
+
+class MilvusStore:
+    """One collection of one index; open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, client: MilvusClient, target: MilvusTarget, uri: str, dim: int):
+        self.client, self.target, self.uri, self.dim = client, target, uri, dim
+        self.name = target.collection
+
+    @classmethod
+    def open(cls, target: MilvusTarget, index_dir: Path, dim: int) -> "MilvusStore":
+        uri = target.location(Path(index_dir))
+        try:
+            if target.is_lite:
+                with _lite_lock:
+                    client = MilvusClient(uri)
+                    _lite_users[uri] = _lite_users.get(uri, 0) + 1
+            else:
+                client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
+        except (MilvusException, ConnectionConfigException) as exc:
+            raise _unreachable(target, uri, exc) from None
+        return cls(client, target, uri, dim)
+
+    def close(self) -> None:
+        """Close the client; the last store of a Lite folder in this process also stops its server and
+        unlocks the folder (pymilvus would keep it until the process exits)."""
+        self.client.close()
+        if self.target.is_lite:
+            with _lite_lock:
+                _lite_users[self.uri] -= 1
+                if not _lite_users[self.uri]:
+                    del _lite_users[self.uri]
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    server_manager_instance.release_server(os.path.abspath(self.uri))
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the collection
+
+    def exists(self) -> bool:
+        return self._call(self.client.has_collection, self.name)
+
+    def create(self, spec: str) -> None:
+        """A new empty collection with the index ``spec`` (see :mod:`.milvus_types`)."""
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("image_id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("sku", DataType.VARCHAR, max_length=1024)
+        schema.add_field("category", DataType.VARCHAR, max_length=4096)
+        kind, params = parse_spec(spec)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=kind, metric_type="IP", params=params)
+        self._call(self.client.create_collection, self.name, schema=schema, index_params=index)
+        log.info("created the Milvus collection %s (%s) at %s", self.name, spec, self.uri)
+
+    def load(self) -> None:
+        """Load the collection for searching (a server or Lite process that opens it finds it released)."""
+        self._call(self.client.load_collection, self.name)
+
+    def drop(self) -> None:
+        if self.exists():
+            self._call(self.client.drop_collection, self.name)
+
+    def count(self) -> int:
+        return int(self._call(self.client.get_collection_stats, self.name)["row_count"])
+
+    def ids(self, batch: int = 10_000) -> np.ndarray:
+        """Every image id the collection holds, sorted (read in batches)."""
+        self.load()
+        iterator = self._call(self.client.query_iterator, self.name, batch_size=batch, output_fields=["image_id"])
+        found = []
+        try:
+            while rows := iterator.next():
+                found.append(np.fromiter((r["image_id"] for r in rows), dtype=np.int64, count=len(rows)))
+        finally:
+            iterator.close()
+        return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ rows
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray, skus: list[str], categories: list[str]) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        for start in range(0, len(ids), UPSERT_ROWS):
+            end = start + UPSERT_ROWS
+            rows = [{"image_id": int(i), "vector": v, "sku": s, "category": c}
+                    for i, v, s, c in zip(ids[start:end], vectors[start:end], skus[start:end], categories[start:end])]
+            self._call(self.client.upsert, self.name, rows)
+
+    def delete(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), UPSERT_ROWS):
+            self._call(self.client.delete, self.name, ids=[int(i) for i in ids[start:start + UPSERT_ROWS]])
+
+    def flush(self) -> None:
+        self._call(self.client.flush, self.name)
+
+    def search(self, queries: np.ndarray, k: int, expr: str = "", params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, ids) per query, best first, id -1 padding; ``expr`` filters inside."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, MAX_TOPK)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), MAX_TOPK):
+            hits = self._call(self.client.search, self.name, data=list(queries[start:start + MAX_TOPK]), limit=k,
+                              filter=expr, output_fields=[],
+                              search_params={"metric_type": "IP", "params": params or {}})
+            for row, found in enumerate(hits, start):
+                ids[row, :len(found)] = [h["image_id"] if "image_id" in h else h["id"] for h in found]
+                scores[row, :len(found)] = [h["distance"] for h in found]
+        return scores, ids
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except MilvusException as exc:
+            raise VectorStoreError(f"Milvus ({self.target}) refused {method.__name__}: {exc.message}") from None
+
+
+class MilvusSearch:
+    """:class:`~prodsearch.indexer.search_backend.VectorSearch` over a collection. It filters by
+    fields (``where``: a category subtree, SKUs left out) inside Milvus; an id list (``among``) is
+    sent as ``image_id in [...]`` only when no ``where`` describes it."""
+
+    def __init__(self, store: MilvusStore, kind: str, search_overrides: dict[str, int] | None = None):
+        self.store = store
+        self.params = search_params(kind, search_overrides)
+        store.load()
+        self._ntotal = store.count()  # one generation's view: counted once, as a FAISS snapshot is
+
+    @property
+    def ntotal(self) -> int:
+        return self._ntotal
+
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None,
+               where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if where is not None:
+            expr = filter_expression(where)
+        elif among is not None:
+            expr = f"image_id in [{','.join(str(int(i)) for i in among)}]"
+        else:
+            expr = ""
+        return self.store.search(queries, k, expr, self.params)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, skus: list[str] | None = None,
+            categories: list[str] | None = None) -> None:
+        """Upsert rows: a Milvus row needs each image's SKU and category besides its vector."""
+        if skus is None or categories is None:
+            raise TypeError("a Milvus row needs each image's sku and category: add(vectors, ids, skus, categories)")
+        self.store.upsert(np.asarray(ids), vectors, skus, categories)
+
+    def remove(self, ids: np.ndarray) -> bool:
+        self.store.delete([int(i) for i in ids])
+        return True
+
+
+def filter_expression(where: Where) -> str:
+    """The Milvus boolean expression of ``where``: a category subtree as ``==`` or a prefix ``like``
+    (the fast pattern), or, when the category holds LIKE's wildcards, the exact list of categories."""
+    parts = []
+    if where.category is not None:
+        prefix = where.category.strip("/")
+        if any(ch in prefix for ch in "%_\\"):
+            parts.append(f"category in [{','.join(_quoted(c) for c in where.categories)}]")
+        else:
+            parts.append(f'(category == {_quoted(prefix)} or category like {_quoted(prefix + "/%")})')
+    if where.without_skus:
+        parts.append(f"sku not in [{','.join(_quoted(s) for s in sorted(where.without_skus))}]")
+    return " and ".join(parts)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def catch_up(db: CatalogDB, store: MilvusStore, spec: str) -> int:
+    """Replay the change log since the generation Milvus was last brought level with (the catalog's
+    ``snapshot`` mark) and move the mark; the collection is created (``spec``) if it is missing.
+    Call under the writer lock. Returns the rows written or deleted."""
+    state = db.state()
+    if not store.exists():  # a new index, or a rebuild killed between drop and create
+        store.create(spec)
+    if state.snapshot == state.generation:
+        return 0
+    upsert, delete = db.store_changes_since(state.snapshot)
+    store.delete(delete)
+    for start in range(0, len(upsert), UPSERT_ROWS):
+        store.upsert(*db.store_rows(upsert[start:start + UPSERT_ROWS], store.dim))
+    store.flush()
+    crash_point("store-written")
+    with db.transaction():
+        db.mark_snapshot(state.generation)
+    log.info("Milvus %s: generation %d written (%d upserted, %d deleted)", store.name, state.generation,
+             len(upsert), len(delete))
+    return len(upsert) + len(delete)
+
+
+def rebuild(db: CatalogDB, store: MilvusStore, spec: str) -> None:
+    """The collection recreated as ``spec`` from every stored vector (a rebuild in place, or another
+    index type). A kill part-way is repaired by the next writer: it finds the change log unapplied."""
+    store.drop()
+    store.create(spec)
+    level(db, store)
+
+
+def level(db: CatalogDB, store: MilvusStore) -> tuple[int, int]:
+    """Make the collection hold exactly the catalog's images (every row upserted, every id the
+    catalog lacks deleted), then mark the log applied: ``info --repair``. Returns (written, deleted)."""
+    generation = db.state().generation
+    extra = np.setdiff1d(store.ids(), db.vector_ids()).tolist()
+    store.delete(extra)
+    written = 0
+    for rows in db.store_row_chunks(store.dim):
+        store.upsert(*rows)
+        written += len(rows[0])
+    store.flush()
+    with db.transaction():
+        db.mark_snapshot(generation)
+    return written, len(extra)
+
+
+def _unreachable(target: MilvusTarget, uri: str, exc: Exception) -> VectorStoreError:
+    if target.is_lite:
+        return VectorStoreError(
+            f"cannot open Milvus Lite at {uri}: another process has it open (a running prodsearch serve or "
+            "writer?) or it is damaged; Milvus Lite serves one process at a time: stop the other, or keep the "
+            "vectors on a Milvus server (index --milvus-uri http://HOST:19530) to use them from several")
+    return VectorStoreError(f"cannot connect to Milvus at {uri} ({getattr(exc, 'message', exc)}); check that the "
+                            f"server runs and the URI, and put its token in ${TOKEN_ENV} if it needs one")
