@@ -9,7 +9,7 @@ from prodsearch.indexer import ProductIndex
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.info import index_info
 from prodsearch.indexer.manifest import read_manifest
-from prodsearch.indexer.store import rebuild_vectors, snapshot_path
+from prodsearch.indexer.store import rebuild_vectors, sampled_vectors, snapshot_path
 from prodsearch.indexer.vectors import add_vectors, create_vector_index, search, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 
@@ -135,8 +135,8 @@ def test_float16_storage_ranks_like_exact_float32(tmp_path):
 
 
 def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data, monkeypatch):
-    """A rebuild reads a training sample by id and the vectors a chunk at a time, never all at once,
-    and gives the same index as one built from every vector in memory."""
+    """A rebuild gathers its training sample and adds the vectors a chunk at a time, never all at
+    once, and gives the same index as one built from every vector in memory."""
     vectors, owners = data
     write_vectors_index(tmp_path / "idx", owners, vectors)
     db = CatalogDB(tmp_path / "idx" / "catalog.db")
@@ -153,12 +153,13 @@ def test_rebuild_streams_the_vectors_in_chunks(tmp_path, data, monkeypatch):
     for spec in ("Flat", "IVF8,SQfp16"):
         fetched.clear()
         rebuilt = rebuild_vectors(db, DIM, spec)
-        # every read is one chunk or the training sample (every third vector here), never all 300
-        assert fetched == ([] if spec == "Flat" else [100]) + [64, 64, 64, 64, 44]
+        # every read is one chunk, never all 300: a pass that gathers the training sample, one that adds
+        assert fetched == ([] if spec == "Flat" else [64, 64, 64, 64, 44]) + [64, 64, 64, 64, 44]
         exact = create_vector_index(DIM, 0, "Flat")
         add_vectors(exact, read, ids)
         assert rebuilt.ntotal == 300
         assert np.mean(search(rebuilt, read, 1)[1][:, 0] == search(exact, read, 1)[1][:, 0]) > 0.95
+    assert np.array_equal(sampled_vectors(db, ids[::3], DIM), read[::3])  # the sample: exactly those rows
 
 
 def count_rows_decoded(monkeypatch) -> list[int]:

@@ -29,7 +29,7 @@ ENCODING_HELP = "save it as UTF-8 (or UTF-16 with BOM)"
 NOT_IN_SKU_FOLDER = "not inside a SKU folder (catalog/<sku>/image.jpg)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a catalog of a million photos holds a million of them
 class Item:
     """One labelled image; ``name`` and ``category`` are optional product metadata, ``product``
     groups the photos of one physical product (a query set's several shots of it). ``origin`` is

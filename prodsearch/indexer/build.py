@@ -138,8 +138,10 @@ def build_index(
     scanned = scan(listing)
     if writer is None:
         manifest = Manifest(encoder.config, "", str(listing.source), views=views, milvus=milvus)
+        files = len(listing.items)
+        del listing  # a million listed photos hold about 1 GB; the scan keeps what the build needs
         built = _build_new(scanned, index_dir, manifest, encoder, index_type, replace=unreadable, catalog=catalog,
-                           files=len(listing.items), chunk_size=chunk_size, resume=resume, batch_size=batch_size,
+                           files=files, chunk_size=chunk_size, resume=resume, batch_size=batch_size,
                            num_workers=num_workers, progress=progress)
         report = BuildReport(index_dir, built.skus, built.images, scanned.duplicates, scanned.shared_across_skus,
                              scanned.skipped + built.skipped, time.perf_counter() - start, built.embed_seconds, views,
@@ -264,6 +266,8 @@ def _build_new(scanned: Scan, index_dir: Path, manifest: Manifest, encoder: Enco
     open_partial(index_dir, staged, resume)
     with WriterLock(staged, "index"):
         built = embed_in_chunks(scanned, staged, encoder, views=manifest.views, chunk_size=chunk_size, **embed)
+        scanned.files.clear()  # spent: the vector index is built from the database, without the listing beside it
+        scanned.info.clear()
         try:
             if not built.images:
                 raise nothing_readable(catalog, files, scanned.skipped + built.skipped)

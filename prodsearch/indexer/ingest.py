@@ -26,7 +26,7 @@ class Duplicate:
     sku: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     md5: str
     size: int

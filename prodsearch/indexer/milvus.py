@@ -61,6 +61,9 @@ class MilvusStore:
         uri = target.location(Path(index_dir))
         try:
             if target.is_lite:
+                # Milvus Lite's in-process gRPC server logs, as an error, each call pymilvus makes that it
+                # does not implement (AllocTimestamp); pymilvus then carries on without it.
+                logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
                 with _lite_lock:
                     client = MilvusClient(uri)
                     _lite_users[uri] = _lite_users.get(uri, 0) + 1

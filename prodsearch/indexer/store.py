@@ -60,10 +60,21 @@ def rebuild_vectors(db: CatalogDB, dim: int, index_type: str = "auto", seed: int
     ids = db.vector_ids()
     index = create_vector_index(dim, len(ids), index_type)
     if not index.is_trained:
-        train_index(index, db.vectors(ids[training_rows(index, len(ids), seed)], dim))
+        train_index(index, sampled_vectors(db, ids[training_rows(index, len(ids), seed)], dim))
     for chunk_ids, vectors in db.vector_chunks(dim):
         add_vectors(index, vectors, chunk_ids)
     return index
+
+
+def sampled_vectors(db: CatalogDB, ids: np.ndarray, dim: int) -> np.ndarray:
+    """The stored vectors of ``ids`` (sorted), gathered from one streamed pass into one float32 array:
+    a training sample of 262k vectors without a dictionary of their blobs beside it."""
+    out, filled = np.empty((len(ids), dim), dtype=np.float32), 0
+    for chunk_ids, vectors in db.vector_chunks(dim):
+        keep = np.isin(chunk_ids, ids)
+        out[filled:filled + int(keep.sum())] = vectors[keep]
+        filled += int(keep.sum())
+    return out[:filled]
 
 
 def needs_snapshot(db: CatalogDB, vector_count: int) -> bool:
