@@ -25,7 +25,7 @@ from prodsearch.choices import CHUNK_PHOTOS  # 256 MB of float32 vectors a chunk
 from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.failpoints import crash_point
-from prodsearch.indexer.ingest import Scan, embed_new, product_rows
+from prodsearch.indexer.ingest import Scan, embed_new, scanned_products
 from prodsearch.indexer.lock import lock_is_held
 from prodsearch.indexer.manifest import Manifest
 from prodsearch.indexer.publish import glob_escape
@@ -105,7 +105,7 @@ def _embed_in_chunks(result: Chunked, scanned: Scan, encoder: Encoder, views: in
     if done:
         log.info("resuming an interrupted build: %d photos committed already are not embedded again", len(done))
     todo = [key for key in scanned.files if key not in done]
-    products = {row["sku"]: row for row in product_rows(list(scanned.files.values()))}
+    products = scanned_products(scanned)
     for start in range(0, len(todo), chunk_size):
         keys = todo[start:start + chunk_size]
         offset = chunk_progress(progress, start, len(todo))

@@ -109,6 +109,11 @@ def product_rows(items: list[Item]) -> list[dict]:
     return list(products.values())
 
 
+def scanned_products(scanned: Scan) -> dict[str, dict]:
+    """:func:`product_rows` of every file a scan kept, by SKU: what a chunk of new images brings along."""
+    return {row["sku"]: row for row in product_rows(list(scanned.files.values()))}
+
+
 def embed_new(
     encoder: Encoder,
     scanned: Scan,

@@ -17,7 +17,7 @@ from typing import Iterable
 from prodsearch.errors import ProdsearchError
 from prodsearch.choices import CHUNK_PHOTOS
 from prodsearch.indexer.chunked import chunk_progress
-from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, product_rows, scan
+from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, scan, scanned_products
 from prodsearch.indexer.models import encoder_for
 from prodsearch.indexer.rejection import REJECTION_SETTING, RejectRule
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
@@ -131,7 +131,7 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         held = db.held_images(scanned.files)
         new_keys = [k for k in scanned.files if k not in held]
         gone = db.images_not_in(scanned.files) if remove_missing else []
-        rows = {row["sku"]: row for row in product_rows(list(scanned.files.values()))}
+        rows = scanned_products(scanned)
         report = ChangeReport(index_dir, unchanged=len(held), duplicates=scanned.duplicates)
         skipped, added_skus, gone_paths = list(scanned.skipped), set(), {path for _, path in gone}
         progress = embed_kwargs.pop("progress", None)
