@@ -56,7 +56,8 @@ class TrainConfig:
     hflip: bool = setting(True, "Random horizontal flips (mirrored text never appears on a real package).")
     views: int = setting(1, "With --freeze-backbone: augmented views of each photo whose features are cached "
                             "beside the photo's own (1: the photo only); each draw picks one.")
-    freeze_bn: bool = setting(True, "Keep the backbone's BatchNorm statistics (small batches).")
+    freeze_bn: bool = setting(True, "Keep the backbone's BatchNorm statistics (small batches); off, they are "
+                                    "learnt, over every GPU of a torchrun run (SyncBatchNorm).")
     amp: str = setting("auto", "CUDA mixed precision: auto (bf16 where supported, else fp16) or off.")
     seed: int = setting(0, "Seed of sampling, augmentation and initialisation.")
     device: str = setting("auto", "Where the model trains; auto uses CUDA when present.")

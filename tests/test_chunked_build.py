@@ -15,7 +15,7 @@ from prodsearch.cli import cli
 from prodsearch.indexer import ProductIndex, build_index
 from prodsearch.indexer import chunked
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.failpoints import CRASH_ENV
+from prodsearch.failpoints import CRASH_ENV
 from prodsearch.indexer.info import index_info
 from prodsearch.retrieval import create_embedder
 

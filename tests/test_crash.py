@@ -15,7 +15,7 @@ import time
 import pytest
 
 from prodsearch.indexer import ProductIndex, build_index
-from prodsearch.indexer.failpoints import CRASH_ENV, POINTS
+from prodsearch.failpoints import CRASH_ENV, POINTS
 from prodsearch.indexer.info import index_info
 from prodsearch.retrieval import create_embedder
 

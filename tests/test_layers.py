@@ -15,6 +15,7 @@ LAYERS = {
     "errors": 0,
     "choices": 0,  # names the CLI offers before anything heavy is imported
     "train_config": 0,  # training settings and defaults, which train --help shows without torch
+    "failpoints": 0,  # the crash tests' failure injection, in writes and in training
     "catalog": 1,
     "synthetic": 2,  # renders demo shops; writes them through the catalog
     "retrieval": 3,

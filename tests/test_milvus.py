@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from prodsearch.cli import cli
 from prodsearch.errors import IndexDirError, IndexTypeError, VectorStoreError
 from prodsearch.indexer import ProductIndex, build_index
-from prodsearch.indexer.failpoints import CRASH_ENV
+from prodsearch.failpoints import CRASH_ENV
 from prodsearch.indexer.info import index_info, repair_index
 from prodsearch.indexer.lifecycle import add_to_index, remove_from_index, update_index
 from prodsearch.indexer.milvus import MilvusStore, filter_expression

@@ -60,13 +60,13 @@ def test_learning_rate_steps():
 def test_one_training_step_lowers_the_loss(shop, tmp_path):
     trainer = Trainer(tiny_config(shop, tmp_path, frozen_stages=0), progress=None)
     optimizer = trainer.optimizer(0)
-    x, y = next(iter(trainer.loader(np.arange(len(trainer.data)), seed=0)))
+    x, y = next(iter(trainer.loader(0)))
     trainer.set_train_mode()
-    before = trainer.loss(trainer.embed(x), y).total
+    before = trainer.step(x, y, accuracy_only=False).total
     before.backward()
     optimizer.step()
     with torch.no_grad():
-        after = trainer.loss(trainer.embed(x), y).total
+        after = trainer.step(x, y, accuracy_only=False).total
     assert after.item() < before.item()
 
 
@@ -109,7 +109,7 @@ def test_cached_views_of_customer_photos(shop, tmp_path):
     features = trainer.features["train"]
     assert features.shape[:2] == (len(trainer.data), 3)
     assert not torch.equal(features[:, 0], features[:, 1]) and not torch.equal(features[:, 1], features[:, 2])
-    drawn = [x for x, _ in trainer.loader(np.arange(len(trainer.data)), seed=0)]
+    drawn = [x for x, _ in trainer.loader(0)]
     assert sum(len(x) for x in drawn) >= len(trainer.data) * 3 - config.batch_size  # all views, one epoch
     first = train(config)
     assert first.history[0].images >= len(trainer.data) * 3 - config.batch_size

@@ -94,6 +94,7 @@ def setting_option(*decls: str, **kwargs: Any):
 @setting_option("--augment", type=click.Choice(AUGMENTATIONS))
 @setting_option("--hflip/--no-hflip")
 @setting_option("--views", type=click.IntRange(min=1))
+@setting_option("--freeze-bn/--no-freeze-bn")
 @setting_option("--seed", type=int)
 @click.option("--recipe", type=click.Choice(RECIPE_CHOICES), default="auto", show_default=True,
               help="Defaults for the situation: " + "; ".join(f"{r.name}: {r.situation}" for r in RECIPES.values())
@@ -120,21 +121,25 @@ def train(train_set, recipe, resume, quiet, as_json, **settings):
     Example (CPU, minutes: heads only):
         prodsearch train shop/train.csv --val shop/val.csv --out runs/heads --recipe none --freeze-backbone
     """
+    from prodsearch.retrieval.distributed import world_from_env
     from prodsearch.retrieval.training import train as run_training
 
+    main = world_from_env().is_main  # under torchrun, rank 0 speaks for the run
     chosen = None if resume else pick_recipe(recipe, train_set, settings["device"])
     if chosen is not None:
         given = click.get_current_context().get_parameter_source
         settings |= {k: v for k, v in chosen.settings.items() if given(k) == ParameterSource.DEFAULT}
-        if not quiet and not as_json:
+        if main and not quiet and not as_json:
             click.echo(f"Recipe {chosen.name}: {chosen.situation}", err=True)
     config = TrainConfig(train=train_set, **settings)
     start = time.perf_counter()
-    progress = TrainProgress(quiet)
+    progress = TrainProgress(quiet or not main)
     try:
         result = run_training(config, resume=resume, progress=progress)
     finally:
         progress.close()
+    if not main:
+        return
     if as_json:
         echo_json(train_result_dict(result, time.perf_counter() - start) | {"recipe": chosen and chosen.name})
     else:

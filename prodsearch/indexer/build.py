@@ -19,7 +19,7 @@ import numpy as np
 
 from prodsearch.errors import IndexDirError, IndexTypeError, ProdsearchError, ReadOnlyIndexError
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.failpoints import crash_point
+from prodsearch.failpoints import crash_point
 from prodsearch.indexer.chunked import CHUNK_PHOTOS, Chunked, embed_in_chunks, open_partial, partial_dir
 from prodsearch.indexer.ingest import Duplicate, Embedded, Scan, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.lock import WriterLock

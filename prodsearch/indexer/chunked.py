@@ -24,7 +24,7 @@ from prodsearch.catalog.listing import Skipped
 from prodsearch.choices import CHUNK_PHOTOS  # 256 MB of float32 vectors a chunk at d = 1280
 from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.failpoints import crash_point
+from prodsearch.failpoints import crash_point
 from prodsearch.indexer.ingest import Scan, embed_new, scanned_products
 from prodsearch.indexer.lock import lock_is_held
 from prodsearch.indexer.manifest import Manifest

@@ -30,7 +30,7 @@ try:
 except ImportError:  # an optional dependency: say how to get it
     raise VectorStoreError("keeping vectors in Milvus needs pymilvus and milvus-lite: pip install 'prodsearch[milvus]'") from None
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.failpoints import crash_point
+from prodsearch.failpoints import crash_point
 from prodsearch.indexer.milvus_types import parse_spec, search_params
 from prodsearch.indexer.search_backend import Where
 from prodsearch.choices import MILVUS_TOKEN_ENV as TOKEN_ENV

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from prodsearch.indexer.catalog_db import CatalogDB
-from prodsearch.indexer.failpoints import crash_point
+from prodsearch.failpoints import crash_point
 from prodsearch.indexer.index_types import train_index, training_rows
 from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_vector_index, remove_vectors,
                                         write_vector_index)

@@ -20,7 +20,7 @@ import numpy as np
 
 from prodsearch.errors import ReadOnlyIndexError
 from prodsearch.indexer.catalog_db import CatalogDB, catalog_writable
-from prodsearch.indexer.failpoints import crash_point
+from prodsearch.failpoints import crash_point
 from prodsearch.indexer.index_types import deletes_in_place
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import Manifest, read_manifest, write_manifest

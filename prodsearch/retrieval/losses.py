@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch import nn
 
 from prodsearch.choices import CLASSIFICATION_LOSSES, METRIC_LOSSES
@@ -73,22 +74,33 @@ def create_metric_loss(name: str) -> tuple[nn.Module | None, nn.Module | None]:
 
 @dataclass
 class LossParts:
-    total: torch.Tensor
-    parts: dict[str, float]
+    total: torch.Tensor  # what is back-propagated
+    parts: dict[str, float]  # each loss's value
+    value: float  # the loss of the batch, as one process would compute it on the whole batch
 
 
 class RetrievalLoss(nn.Module):
     """``w_cls * classification(emb, y) + w_metric * metric(emb, y, miner(emb, y))``, or, in the
-    accuracy finetune, ``AccuracyLoss(classification logits, y)``."""
+    accuracy finetune, ``AccuracyLoss(classification logits, y)``.
+
+    With ``world_size`` > 1 (processes of one distributed run) the miner and the metric loss see
+    every process's embeddings (pytorch-metric-learning's distributed wrappers), as one process
+    would see the whole batch; the classification loss, whose head is replicated, sees this
+    process's share, and averaging the gradients over the processes makes it the batch mean.
+    """
 
     def __init__(self, classification: nn.Module | None, metric: nn.Module | None, miner: nn.Module | None,
-                 classification_weight: float = 1.0, metric_weight: float = 1.0):
+                 classification_weight: float = 1.0, metric_weight: float = 1.0, world_size: int = 1):
         super().__init__()
         if classification is None and metric is None:
             raise ValueError("at least one of the classification and metric losses is needed")
         self.classification, self.metric, self.miner = classification, metric, miner
         self.classification_weight, self.metric_weight = classification_weight, metric_weight
         self.accuracy = AccuracyLoss()
+        self.world_size = world_size
+        # A plain tuple: the wrappers are not registered, so checkpoints name the same weights either way.
+        self._gathered = (DistributedLossWrapper(metric) if metric is not None else None,
+                          DistributedMinerWrapper(miner) if miner is not None else None) if world_size > 1 else None
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self.classification is None:
@@ -99,13 +111,18 @@ class RetrievalLoss(nn.Module):
         embeddings = embeddings.float()  # margin losses are unstable in half precision
         if accuracy_only:
             acc = self.accuracy(self.logits(embeddings), labels)
-            return LossParts(acc, {"accuracy": float(acc.detach())})
-        total, parts = embeddings.new_zeros(()), {}
+            return LossParts(acc, {"accuracy": float(acc.detach())}, float(acc.detach()))
+        total, parts, value = embeddings.new_zeros(()), {}, 0.0
         if self.classification is not None:
             cls = self.classification(embeddings, labels)
             total, parts["classification"] = total + self.classification_weight * cls, float(cls.detach())
+            value += self.classification_weight * parts["classification"]
         if self.metric is not None:
-            pairs = self.miner(embeddings, labels) if self.miner is not None else None
-            metric = self.metric(embeddings, labels, pairs)
-            total, parts["metric"] = total + self.metric_weight * metric, float(metric.detach())
-        return LossParts(total, parts)
+            metric_loss, miner = self._gathered or (self.metric, self.miner)
+            pairs = miner(embeddings, labels) if miner is not None else None
+            # Gathered, the loss comes multiplied by the number of processes: the mean of their
+            # gradients is then the gradient of the whole batch's loss.
+            metric = metric_loss(embeddings, labels, pairs)
+            total, parts["metric"] = total + self.metric_weight * metric, float(metric.detach()) / self.world_size
+            value += self.metric_weight * parts["metric"]
+        return LossParts(total, parts, value)

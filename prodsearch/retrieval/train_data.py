@@ -12,8 +12,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.augment import CustomerPhoto
 from prodsearch.retrieval.images import ImageLoadError, load_image
+from prodsearch.retrieval.sampling import seeded
 
 # Below this many files, starting worker processes costs more than it saves.
 MIN_FILES_FOR_WORKERS = 32
@@ -24,6 +26,10 @@ def decode_worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(ProdsearchError):
+    """A training set or configuration that cannot be trained on."""
 
 
 @dataclass(frozen=True)
@@ -73,42 +79,47 @@ def photo_augmentation(size: int, augment: str = "standard", flip: bool = True,
 
 
 class CachedViews(Dataset):
-    """(features of one of a photo's cached views, label): each draw picks a view at random, so the
-    same photo twice in a batch is two views of it (``features``: photos x views x dim)."""
+    """(features of one of a photo's cached views, label) for a key ``(index, draw seed)``
+    (:class:`~prodsearch.retrieval.sampling.EpochBatches`): the seed picks the view, so the same
+    photo twice in a batch is most often two views of it (``features``: photos x views x dim)."""
 
-    def __init__(self, features: torch.Tensor, labels: np.ndarray, seed: int):
+    def __init__(self, features: torch.Tensor, labels: np.ndarray):
         self.features, self.labels = features, labels
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
-        return self.features[i, int(self.rng.integers(self.features.shape[1]))], int(self.labels[i])
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        return self.features[i, seed % self.features.shape[1]], int(self.labels[i])
 
 
 class AugmentedImages(Dataset):
-    """(image tensor, label); an unreadable file yields ``None`` and is dropped from its batch."""
+    """(augmented image tensor, label) for a key ``(index, draw seed)``; the seed draws the
+    augmentation. An unreadable file is replaced by the next readable photo of its SKU, so every
+    batch keeps its size (processes sharing a batch exchange equal shares of it)."""
 
     def __init__(self, data: LabelledSet, transform, min_side: int):
         self.data, self.transform, self.min_side = data, transform, min_side
+        self.same_label = {label: np.flatnonzero(data.labels == label) for label in np.unique(data.labels)}
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(load_image(self.data.paths[i], min_side=self.min_side)), int(self.data.labels[i])
-        except ImageLoadError as exc:
-            log.warning("skipping %s in training: %s", self.data.paths[i], exc)
-            return None
-
-
-def collate_labelled(items):
-    items = [it for it in items if it is not None]
-    if not items:
-        return None
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        label = int(self.data.labels[i])
+        peers = self.same_label[label]
+        start = int(np.searchsorted(peers, i))
+        for j in (int(p) for p in np.roll(peers, -start)):
+            try:
+                image = load_image(self.data.paths[j], min_side=self.min_side)
+            except ImageLoadError as exc:
+                log.warning("skipping %s in training: %s", self.data.paths[j], exc)
+                continue
+            with seeded(seed):
+                return self.transform(image), label
+        raise TrainingError(f"no photo of SKU {self.data.classes[label]} can be read, e.g. {self.data.paths[i]}")
 
 
 def balanced_subset(labels: np.ndarray, max_per_class: int = 5, seed: int = 0) -> np.ndarray:

@@ -5,6 +5,12 @@ Stages, in order: ``main`` (the full training set), ``balanced`` (at most 5 imag
 losses, optimizer: what ``resume`` needs); each stage's end writes ``model-<stage>.pt``; the end
 writes ``model.pt``, the trained embedder that ``prodsearch index --model`` takes, and
 ``config.json`` / ``history.json`` beside it.
+
+Under torchrun the same run trains in N processes with DistributedDataParallel (NCCL between
+GPUs, gloo between CPUs): ``--batch-size`` stays the global batch, each process embeds its share of
+it (:mod:`.sampling`), the metric loss sees every process's embeddings (:mod:`.losses`), and only
+rank 0 writes files. The result matches one process with the same settings, up to float rounding,
+and either resumes the other's ``last.pt``.
 """
 
 from __future__ import annotations
@@ -14,31 +20,30 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader
 
-from prodsearch.errors import ProdsearchError
 from prodsearch.catalog.listing import read_listing
+from prodsearch.failpoints import crash_point
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
-from prodsearch.retrieval.device import resolve_device
+from prodsearch.retrieval.distributed import World, all_sum, backend_for, local_device, process_group, world_from_env
 from prodsearch.retrieval.embedder import Embedder, parse_model_name
 from prodsearch.retrieval.factory import create_embedder, is_checkpoint_path
 from prodsearch.retrieval.embedding import embed_files
-from prodsearch.retrieval.images import load_image
-from prodsearch.retrieval.losses import RetrievalLoss, create_classification_loss, create_metric_loss
+from prodsearch.retrieval.feature_cache import cache_features
+from prodsearch.retrieval.losses import LossParts, RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
+from prodsearch.retrieval.sampling import EpochBatches
 from prodsearch.retrieval.torch_encoder import TorchEncoder
+from prodsearch.retrieval.sync_bn import sync_batchnorm
 from prodsearch.retrieval.train_data import (MIN_FILES_FOR_WORKERS, AugmentedImages, CachedViews, LabelledSet,
-                                             balanced_subset, collate_labelled, decode_worker_init,
-                                             photo_augmentation, train_transform)
+                                             TrainingError, balanced_subset, decode_worker_init, train_transform)
 from prodsearch.train_config import TrainConfig  # the settings live in a light module: train --help shows them
 
 log = logging.getLogger(__name__)
@@ -46,9 +51,7 @@ log = logging.getLogger(__name__)
 STAGES = ("main", "balanced", "accuracy")
 EpochDone = Callable[[dict[str, Any]], None]  # called with each finished epoch's figures
 
-
-class TrainingError(ProdsearchError):
-    """A training set or configuration that cannot be trained on."""
+__all__ = ["STAGES", "TrainConfig", "Trainer", "TrainingError", "TrainResult", "EpochRecord", "train"]
 
 
 @dataclass
@@ -90,13 +93,29 @@ def learning_rate(base: float, epoch: int, steps: tuple[int, ...], gamma: float)
     return base * gamma ** sum(epoch >= s for s in steps)
 
 
+class TrainStep(torch.nn.Module):
+    """The embedder and the losses as one module, which DistributedDataParallel wraps whole: the
+    classification head's gradients are then averaged over the processes with the backbone's."""
+
+    def __init__(self, embedder: Embedder, loss: RetrievalLoss, pooled: bool, autocast: Callable):
+        super().__init__()
+        self.embedder, self.loss, self.pooled, self.autocast = embedder, loss, pooled, autocast
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, accuracy_only: bool) -> LossParts:
+        with self.autocast():
+            embeddings = (self.embedder.embed_pooled(x) if self.pooled
+                          else self.embedder(x.contiguous(memory_format=torch.channels_last)))
+        return self.loss(embeddings, y, accuracy_only=accuracy_only)
+
+
 class Trainer:
     """One training run's state: data, embedder, losses, frozen parts, cached features, history.
     :func:`train` drives it stage by stage and epoch by epoch."""
 
-    def __init__(self, config: TrainConfig, progress: EpochDone | None):
-        self.config, self.progress = config, progress
-        self.device = resolve_device(config.device)
+    def __init__(self, config: TrainConfig, progress: EpochDone | None, world: World = World()):
+        self.config, self.world = config, world
+        self.progress = progress if world.is_main else None
+        self.device = local_device(config.device, world)
         seed_everything(config.seed)
         self.data = LabelledSet.from_items(read_listing(config.train).items)
         if len(self.data.classes) < 2:
@@ -106,19 +125,28 @@ class Trainer:
         self.embedder = self._create_embedder()
         self.loss = RetrievalLoss(
             create_classification_loss(config.classification_loss, len(self.data.classes), self.embedder.embed_dim),
-            *create_metric_loss(config.metric_loss), config.classification_weight, config.metric_weight,
+            *create_metric_loss(config.metric_loss), config.classification_weight, config.metric_weight, world.size,
         ).to(self.device)
         if config.accuracy_epochs and self.loss.classification is None:
             raise TrainingError("the accuracy-loss finetune needs a classification loss (--classification-loss)")
         self._freeze()
         self.balanced = balanced_subset(self.data.labels, config.balanced_max_per_class, config.seed)
-        self.features = self._cache_features() if config.freeze_backbone else None
+        self.features = (cache_features(self.embedder, self.device, config, self.data, self.val, world)
+                         if config.freeze_backbone else None)
         self.history: list[EpochRecord] = []
         self.best_val: float | None = None
         self.autocast, self.scaler = self._mixed_precision()
+        self.step = self._train_step()
 
     def _check_settings(self) -> None:
-        c = self.config
+        c, world = self.config, self.world
+        if c.batch_size % world.size:
+            raise TrainingError(f"--batch-size {c.batch_size} (the global batch) is shared by {world.size} processes: "
+                                f"make it a multiple of {world.size}")
+        if world.is_distributed and not c.freeze_bn and not c.freeze_backbone and self.device.type != "cuda":
+            raise TrainingError("--no-freeze-bn across CPU processes would normalise each process's share of the "
+                                "batch on its own (SyncBatchNorm needs GPUs): keep --freeze-bn, or train on GPUs "
+                                "or in one process")
         if c.views > 1 and not c.freeze_backbone:
             raise TrainingError("--views caches augmented views for --freeze-backbone; without it every epoch "
                                 "augments the photos anew")
@@ -132,7 +160,22 @@ class Trainer:
         embedder = create_embedder(c.model, embed_dim=c.embed_dim, img_size=c.img_size, crop_pct=c.img_size / c.resize)
         if not embedder.config.head:
             raise TrainingError(f"{c.model} has no embedding head to train; train from a model name")
+        if self.world.is_distributed:  # the head's BatchNorm (and an unfrozen backbone's) sees the whole batch
+            embedder = sync_batchnorm(embedder, self.device)
         return embedder.to(self.device, memory_format=torch.channels_last)
+
+    def _train_step(self) -> torch.nn.Module:
+        """The module a training step calls: :class:`TrainStep`, in DistributedDataParallel when
+        several processes train (the model's starting weights are then rank 0's)."""
+        step = TrainStep(self.embedder, self.loss, self.features is not None, self.autocast)
+        if not self.world.is_distributed:
+            return step
+        from torch.nn.parallel import DistributedDataParallel
+
+        # BatchNorm buffers need no broadcast at each step: whole-batch statistics (sync_batchnorm)
+        # keep them the same in every process.
+        return DistributedDataParallel(step, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
         backbone = self.embedder.backbone
@@ -163,44 +206,6 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
-    def _cache_features(self) -> dict[str, torch.Tensor]:
-        """Pooled backbone features of every training (and validation) image, computed once; the
-        training photos' as photos x views x dim (view 0: the photo itself, then ``views - 1``
-        augmented ones), the validation photos' as photos x dim."""
-        cached = {"train": torch.stack([self._pooled(self.data.paths, "train")]
-                                       + [self._pooled(paths, f"view {v}") for v, paths in self._views()], dim=1)}
-        if self.val:
-            cached["val"] = self._pooled(self.val.paths, "val")
-        return cached
-
-    def _pooled(self, paths: list[str], name: str) -> torch.Tensor:
-        result = embed_files(TorchEncoder(self.embedder, self.device, pooled=True), paths,
-                             num_workers=self.config.workers)
-        if result.failures:
-            raise TrainingError(f"{len(result.failures)} {name} images could not be read, e.g. "
-                                f"{paths[next(iter(result.failures))]}")
-        log.info("cached %d %s features (%.1f img/s)", len(result.vectors), name, result.images_per_second)
-        return torch.from_numpy(result.vectors)
-
-    def _views(self) -> Iterator[tuple[int, list[str]]]:
-        """Augmented views of the training photos, one set of files at a time (high-quality JPEGs in
-        a temporary folder, removed after), each set drawn from its own seed."""
-        c = self.config
-        augment = photo_augmentation(c.resize, c.augment, c.hflip)
-        min_side = decode_min_side(self.embedder.data_config)
-        with tempfile.TemporaryDirectory(prefix="prodsearch-views-") as tmp:
-            for v in range(1, c.views):
-                random.seed(c.seed * 1_000_003 + v)
-                torch.manual_seed(c.seed * 1_000_003 + v)  # torchvision's random transforms
-                paths = []
-                for i, path in enumerate(self.data.paths):
-                    out = os.path.join(tmp, f"{v}-{i}.jpg")
-                    augment(load_image(path, min_side=min_side)).save(out, quality=95)
-                    paths.append(out)
-                yield v, paths
-                for out in paths:
-                    os.remove(out)
-
     def optimizer(self, stage: int) -> torch.optim.Optimizer:
         c = self.config
         scale = 1.0 if stage == 0 else c.finetune_lr_scale
@@ -212,65 +217,63 @@ class Trainer:
                            "name": "backbone"})
         return torch.optim.Adam(groups, weight_decay=c.weight_decay)
 
-    def loader(self, indices: np.ndarray, seed: int) -> DataLoader:
+    def loader(self, stage: int) -> DataLoader:
+        """The stage's batches (the whole training set, or the balanced subset), this process's
+        share of each; its sampler draws a new epoch at each ``set_epoch``."""
         c = self.config
+        indices = np.arange(len(self.data)) if stage == 0 else self.balanced
         labels = self.data.labels[indices]
         views = 1 if self.features is None else self.features["train"].shape[1]
-        sampler = MPerClassSampler(labels, c.m_per_class, c.batch_size,  # an epoch: every cached view once
-                                   length_before_new_iter=max(len(indices) * views, c.batch_size))
+        seed = c.seed * 1_000_003 + stage * 1_009
+        sampler = EpochBatches(labels, c.m_per_class, c.batch_size,  # an epoch: every cached view once
+                               max(len(indices) * views, c.batch_size), seed, self.world)
+        local_batch = c.batch_size // self.world.size
         if self.features is not None:
-            dataset = CachedViews(self.features["train"][indices], labels, seed)
-            return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True)
+            return DataLoader(CachedViews(self.features["train"][indices], labels), batch_size=local_batch,
+                              sampler=sampler, drop_last=True)
         cfg = self.embedder.data_config
         transform = train_transform(c.img_size, c.resize, cfg["mean"], cfg["std"], c.augment, c.hflip)
         dataset = AugmentedImages(self.data.subset(indices), transform, decode_min_side(cfg))
         # Training decodes and augments in workers, as its benchmark (BENCHMARKS.md) was measured.
         default = min(4, os.cpu_count() or 1) if len(indices) >= MIN_FILES_FOR_WORKERS else 0
         workers = default if c.workers is None else c.workers
-        return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-                          collate_fn=collate_labelled, worker_init_fn=decode_worker_init,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+        return DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=workers,
+                          worker_init_fn=decode_worker_init, pin_memory=self.device.type == "cuda")
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.features is not None:
-            return self.embedder.embed_pooled(x)
-        return self.embedder(x.contiguous(memory_format=torch.channels_last))
-
-    def run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer) -> EpochRecord:
+    def run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer, loader: DataLoader) -> EpochRecord:
         c = self.config
-        seed = c.seed * 1_000_003 + stage * 1_009 + epoch
-        seed_everything(seed)
+        seed_everything(c.seed * 1_000_003 + stage * 1_009 + epoch)
         lr_steps = c.lr_steps if stage == 0 else ()  # finetune stages run at a constant rate
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(group["base_lr"], epoch, lr_steps, c.lr_gamma)
         self.set_train_mode()
-        loader = self.loader(np.arange(len(self.data)) if stage == 0 else self.balanced, seed)
+        loader.sampler.set_epoch(epoch)
         total, parts_sum, images, start, batches = 0.0, {}, 0, time.perf_counter(), 0
         optimizer.zero_grad(set_to_none=True)
-        for step, batch in enumerate(loader):
-            if batch is None:
-                continue
-            x, y = batch
-            with self.autocast():
-                embeddings = self.embed(x)
-            out = self.loss(embeddings, y.to(self.device), accuracy_only=STAGES[stage] == "accuracy")
-            self._backward(out.total / c.accumulate)
-            if (step + 1) % c.accumulate == 0:
+        for step, (x, y) in enumerate(loader):
+            stepping = (step + 1) % c.accumulate == 0 or step + 1 == len(loader)
+            # Between optimizer steps the processes need not average gradients: they add up locally.
+            with contextlib.nullcontext() if stepping or not self.world.is_distributed else self.step.no_sync():
+                out = self.step(x.to(self.device, non_blocking=True), y.to(self.device),
+                                accuracy_only=STAGES[stage] == "accuracy")
+                self._backward(out.total / c.accumulate)
+            if stepping:
                 self._step(optimizer)
-            total += float(out.total.detach())
+            total += out.value
             for k, v in out.parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
             images, batches = images + len(y), batches + 1
             if self.progress:
                 self.progress({"stage": STAGES[stage], "epoch": epoch + 1, "step": step + 1, "steps": len(loader),
                                "loss": total / batches, "images_per_second": images / (time.perf_counter() - start)})
-        if batches % c.accumulate:
-            self._step(optimizer)
+        # Every process's figures: their mean is the loss of the whole batches.
+        names = sorted(parts_sum)
+        total, *parts, images = all_sum([total, *(parts_sum[k] for k in names), images], self.world)
+        mean = self.world.size * max(batches, 1)
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        return EpochRecord(STAGES[stage], epoch + 1, total / max(batches, 1),
-                           {k: v / max(batches, 1) for k, v in parts_sum.items()}, images,
-                           time.perf_counter() - start, lrs["head"], lrs.get("backbone", 0.0), self.validate())
+        return EpochRecord(STAGES[stage], epoch + 1, total / mean, {k: v / mean for k, v in zip(names, parts)},
+                           int(images), time.perf_counter() - start, lrs["head"], lrs.get("backbone", 0.0),
+                           self.validate())
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -285,22 +288,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Top-1 SKU classification accuracy on the validation set (never the test set)."""
+        """Top-1 SKU classification accuracy on the validation set (never the test set); each
+        process classifies its share of it."""
         if self.val is None or self.loss.classification is None or not len(self.val):
             return None
         self.embedder.eval()
+        share = self.world.share(len(self.val))
         if self.features is not None:
-            embeddings = self.embedder.embed_pooled(self.features["val"].to(self.device))
-            labels = torch.from_numpy(self.val.labels)
+            embeddings = self.embedder.embed_pooled(self.features["val"][share].to(self.device))
+            labels = torch.from_numpy(self.val.labels[share])
         else:
-            result = embed_files(TorchEncoder(self.embedder, self.device), self.val.paths,
+            result = embed_files(TorchEncoder(self.embedder, self.device), self.val.paths[share],
                                  num_workers=self.config.workers)
             embeddings = torch.from_numpy(result.vectors).to(self.device)
-            labels = torch.from_numpy(self.val.labels[result.positions])
-        predicted = self.loss.logits(embeddings).argmax(dim=1).cpu()
-        return float((predicted == labels).float().mean())
+            labels = torch.from_numpy(self.val.labels[share][result.positions])
+        predicted = self.loss.logits(embeddings).argmax(dim=1).cpu() if len(labels) else labels
+        correct, count = all_sum([float((predicted == labels).sum()), len(labels)], self.world)
+        return correct / count if count else None
 
     def save(self, path: Path, stage: int, epoch: int, optimizer: torch.optim.Optimizer | None) -> Path:
+        """Write a checkpoint (rank 0 only: the processes hold the same weights); return its path."""
+        if not self.world.is_main:
+            return path
         extra = {"classes": self.data.classes, "config": self.config.to_dict(),
                  "history": [asdict(r) for r in self.history], "stage": stage, "epoch": epoch}
         if optimizer is not None:
@@ -351,10 +360,17 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
             raise TrainingError(f"{resume} holds a finished model, not a run to resume: resume from last.pt")
         config = TrainConfig.from_dict({**payload["config"], "device": config.device, "workers": config.workers})
     check_trainable(config)
+    world = world_from_env()
+    with process_group(world, backend_for(local_device(config.device, world))):
+        return _train(config, payload, progress, world)
+
+
+def _train(config: TrainConfig, payload: dict | None, progress: EpochDone | None, world: World) -> TrainResult:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    trainer = Trainer(config, progress)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    trainer = Trainer(config, progress, world)
     start_stage, start_epoch, optimizer_state = trainer.restore(payload) if payload else (0, 0, None)
     best_path = out / "best.pt" if payload and (out / "best.pt").is_file() else None
     for stage, epochs in enumerate(config.stage_epochs()):
@@ -363,18 +379,23 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
         optimizer = trainer.optimizer(stage)
         if optimizer_state is not None and stage == start_stage:
             optimizer.load_state_dict(optimizer_state)
+        loader = trainer.loader(stage)
         for epoch in range(start_epoch if stage == start_stage else 0, epochs):
-            record = trainer.run_epoch(stage, epoch, optimizer)
+            record = trainer.run_epoch(stage, epoch, optimizer, loader)
             trainer.history.append(record)
-            log.info("%s epoch %d/%d: loss %.4f %s, %.1f img/s%s", record.stage, record.epoch, epochs, record.loss,
-                     record.parts, record.images_per_second,
-                     f", val top-1 {record.val_top1:.4f}" if record.val_top1 is not None else "")
+            if world.is_main:
+                log.info("%s epoch %d/%d: loss %.4f %s, %.1f img/s%s", record.stage, record.epoch, epochs, record.loss,
+                         record.parts, record.images_per_second,
+                         f", val top-1 {record.val_top1:.4f}" if record.val_top1 is not None else "")
             trainer.save(out / "last.pt", stage, epoch, optimizer)
+            if world.is_main:
+                crash_point("train-epoch")
             if record.val_top1 is not None and (trainer.best_val is None or record.val_top1 > trainer.best_val):
                 trainer.best_val = record.val_top1
                 best_path = trainer.save(out / "best.pt", stage, epoch, None)
         trainer.save(out / f"model-{STAGES[stage]}.pt", stage, epochs - 1, None)  # each stage's result, for ablations
     final_stage = max((s for s, e in enumerate(config.stage_epochs()) if e), default=0)
     model_path = trainer.save(out / "model.pt", final_stage, config.stage_epochs()[final_stage] - 1, None)
-    (out / "history.json").write_text(json.dumps([asdict(r) for r in trainer.history], indent=2) + "\n")
+    if world.is_main:
+        (out / "history.json").write_text(json.dumps([asdict(r) for r in trainer.history], indent=2) + "\n")
     return TrainResult(out, model_path, trainer.data.classes, trainer.history, best_path)
