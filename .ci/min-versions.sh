@@ -39,7 +39,7 @@ TESTS=(
     tests/test_bad_input_cli.py tests/test_concurrent_readers.py tests/test_stats.py tests/test_weights.py
     tests/test_metrics.py tests/test_categories.py tests/test_synthetic.py tests/test_grocery_store.py
     tests/test_packaging.py tests/test_crash.py tests/test_onnx.py tests/test_runtimes.py tests/test_preprocess.py
-    tests/test_milvus.py tests/test_distributed_training.py
+    tests/test_milvus.py tests/test_distributed_training.py tests/test_distributed_embedding.py
     tests/test_serve.py tests/test_serve_batching.py tests/test_serve_cli.py tests/test_serve_browser.py
     tests/test_open_set.py tests/test_open_set_cli.py tests/test_eval_report.py tests/test_eval_report_browser.py
 )

@@ -57,6 +57,13 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def speaks_for_run() -> bool:
+    """Whether this process reports: always, but under torchrun only rank 0 (the others help it)."""
+    from prodsearch.retrieval.distributed import world_from_env  # the environment only: no torch
+
+    return world_from_env().is_main
+
+
 def shows_progress(quiet: bool) -> bool:
     """Progress bars are drawn for a person at a terminal. Piped or logged, stderr keeps to warnings
     and errors (click would write each bar's label alone on a line, which tells nothing), so that a

@@ -11,7 +11,7 @@ from prodsearch.choices import (CHUNK_PHOTOS, DEFAULT_MODEL, MAX_VIEWS, MILVUS_C
                                 VECTOR_STORES)
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, rejection_choice, rejection_options, runtime_options, search_options,
-                                wait_option, workers_option)
+                                speaks_for_run, wait_option, workers_option)
 from prodsearch.cli.reports import build_report_dict, eval_report_dict
 from prodsearch.errors import ProdsearchError
 
@@ -77,15 +77,18 @@ def index(catalog, index_dir, model, index_type, views, vector_store, milvus_uri
         prodsearch index shop/catalog/ --index shop/idx-views --views 6
         prodsearch index shop/catalog/ --index shop/idx-milvus --vector-store milvus
         prodsearch index shop/catalog/ --index shop/idx --milvus-uri http://milvus:19530 --milvus-collection shop
+        torchrun --standalone --nproc-per-node 8 -m prodsearch index shop/catalog/ --index shop/idx
     """
     from prodsearch.indexer.build import build_index
 
-    with Progress("Embedding", quiet) as progress:
+    with Progress("Embedding", quiet or not speaks_for_run()) as progress:
         report = build_index(catalog, index_dir, model=model, index_type=index_type, batch_size=batch_size,
                              runtime=runtime, device=device, precision=precision, num_workers=workers,
                              progress=progress, wait=wait, views=views, vector_store=vector_store,
                              milvus_uri=milvus_uri, milvus_collection=milvus_collection, chunk_size=chunk_size,
                              resume=resume)
+    if report is None:  # a helper process of a torchrun run: rank 0 reports
+        return
     if as_json:
         echo_json(build_report_dict(report))
     else:

@@ -8,7 +8,7 @@ import click
 
 from prodsearch.choices import CHUNK_PHOTOS
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
-                                quiet_option, runtime_options, wait_option, workers_option)
+                                quiet_option, runtime_options, speaks_for_run, wait_option, workers_option)
 from prodsearch.cli.commands import MAX_LISTED, skipped_lines
 from prodsearch.cli.reports import change_report_dict
 from prodsearch.errors import ProdsearchError
@@ -47,10 +47,12 @@ def catalog_command(name: str, help_text: str, *extra_options):
     def command(catalog, index_dir, model, batch_size, runtime, device, precision, workers, chunk_size, wait, quiet,
                 as_json, **extra):
         operation = catalog_operation(name)
-        with Progress("Embedding", quiet) as progress:
+        with Progress("Embedding", quiet or not speaks_for_run()) as progress:
             report = operation(catalog, index_dir, model=model, batch_size=batch_size, runtime=runtime, device=device,
                                precision=precision, num_workers=workers, progress=progress, wait=wait,
                                chunk_size=chunk_size, **extra)
+        if report is None:  # a helper process of a torchrun run: rank 0 reports
+            return
         if as_json:
             echo_json(change_report_dict(report))
         else:

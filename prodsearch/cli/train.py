@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from prodsearch.choices import AUGMENTATIONS, CLASSIFICATION_LOSSES, DEVICE_CHOICES, METRIC_LOSSES
-from prodsearch.cli.app import cli, echo_json, json_option, quiet_option, shows_progress
+from prodsearch.cli.app import cli, echo_json, json_option, quiet_option, shows_progress, speaks_for_run
 from prodsearch.cli.reports import train_result_dict
 from prodsearch.retrieval.recipes import (RECIPE_CHOICES, RECIPES, CatalogOnlyError, Recipe, catalog_only_advice,
                                           choose_recipe, photos_per_sku)
@@ -120,11 +120,12 @@ def train(train_set, recipe, resume, quiet, as_json, **settings):
         prodsearch train shop/train.csv --val shop/val.csv --out runs/shop
     Example (CPU, minutes: heads only):
         prodsearch train shop/train.csv --val shop/val.csv --out runs/heads --recipe none --freeze-backbone
+    Example (8 GPUs; --batch-size is the global batch, shared by the processes):
+        torchrun --standalone --nproc-per-node 8 -m prodsearch train shop/train.csv --out runs/shop --batch-size 256
     """
-    from prodsearch.retrieval.distributed import world_from_env
     from prodsearch.retrieval.training import train as run_training
 
-    main = world_from_env().is_main  # under torchrun, rank 0 speaks for the run
+    main = speaks_for_run()
     chosen = None if resume else pick_recipe(recipe, train_set, settings["device"])
     if chosen is not None:
         given = click.get_current_context().get_parameter_source

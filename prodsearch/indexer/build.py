@@ -29,7 +29,7 @@ from prodsearch.indexer.models import encoder_for, keep_model
 from prodsearch.indexer.publish import (check_can_create, publish_new, publish_replacing, remove_stale_staging,
                                        staging_dir)
 from prodsearch.catalog.listing import Skipped, read_listing
-from prodsearch.indexer.store import CATALOG_DB, rebuild_vectors, snapshot_path
+from prodsearch.indexer.store import CATALOG_DB, EMBEDDING_DIR, rebuild_vectors, snapshot_path
 from prodsearch.indexer.index_types import resize_index_type, resolve_index_type
 from prodsearch.indexer.milvus_types import milvus_index_spec
 from prodsearch.indexer.vector_store import MilvusTarget, milvus_target
@@ -38,6 +38,7 @@ from prodsearch.indexer.writer import IndexWriter
 from prodsearch.choices import DEFAULT_MODEL
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
+from prodsearch.retrieval.embedding_team import EmbeddingTeam, embedder_in, embeds_as_team
 from prodsearch.retrieval.encoders import ModelSource, create_encoder
 from prodsearch.retrieval.runtime import Encoder
 from prodsearch.retrieval.views import check_views
@@ -63,6 +64,7 @@ class BuildReport:
         return (self.images - self.resumed) / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
+@embeds_as_team
 def build_index(
     catalog: str | os.PathLike,
     index_dir: str | os.PathLike,
@@ -82,7 +84,8 @@ def build_index(
     milvus_collection: str | None = None,
     chunk_size: int = CHUNK_PHOTOS,
     resume: bool = True,
-) -> BuildReport:
+    team: EmbeddingTeam | None = None,
+) -> BuildReport | None:
     """Index every readable image of ``catalog`` into ``index_dir``.
 
     An existing index there is rebuilt from the catalog with its own model (``model``, if given,
@@ -103,6 +106,9 @@ def build_index(
     holds one chunk of vectors, and a build that was stopped resumes where it stopped unless
     ``resume`` is false. A rebuild in place replaces every row in one transaction (readers see the
     old catalog until the new one is whole), so its memory grows with the catalog.
+
+    Under torchrun every process embeds its share of each chunk (``team``, given by
+    :func:`embeds_as_team`); rank 0 returns the report, the others None.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -141,7 +147,7 @@ def build_index(
         files = len(listing.items)
         del listing  # a million listed photos hold about 1 GB; the scan keeps what the build needs
         built = _build_new(scanned, index_dir, manifest, encoder, index_type, replace=unreadable, catalog=catalog,
-                           files=files, chunk_size=chunk_size, resume=resume, batch_size=batch_size,
+                           files=files, chunk_size=chunk_size, resume=resume, team=team, batch_size=batch_size,
                            num_workers=num_workers, progress=progress)
         report = BuildReport(index_dir, built.skus, built.images, scanned.duplicates, scanned.shared_across_skus,
                              scanned.skipped + built.skipped, time.perf_counter() - start, built.embed_seconds, views,
@@ -149,7 +155,7 @@ def build_index(
         log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
         return report
     embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
-                         progress=progress, views=views)
+                         progress=progress, views=views, embed_with=embedder_in(team, index_dir / EMBEDDING_DIR))
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
         raise nothing_readable(catalog, len(listing.items), skipped)
@@ -258,14 +264,16 @@ def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, fact
 
 
 def _build_new(scanned: Scan, index_dir: Path, manifest: Manifest, encoder: Encoder, index_type: str, *,
-               replace: bool, catalog, files: int, chunk_size: int, resume: bool, **embed) -> Chunked:
+               replace: bool, catalog, files: int, chunk_size: int, resume: bool, team: EmbeddingTeam | None,
+               **embed) -> Chunked:
     """A new index folder, embedded in chunks into a partial build (resumed if one was stopped),
     finished and renamed into place (``replace``: in place of an unreadable one)."""
     staged = partial_dir(index_dir, manifest, index_type)
     remove_stale_staging(index_dir)  # what a killed build of the older kind or a replacing publish left
     open_partial(index_dir, staged, resume)
     with WriterLock(staged, "index"):
-        built = embed_in_chunks(scanned, staged, encoder, views=manifest.views, chunk_size=chunk_size, **embed)
+        built = embed_in_chunks(scanned, staged, encoder, views=manifest.views, chunk_size=chunk_size,
+                                embed_with=embedder_in(team, staged / EMBEDDING_DIR), **embed)
         scanned.files.clear()  # spent: the vector index is built from the database, without the listing beside it
         scanned.info.clear()
         try:

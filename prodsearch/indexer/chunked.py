@@ -30,7 +30,7 @@ from prodsearch.indexer.lock import lock_is_held
 from prodsearch.indexer.manifest import Manifest
 from prodsearch.indexer.publish import glob_escape
 from prodsearch.indexer.store import CATALOG_DB
-from prodsearch.retrieval.embedding import FilesDone
+from prodsearch.retrieval.embedding import EmbedFiles, FilesDone, embed_files
 from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,14 @@ def open_partial(index_dir: Path, staged: Path, resume: bool) -> bool:
 
 def embed_in_chunks(scanned: Scan, staged: Path, encoder: Encoder, *, views: int,
                     chunk_size: int = CHUNK_PHOTOS, batch_size: int | None = None, num_workers: int | None = None,
-                    progress: FilesDone | None = None) -> Chunked:
+                    progress: FilesDone | None = None, embed_with: EmbedFiles = embed_files) -> Chunked:
     """Embed what ``staged``'s database lacks of ``scanned``, a chunk per transaction (call under
     the partial folder's writer lock). The database is left open in the result."""
     path = staged / CATALOG_DB
     db = CatalogDB(path, create=not path.is_file(), write=True)
     try:
         return _embed_in_chunks(Chunked(staged, db), scanned, encoder, views, chunk_size, progress,
-                                batch_size=batch_size, num_workers=num_workers)
+                                batch_size=batch_size, num_workers=num_workers, embed_with=embed_with)
     except BaseException:
         db.close()
         raise

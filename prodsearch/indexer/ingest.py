@@ -16,7 +16,7 @@ from prodsearch.catalog.files import file_md5
 from prodsearch.errors import CatalogError
 from prodsearch.catalog.listing import Item, Listing, Skipped
 from prodsearch.retrieval.runtime import Encoder
-from prodsearch.retrieval.embedding import FilesDone, embed_files
+from prodsearch.retrieval.embedding import EmbedFiles, FilesDone, embed_files
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,14 @@ def embed_new(
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     views: int = 1,
+    embed_with: EmbedFiles = embed_files,
 ) -> Embedded:
-    """Embed the files of ``keys`` as ``views`` views each (the index's setting); unreadable ones are
-    skipped with their reason."""
+    """Embed the files of ``keys`` as ``views`` views each (the index's setting) with ``embed_with``
+    (this process, or every process of a torchrun run: :func:`embedder_in`); unreadable
+    ones are skipped with their reason."""
     items = [scanned.files[k] for k in keys]
-    result = embed_files(encoder, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
-                         progress=progress, views=views)
+    result = embed_with(encoder, [it.path for it in items], batch_size=batch_size, num_workers=num_workers,
+                        progress=progress, views=views)
     images = []
     for pos, (w, h) in zip(result.positions.tolist(), result.sizes.tolist()):
         info = scanned.info[keys[pos]]

@@ -22,7 +22,9 @@ from prodsearch.indexer.models import encoder_for
 from prodsearch.indexer.rejection import REJECTION_SETTING, RejectRule
 from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
 from prodsearch.indexer.writer import IndexWriter
+from prodsearch.indexer.store import EMBEDDING_DIR
 from prodsearch.retrieval.embedding import FilesDone
+from prodsearch.retrieval.embedding_team import EmbeddingTeam, embedder_in, embeds_as_team
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def add_to_index(
     progress: FilesDone | None = None,
     wait: float = 0.0,
     chunk_size: int = CHUNK_PHOTOS,
-) -> ChangeReport:
+) -> ChangeReport | None:
     """Add the catalog's (a path, or a listing already read) new SKUs and new images of known SKUs;
     what the index holds is skipped without embedding, so running the same add twice changes nothing."""
     return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size, runtime=runtime,
@@ -96,7 +98,7 @@ def update_index(
     wait: float = 0.0,
     allow_mass_removal: bool = False,
     chunk_size: int = CHUNK_PHOTOS,
-) -> ChangeReport:
+) -> ChangeReport | None:
     """Make the index match the catalog exactly: add what is new, remove what disappeared, re-embed
     files whose content changed, refresh product names and categories.
 
@@ -108,13 +110,16 @@ def update_index(
                  allow_mass_removal=allow_mass_removal, chunk_size=chunk_size)
 
 
+@embeds_as_team
 def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str, precision: str, remove_missing: bool,
-          wait: float, allow_mass_removal: bool = False, chunk_size: int = CHUNK_PHOTOS, **embed_kwargs) -> ChangeReport:
+          wait: float, allow_mass_removal: bool = False, chunk_size: int = CHUNK_PHOTOS, team: EmbeddingTeam | None,
+          **embed_kwargs) -> ChangeReport:
     """``add`` and ``update``: diff the catalog against the index without loading every image row
     (lookups by path and MD5, one pass over the rows for what is gone), then embed what is new and
     commit it ``chunk_size`` photos per generation, so memory holds one chunk and a run that is
     stopped keeps what it committed (the next run does not embed it again); removals, moves and
-    product changes come in the last generation."""
+    product changes come in the last generation. Under torchrun every process embeds its share of
+    each chunk; rank 0 returns the report, the others None."""
     start = time.perf_counter()
     index_dir = Path(index_dir)
     writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
@@ -135,6 +140,7 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         report = ChangeReport(index_dir, unchanged=len(held), duplicates=scanned.duplicates)
         skipped, added_skus, gone_paths = list(scanned.skipped), set(), {path for _, path in gone}
         progress = embed_kwargs.pop("progress", None)
+        embed_kwargs["embed_with"] = embedder_in(team, index_dir / EMBEDDING_DIR)
         for first in range(0, len(new_keys), chunk_size):
             embedded = embed_new(encoder, scanned, new_keys[first:first + chunk_size], views=writer.manifest.views,
                                  progress=chunk_progress(progress, first, len(new_keys)), **embed_kwargs)

@@ -30,6 +30,9 @@ from prodsearch.indexer.vectors import (add_vectors, create_vector_index, read_v
 
 log = logging.getLogger(__name__)
 
+# Where the processes of a torchrun run write their shares of a chunk (inside an index, or a new
+# index's partial folder), until rank 0 has read them.
+EMBEDDING_DIR = ".embedding"
 CATALOG_DB = "catalog.db"
 SNAPSHOT_PATTERN = re.compile(r"^vectors-(\d{8})\.faiss$")
 # Write a new snapshot once this many changes are logged, or a tenth of the index if more

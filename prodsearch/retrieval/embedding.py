@@ -31,6 +31,7 @@ from prodsearch.retrieval.views import check_views, decode_side, fuse_views, vie
 log = logging.getLogger(__name__)
 
 FilesDone = Callable[[int, int], None]  # called with (files done, files in total)
+EmbedFiles = Callable[..., "FileEmbeddings"]  # called as embed_files is: this process's, or a torchrun team's
 
 # Photos decoded ahead of the model, in batches: enough to keep it busy, few enough to bound memory.
 BATCHES_AHEAD = 2

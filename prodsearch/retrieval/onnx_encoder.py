@@ -34,7 +34,7 @@ class OnnxEncoder:
                  keep_bytes: bool = False):
         """``keep_bytes`` keeps the serialised model in ``model_bytes`` (for an index to store);
         ``threads`` intra-op threads (default: one per physical core)."""
-        self._data, self._name = data, name
+        self._data, self.name = data, name
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
@@ -62,9 +62,13 @@ class OnnxEncoder:
         """The same model on a session of ``threads`` intra-op threads. A server that runs one model
         step per request wants 1: concurrent requests then use the cores in parallel without the
         per-operator hand-offs between threads that small batches pay for."""
-        copy = OnnxEncoder(self._data, threads=threads, name=self._name)
+        copy = OnnxEncoder(self._data, threads=threads, name=self.name)
         copy.precision, copy.batch_size, copy.model_bytes = self.precision, self.batch_size, self.model_bytes
         return copy
+
+    def serialized(self) -> bytes:
+        """The model's bytes: another process (of a torchrun run) opens the same model from them."""
+        return self._data
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
