@@ -14,9 +14,11 @@ from prodsearch.indexer import ProductIndex, build_index
 from prodsearch.retrieval import create_embedder
 from prodsearch.retrieval.checkpoint import load_checkpoint
 from prodsearch.retrieval.losses import AccuracyLoss
-from prodsearch.retrieval.train_data import balanced_subset
+from prodsearch.retrieval.train_data import AugmentedImages, LabelledSet, balanced_subset
 from prodsearch.retrieval.training import Trainer, TrainConfig, TrainingError, learning_rate, train
 from prodsearch.synthetic import write_synthetic_dataset
+
+from conftest import product_image
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +196,19 @@ def test_train_cli(shop, tmp_path):
                                    "--resume", str(tmp_path / "run" / "model.pt")])
     assert bad.exit_code == 1
     assert bad.output.strip().endswith("holds a finished model, not a run to resume: resume from last.pt")
+
+
+def test_an_unreadable_training_photo_is_replaced_by_a_photo_of_its_sku(tmp_path):
+    """Batches keep their size (the processes of a distributed run exchange equal shares)."""
+    from torchvision import transforms
+
+    (tmp_path / "bad.jpg").write_bytes(b"not a JPEG")
+    for name, seed in (("good.jpg", 1), ("other.jpg", 2)):
+        product_image(seed, size=32).save(tmp_path / name)
+    data = LabelledSet([str(tmp_path / n) for n in ("bad.jpg", "good.jpg", "other.jpg", "bad.jpg")],
+                       np.array([0, 0, 1, 2]), ["a", "b", "c"])
+    images = AugmentedImages(data, transforms.ToTensor(), 32)
+    x, y = images[(0, 7)]
+    assert y == 0 and torch.equal(x, images[(1, 7)][0])
+    with pytest.raises(TrainingError, match="no photo of SKU c can be read"):
+        images[(3, 7)]

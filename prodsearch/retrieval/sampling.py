@@ -61,7 +61,8 @@ class EpochBatches(Sampler):
         """The epoch's draws in all processes together, in order (``MPerClassSampler`` shuffles with
         numpy's global generator: seeded here, then restored)."""
         state = np.random.get_state()
-        self.sampler.labels = sorted(self.sampler.labels)  # it shuffles this list in place: each epoch from the same start
+        # It shuffles this list in place: every epoch starts from the same order (a resumed run too).
+        self.sampler.labels = sorted(self.sampler.labels)
         try:
             np.random.seed(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
             return [int(i) for i in self.sampler]
