@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from prodsearch.choices import (CHUNK_PHOTOS, DEFAULT_MODEL, MAX_VIEWS, MILVUS_COLLECTION, MILVUS_LITE_FILE, MILVUS_TOKEN_ENV, MODELS,
-                                VECTOR_STORES)
+from prodsearch.choices import (CHUNK_PHOTOS, DEFAULT_MODEL, MAX_VIEWS, MILVUS_COLLECTION, MILVUS_LITE_FILE,
+                                MILVUS_TOKEN_ENV, MODELS, VECTOR_STORES)
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, rejection_choice, rejection_options, runtime_options, search_options,
                                 speaks_for_run, wait_option, workers_option)

@@ -20,7 +20,7 @@ import numpy as np
 from prodsearch.errors import IndexDirError, IndexTypeError, ProdsearchError, ReadOnlyIndexError
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.failpoints import crash_point
-from prodsearch.indexer.chunked import CHUNK_PHOTOS, Chunked, embed_in_chunks, open_partial, partial_dir
+from prodsearch.indexer.chunked import Chunked, embed_in_chunks, open_partial, partial_dir
 from prodsearch.indexer.ingest import Duplicate, Embedded, Scan, embed_new, nothing_readable, product_rows, scan
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
@@ -35,7 +35,7 @@ from prodsearch.indexer.milvus_types import milvus_index_spec
 from prodsearch.indexer.vector_store import MilvusTarget, milvus_target
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
-from prodsearch.choices import DEFAULT_MODEL
+from prodsearch.choices import CHUNK_PHOTOS, DEFAULT_MODEL
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
 from prodsearch.retrieval.embedding_team import EmbeddingTeam, embedder_in, embeds_as_team

@@ -36,7 +36,6 @@ from prodsearch.retrieval.runtime import Encoder
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Chunked:
     """What a chunked build committed: the partial folder ready to finish and publish."""

@@ -98,8 +98,7 @@ def all_sum(values: Sequence[float], world: World) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
 
@@ -114,9 +113,17 @@ def gather_shares(local: "torch.Tensor", n: int, world: World) -> "torch.Tensor"
 
     shares = [World(r, world.size).share(n) for r in range(world.size)]
     longest = max(s.stop - s.start for s in shares)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else local.device
+    device = _collective_device()
     padded = local.new_zeros((longest, *local.shape[1:])).to(device)
     padded[: len(local)] = local.to(device)
     parts = [torch.empty_like(padded) for _ in shares]
     dist.all_gather(parts, padded)
     return torch.cat([p[: s.stop - s.start] for p, s in zip(parts, shares)]).to(local.device)
+
+
+def _collective_device() -> "torch.device":
+    """Where the process group's tensors must be: this process's GPU for NCCL, the CPU for gloo."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

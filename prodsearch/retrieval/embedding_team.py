@@ -113,7 +113,8 @@ class EmbeddingTeam:
             payload = encoder_payload(encoder)
             _broadcast(("encoder", payload))
             self._shared = encoder
-            self._local = encoder if encoder.runtime == "torch" else encoder_replica(payload, self.world)
+            # The torch model already sits on rank 0's device; an ONNX session gets its share of the cores.
+            self._local = encoder if encoder.runtime == "torch" else encoder.with_threads(cores_per_process(self.world))
         paths = [os.fspath(p) for p in paths]
         chunk = folder / f"chunk-{chunk_digest(paths, views, encoder)}"
         order = {"chunk": str(chunk), "paths": paths, "views": views, "batch_size": batch_size,
