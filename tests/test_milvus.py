@@ -268,8 +268,11 @@ def test_killed_between_sqlite_and_milvus_loses_nothing(milvus_pristine, tmp_pat
     assert proc.returncode == -signal.SIGKILL
     info = index_info(idx)
     committed = point not in ("before-commit", "inside-commit")
-    assert info.images == (22 if committed else 10)
-    assert info.consistent == (point != "after-commit")  # Milvus behind catalog.db: reported
+    assert info.images == info.vectors == (22 if committed else 10)
+    # Milvus behind catalog.db: readers apply the log, as FAISS readers do, and info says what is pending
+    assert info.consistent and info.pending_changes == (12 if point in ("after-commit", "store-written") else 0)
+    if committed:  # searchable at once, before any writer or repair
+        assert answers(idx, catalog_vectors(idx)[-1:], top_k=1)[0][0][0][0] == "n5"
     if mends == "repair":
         repair_index(idx)
     else:  # the next writer replays the log first (upserts: what was written already is not doubled)
@@ -278,6 +281,66 @@ def test_killed_between_sqlite_and_milvus_loses_nothing(milvus_pristine, tmp_pat
     info = index_info(idx)
     assert info.consistent and info.vectors == info.images == 22
     assert answers(idx, catalog_vectors(idx)[-1:], top_k=1)[0][0][0][0] == "n5"
+
+
+def query_cli(index_dir, photo):
+    """``prodsearch query --json`` in a fresh process: its first answer."""
+    proc = subprocess.run([sys.executable, "-m", "prodsearch", "query", str(photo), "--index", str(index_dir),
+                           "--json", "--top-k", "2"], check=False, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)[0]["match"]
+
+
+def test_photos_a_killed_writer_committed_are_searched_at_once(milvus_pristine, tmp_path):
+    """Killed between the SQLite commit and Milvus (issue 27, 3): a fresh ``query``, and a server opened on
+    the index, answer the new photos right, before any writer or repair, and count what they search."""
+    from fastapi.testclient import TestClient
+
+    from prodsearch.serve.app import create_app
+    from prodsearch.serve.server import open_service
+    from prodsearch.serve.service import ServeSettings
+
+    pristine, catalog = milvus_pristine
+    idx = shutil.copytree(pristine, tmp_path / "idx")
+    assert run_add(idx, catalog, **{CRASH_ENV: "after-commit"}).returncode == -signal.SIGKILL
+    with MilvusStore.open(MilvusTarget(), idx, 1280) as store:
+        assert store.count() == 10  # Milvus never heard of the 12 new photos
+    photo = catalog / "n5" / "n5_1.jpg"
+    match = query_cli(idx, photo)
+    assert match["sku"] == "n5" and match["score"] == pytest.approx(1.0, abs=2e-3)
+    service = open_service(ServeSettings(idx, refresh_seconds=0.1))
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        body = client.post("/v1/search", files=[("image", ("n5.jpg", photo.read_bytes(), "image/jpeg"))]).json()
+        assert body["match"] == "n5" and body["matches"][0]["score"] == pytest.approx(1.0, abs=2e-3)
+        assert client.get("/v1/index").json()["images"] == 22
+        assert "prodsearch_index_images 22.0" in client.get("/metrics").text  # what it searches: all 22
+        assert len(service.index) == 22
+
+
+def test_readers_apply_the_log_with_categories_and_left_out_skus(shops, tmp_path, monkeypatch):
+    """A writer whose changes never reached Milvus (new photos, a removed SKU, a product moved to another
+    category): a Milvus reader answers exactly as FAISS, which has them all, with every filter."""
+    from prodsearch.indexer.writer import IndexWriter
+
+    catalog, dirs = shops
+    rows = [r for r in csv_rows(catalog) if r["sku"] != "sku5"]
+    for r in rows:
+        r["category"] = "Fruit/Apple" if r["sku"] == "sku0" else r["category"]
+    for i in range(2):
+        product_image(9000 + i).save(catalog.parent / f"p9_{i}.jpg", quality=92)
+        rows.append({"image": f"p9_{i}.jpg", "sku": "sku9", "name": "product 9", "category": "Dairy/Milk"})
+    updated = write_csv(catalog.parent / "updated.csv", rows)
+    update_index(updated, dirs["faiss"], num_workers=0, allow_mass_removal=True)
+    monkeypatch.setattr(IndexWriter, "_write_milvus", lambda self, rebuild_as: None)  # dies before Milvus
+    update_index(updated, dirs["milvus"], num_workers=0, allow_mass_removal=True)
+    monkeypatch.undo()
+    info = index_info(dirs["milvus"])
+    assert info.consistent and info.pending_changes > 0 and info.vectors == info.images == 16
+    queries = np.concatenate([catalog_vectors(dirs["faiss"]), query_vectors()])
+    for kwargs in ({"top_k": 5}, {"top_k": 3, "category": "Dairy"}, {"top_k": 3, "category": "Fruit"},
+                   {"top_k": 2, "category": "Fruit/Apple"}, {"top_k": 4, "without_skus": {"sku1", "sku9"}},
+                   {"top_k": 3, "category": "Dairy", "without_skus": {"sku0"}}):
+        assert_same_answers(answers(dirs["milvus"], queries, **kwargs), answers(dirs["faiss"], queries, **kwargs))
 
 
 # ---------------------------------------------------------------------- a server: several processes at once
@@ -319,6 +382,15 @@ def test_a_server_serves_a_reader_while_another_process_writes(tmp_path, small_e
         assert proc.returncode == 0, proc.stderr.decode()
         assert reader.refresh() and len(reader) == 6
         assert reader.query([new / "c" / "c_1.jpg"], num_workers=0)[0].matches[0].sku == "c"
+    finally:
+        reader.close()
+    reader = ProductIndex.open(idx)  # a running server; another process's add dies before writing Milvus
+    try:
+        new = write_folder_catalog(tmp_path / "more", ["d"], per_sku=2, seed0=80)
+        assert run_add(idx, new, **{CRASH_ENV: "after-commit"}).returncode == -signal.SIGKILL
+        assert reader.refresh() and len(reader) == 8
+        match = reader.query([new / "d" / "d_1.jpg"], num_workers=0)[0].matches[0]
+        assert match.sku == "d" and match.score == pytest.approx(1.0, abs=2e-3)
     finally:
         reader.close()
     with pytest.raises(IndexDirError, match="collection shop_a already exists"):

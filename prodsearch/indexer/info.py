@@ -127,12 +127,12 @@ def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: 
 
 
 def _milvus_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:
-    """The ids the Milvus collection holds (sorted)."""
-    from prodsearch.indexer.milvus import MilvusStore  # pymilvus: only for such an index
+    """The ids readers search in the Milvus collection, with the logged changes applied (sorted)."""
+    from prodsearch.indexer.milvus import MilvusStore, searchable_ids  # pymilvus: only for such an index
 
     try:
         with MilvusStore.open(manifest.milvus, index_dir, manifest.model.embed_dim) as store:
-            return store.ids() if store.exists() else np.zeros(0, dtype=np.int64)
+            return searchable_ids(db, store)
     except VectorStoreError as exc:
         problems.append(str(exc))
         return np.zeros(0, dtype=np.int64)

@@ -9,6 +9,16 @@ primary key, so replaying twice changes nothing) and only then marks the log as 
 killed in between leaves the log to the next writer or ``info --repair`` (:func:`level`, which
 compares every id).
 
+Readers never wait for that: as a FAISS reader applies the change log to its snapshot, a Milvus
+reader searches the collection with the log applied (:class:`MilvusSearch`). Every image logged
+since the collection was brought level is left out of the Milvus search (its row may be missing,
+stale or deleted there) and scored instead, exactly, from its vector in ``catalog.db``, and the two
+top-k lists are merged. The collection minus those ids is the catalog of the level generation minus
+them, which is the catalog of the reader's generation minus them; so the answer is that of the
+reader's generation whether the writer died before, during or after writing Milvus, and with no
+crash at all while a writer in another process has committed and not yet written Milvus. The log
+is short (at most one ``add`` chunk, once the next writer has replayed it: none).
+
 Milvus Lite serves one process at a time (it locks its folder); several processes at once (a server
 answering while ``add`` runs) need a Milvus server.
 """
@@ -18,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +43,8 @@ except ImportError:  # an optional dependency: say how to get it
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.failpoints import crash_point
 from prodsearch.indexer.milvus_types import parse_spec, search_params
-from prodsearch.indexer.search_backend import Where
+from prodsearch.indexer.search_backend import FaissSearch, Where
+from prodsearch.indexer.vectors import create_vector_index
 from prodsearch.choices import MILVUS_TOKEN_ENV as TOKEN_ENV
 from prodsearch.indexer.vector_store import MilvusTarget
 
@@ -121,10 +133,11 @@ class MilvusStore:
     def count(self) -> int:
         return int(self._call(self.client.get_collection_stats, self.name)["row_count"])
 
-    def ids(self, batch: int = 10_000) -> np.ndarray:
-        """Every image id the collection holds, sorted (read in batches)."""
+    def ids(self, batch: int = 10_000, expr: str = "") -> np.ndarray:
+        """Every image id the collection holds (those ``expr`` selects), sorted (read in batches)."""
         self.load()
-        iterator = self._call(self.client.query_iterator, self.name, batch_size=batch, output_fields=["image_id"])
+        iterator = self._call(self.client.query_iterator, self.name, batch_size=batch, filter=expr,
+                              output_fields=["image_id"])
         found = []
         try:
             while rows := iterator.next():
@@ -173,15 +186,20 @@ class MilvusStore:
 
 
 class MilvusSearch:
-    """:class:`~prodsearch.indexer.search_backend.VectorSearch` over a collection. It filters by
-    fields (``where``: a category subtree, SKUs left out) inside Milvus; an id list (``among``) is
-    sent as ``image_id in [...]`` only when no ``where`` describes it."""
+    """:class:`~prodsearch.indexer.search_backend.VectorSearch` over a collection, with the catalog's
+    change log since the collection was brought level applied (``unsynced``: see the module's
+    docstring). It filters by fields (``where``: a category subtree, SKUs left out) inside Milvus; an
+    id list (``among``) is sent as ``image_id in [...]`` only when no ``where`` describes it."""
 
-    def __init__(self, store: MilvusStore, kind: str, search_overrides: dict[str, int] | None = None):
+    def __init__(self, store: MilvusStore, kind: str, search_overrides: dict[str, int] | None = None,
+                 unsynced: Unsynced | None = None):
         self.store = store
         self.params = search_params(kind, search_overrides)
-        store.load()
-        self._ntotal = store.count()  # one generation's view: counted once, as a FAISS snapshot is
+        self.unsynced = unsynced if unsynced is not None and len(unsynced.hidden) else None
+        if self.unsynced is None or not self.unsynced.everything:  # else the collection may be gone mid-rebuild
+            store.load()
+        # one generation's view: counted once, as a FAISS snapshot is
+        self._ntotal = store.count() if self.unsynced is None else self.unsynced.searchable(store)
 
     @property
     def ntotal(self) -> int:
@@ -192,10 +210,13 @@ class MilvusSearch:
         if where is not None:
             expr = filter_expression(where)
         elif among is not None:
-            expr = f"image_id in [{','.join(str(int(i)) for i in among)}]"
+            expr = f"image_id in [{_ids(among)}]"
         else:
             expr = ""
-        return self.store.search(queries, k, expr, self.params)
+        if self.unsynced is None:
+            return self.store.search(queries, k, expr, self.params)
+        return self.unsynced.search(queries, k, among, lambda hidden: self.store.search(
+            queries, k, " and ".join(e for e in (expr and f"({expr})", hidden) if e), self.params))
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, skus: list[str] | None = None,
             categories: list[str] | None = None) -> None:
@@ -207,6 +228,57 @@ class MilvusSearch:
     def remove(self, ids: np.ndarray) -> bool:
         self.store.delete([int(i) for i in ids])
         return True
+
+
+class Unsynced:
+    """The change log a collection has not been brought level with, as a reader applies it: the ids
+    logged since (``hidden``: whatever Milvus holds of them may be missing, stale or deleted) and an
+    exact FAISS search over the stored vectors of those the catalog still holds. Read it inside the
+    reader's SQLite read transaction, so it is the log of the reader's generation."""
+
+    def __init__(self, db: CatalogDB, dim: int):
+        upsert, self.hidden = _logged(db)
+        self.exact = FaissSearch(create_vector_index(dim, len(upsert), "Flat"))
+        if len(upsert):
+            self.exact.add(db.vectors(upsert.tolist(), dim), upsert)
+        # after a rebuild killed part-way the log holds every image: the collection has nothing to add
+        self.everything = len(upsert) == db.counts()["images"]
+
+    def searchable(self, store: MilvusStore) -> int:
+        """How many vectors a search covers: the collection's, less the hidden ones it holds, plus ours."""
+        if self.everything:
+            return self.exact.ntotal
+        return store.count() - len(store.ids(expr=f"image_id in [{_ids(self.hidden)}]")) + self.exact.ntotal
+
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None,
+               in_milvus: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of the collection without the hidden ids (``in_milvus(expression)``) and of
+        the logged vectors (restricted to ``among``, which ``where`` describes), merged."""
+        exact = self.exact.search(queries, k, among)
+        if self.everything:
+            return exact
+        found = in_milvus(f"image_id not in [{_ids(self.hidden)}]")
+        scores, ids = np.concatenate([found[0], exact[0]], axis=1), np.concatenate([found[1], exact[1]], axis=1)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # -inf padding last
+        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
+
+def searchable_ids(db: CatalogDB, store: MilvusStore) -> np.ndarray:
+    """The ids a reader of ``db``'s generation searches (sorted): the collection's with the change
+    log applied, as :class:`Unsynced` applies it; what ``info`` compares with the catalog."""
+    upsert, hidden = _logged(db)
+    held = store.ids() if store.exists() else np.zeros(0, dtype=np.int64)  # gone: a rebuild killed mid-way
+    return np.union1d(np.setdiff1d(held, hidden), upsert)
+
+
+def _logged(db: CatalogDB) -> tuple[np.ndarray, np.ndarray]:
+    """(ids whose rows the catalog holds, every id) logged since the collection was brought level."""
+    upsert, delete = (np.array(ids, dtype=np.int64) for ids in db.store_changes_since(db.state().snapshot))
+    return upsert, np.union1d(upsert, delete)
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return ",".join(str(int(i)) for i in ids)
 
 
 def filter_expression(where: Where) -> str:

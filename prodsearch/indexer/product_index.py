@@ -183,7 +183,7 @@ class ProductIndex:
         """The generation ``db``'s read transaction sees; ``None`` if its snapshot file is gone."""
         state, dim, factory = db.state(), self.manifest.model.embed_dim, self.manifest.index_factory
         if self.manifest.milvus is not None:
-            placed = self._milvus_search()
+            placed = self._milvus_search(db)
         elif not snapshot_path(self.index_dir, state.snapshot).is_file():
             return None
         else:
@@ -200,14 +200,18 @@ class ProductIndex:
         return IndexView(state.generation, placed, ids, codes, paths, skus, names, category_codes, categories,
                          RejectRule.from_dict(stored) if stored else None)
 
-    def _milvus_search(self) -> VectorSearch:
-        """The Milvus collection's search; the client is opened once and shared by every view."""
-        from prodsearch.indexer.milvus import MilvusSearch, MilvusStore  # pymilvus: only for such an index
+    def _milvus_search(self, db: CatalogDB) -> VectorSearch:
+        """The Milvus collection's search with the change log ``db``'s generation has beyond it applied
+        (what a writer committed and has not written to Milvus, or died before writing); the client
+        is opened once and shared by every view."""
+        from prodsearch.indexer.milvus import MilvusSearch, MilvusStore, Unsynced  # pymilvus: only for such an index
         from prodsearch.indexer.milvus_types import parse_spec
 
+        dim = self.manifest.model.embed_dim
         if self._milvus is None:
-            self._milvus = MilvusStore.open(self.manifest.milvus, self.index_dir, self.manifest.model.embed_dim)
-        return MilvusSearch(self._milvus, parse_spec(self.manifest.index_factory)[0], self._search_params)
+            self._milvus = MilvusStore.open(self.manifest.milvus, self.index_dir, dim)
+        return MilvusSearch(self._milvus, parse_spec(self.manifest.index_factory)[0], self._search_params,
+                            Unsynced(db, dim))
 
     # ------------------------------------------------------------------ connections
 
