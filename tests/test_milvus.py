@@ -315,6 +315,21 @@ def test_photos_a_killed_writer_committed_are_searched_at_once(milvus_pristine, 
         assert client.get("/v1/index").json()["images"] == 22
         assert "prodsearch_index_images 22.0" in client.get("/metrics").text  # what it searches: all 22
         assert len(service.index) == 22
+    # a reader of that generation, while the next writer brings Milvus level behind it (no new generation)
+    from prodsearch.indexer.writer import IndexWriter
+
+    reader = ProductIndex.open(idx)
+    try:
+        with IndexWriter(idx, "add"):
+            pass
+        assert index_info(idx).pending_changes == 0 and not reader.refresh()
+        vectors = reader.catalog.vectors(reader.image_ids.tolist(), 1280)
+        scores, ids = reader.vectors.search(vectors, 10)
+        exact = -np.sort(-(vectors @ vectors.T), axis=1)[:, :10]
+        np.testing.assert_allclose(scores, exact, atol=2e-4)
+        assert (ids >= 0).all() and all(len(set(row)) == 10 for row in ids.tolist())
+    finally:
+        reader.close()
 
 
 def test_readers_apply_the_log_with_categories_and_left_out_skus(shops, tmp_path, monkeypatch):
@@ -330,6 +345,7 @@ def test_readers_apply_the_log_with_categories_and_left_out_skus(shops, tmp_path
         product_image(9000 + i).save(catalog.parent / f"p9_{i}.jpg", quality=92)
         rows.append({"image": f"p9_{i}.jpg", "sku": "sku9", "name": "product 9", "category": "Dairy/Milk"})
     updated = write_csv(catalog.parent / "updated.csv", rows)
+    before = catalog_vectors(dirs["milvus"])  # sku5's photos too, whose rows Milvus keeps
     update_index(updated, dirs["faiss"], num_workers=0, allow_mass_removal=True)
     monkeypatch.setattr(IndexWriter, "_write_milvus", lambda self, rebuild_as: None)  # dies before Milvus
     update_index(updated, dirs["milvus"], num_workers=0, allow_mass_removal=True)
@@ -341,6 +357,13 @@ def test_readers_apply_the_log_with_categories_and_left_out_skus(shops, tmp_path
                    {"top_k": 2, "category": "Fruit/Apple"}, {"top_k": 4, "without_skus": {"sku1", "sku9"}},
                    {"top_k": 3, "category": "Dairy", "without_skus": {"sku0"}}):
         assert_same_answers(answers(dirs["milvus"], queries, **kwargs), answers(dirs["faiss"], queries, **kwargs))
+    found = {}
+    for store, index_dir in dirs.items():  # the nearest 3 images, where rows Milvus still holds are nearest
+        index = ProductIndex.open(index_dir)
+        found[store] = *index.vectors.search(before, 3), index.image_ids
+        index.close()
+    np.testing.assert_allclose(found["milvus"][0], found["faiss"][0], atol=2e-4)
+    assert np.isin(found["milvus"][1], found["milvus"][2]).all()  # none of the removed
 
 
 # ---------------------------------------------------------------------- a server: several processes at once

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -196,10 +196,15 @@ class MilvusSearch:
         self.store = store
         self.params = search_params(kind, search_overrides)
         self.unsynced = unsynced if unsynced is not None and len(unsynced.hidden) else None
-        if self.unsynced is None or not self.unsynced.everything:  # else the collection may be gone mid-rebuild
-            store.load()
-        # one generation's view: counted once, as a FAISS snapshot is
-        self._ntotal = store.count() if self.unsynced is None else self.unsynced.searchable(store)
+        self._held = np.zeros(0, dtype=np.int64)  # the hidden ids the collection held when this view was read
+        if self.unsynced is not None and self.unsynced.everything:  # the collection may be gone mid-rebuild
+            self._ntotal = self.unsynced.exact.ntotal
+            return
+        store.load()
+        self._ntotal = store.count()  # one generation's view: counted once, as a FAISS snapshot is
+        if self.unsynced is not None:
+            self._held = store.ids(expr=f"image_id in [{_ids(self.unsynced.hidden)}]")
+            self._ntotal += self.unsynced.exact.ntotal - len(self._held)
 
     @property
     def ntotal(self) -> int:
@@ -215,8 +220,27 @@ class MilvusSearch:
             expr = ""
         if self.unsynced is None:
             return self.store.search(queries, k, expr, self.params)
-        return self.unsynced.search(queries, k, among, lambda hidden: self.store.search(
-            queries, k, " and ".join(e for e in (expr and f"({expr})", hidden) if e), self.params))
+        exact = self.unsynced.exact.search(queries, k, among)  # ``among`` is what ``where`` describes
+        if self.unsynced.everything:
+            return exact
+        scores, ids = (np.concatenate(pair, axis=1) for pair in zip(self._without_hidden(queries, k, expr), exact))
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # -inf padding last
+        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
+    def _without_hidden(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
+        """The collection's top ``k`` without the hidden ids (-inf, -1 where they were): its top ``k`` +
+        as many as it held when the view was read, those dropped, so no id list is sent (after a killed
+        ``add`` it holds none of them). Only those held rows can be wrong for this generation (a deleted
+        image, a category since changed) and push a right one out; rows a writer has written since are
+        this generation's (in the exact search too) or a newer one's, which the next refresh loads. An
+        id list where the widened search would pass Milvus's limit."""
+        hidden = self.unsynced.hidden
+        if k + len(self._held) > MAX_TOPK:
+            without = f"image_id not in [{_ids(hidden)}]"
+            return self.store.search(queries, k, f"({expr}) and {without}" if expr else without, self.params)
+        scores, ids = self.store.search(queries, k + len(self._held), expr, self.params)
+        drop = np.isin(ids, hidden)
+        return np.where(drop, -np.inf, scores), np.where(drop, -1, ids)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, skus: list[str] | None = None,
             categories: list[str] | None = None) -> None:
@@ -243,24 +267,6 @@ class Unsynced:
             self.exact.add(db.vectors(upsert.tolist(), dim), upsert)
         # after a rebuild killed part-way the log holds every image: the collection has nothing to add
         self.everything = len(upsert) == db.counts()["images"]
-
-    def searchable(self, store: MilvusStore) -> int:
-        """How many vectors a search covers: the collection's, less the hidden ones it holds, plus ours."""
-        if self.everything:
-            return self.exact.ntotal
-        return store.count() - len(store.ids(expr=f"image_id in [{_ids(self.hidden)}]")) + self.exact.ntotal
-
-    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None,
-               in_milvus: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """The top ``k`` of the collection without the hidden ids (``in_milvus(expression)``) and of
-        the logged vectors (restricted to ``among``, which ``where`` describes), merged."""
-        exact = self.exact.search(queries, k, among)
-        if self.everything:
-            return exact
-        found = in_milvus(f"image_id not in [{_ids(self.hidden)}]")
-        scores, ids = np.concatenate([found[0], exact[0]], axis=1), np.concatenate([found[1], exact[1]], axis=1)
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # -inf padding last
-        return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
 
 
 def searchable_ids(db: CatalogDB, store: MilvusStore) -> np.ndarray:
