@@ -43,3 +43,16 @@ class CategoryError(ProdsearchError):
 
 class VectorStoreError(ProdsearchError):
     """The vector store (a Milvus server or Milvus Lite folder) cannot be reached or refused a request."""
+
+
+class VectorStoreHeldError(VectorStoreError):
+    """Another process has the index's Milvus Lite folder open (Milvus Lite serves one process at a
+    time); ``holder`` says which, e.g. ``a running server (pid 812: prodsearch serve --index shop/idx)``."""
+
+    def __init__(self, index_dir: object, holder: str, server: bool):
+        self.holder = holder
+        advice = ("stop that server, or search and write through its HTTP API" if server
+                  else "wait for it to finish or stop it")
+        super().__init__(f"the index {index_dir} is held by {holder}: Milvus Lite lets one process at a time open "
+                         f"its vectors; {advice}, or keep the vectors on a Milvus server (index --milvus-uri "
+                         "http://HOST:19530) to use them from several processes")

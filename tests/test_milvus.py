@@ -366,6 +366,41 @@ def test_readers_apply_the_log_with_categories_and_left_out_skus(shops, tmp_path
     assert np.isin(found["milvus"][1], found["milvus"][2]).all()  # none of the removed
 
 
+# ---------------------------------------------------------------------- one process at a time: Milvus Lite
+
+def test_an_index_a_server_holds_is_refused_in_one_line(milvus_pristine, tmp_path):
+    """Milvus Lite opens its folder in one process (issue 27, 13): while ``serve`` holds it, every other
+    command says so in one line, exit 1, without Milvus Lite's traceback; ``info`` reports the catalog,
+    says the vectors are in use, and advises no repair or rebuild."""
+    from serving import server
+
+    pristine, new = milvus_pristine
+    idx = shutil.copytree(pristine, tmp_path / "idx")
+    catalog = pristine.parent / "catalog"
+    commands = {"query": ["query", str(catalog / "s1" / "s1_0.jpg")], "eval": ["eval", str(catalog)],
+                "add": ["add", str(new)], "update": ["update", str(catalog)], "remove": ["remove", "--sku", "s1"],
+                "repair": ["info", "--repair"], "info": ["info"], "info-json": ["info", "--json"]}
+    with server(idx, tmp_path / "serve.log") as (serving, _):
+        held = f"held by a running server (pid {serving.pid}: prodsearch serve --index {idx} --port "
+        for name, args in commands.items():
+            proc = subprocess.run([sys.executable, "-m", "prodsearch", *args, "--index", str(idx)], check=False,
+                                  capture_output=True, timeout=300)
+            out = proc.stdout.decode() + proc.stderr.decode()
+            assert "Traceback" not in out and "DataDirLocked" not in out, (name, out)
+            if name == "info":
+                assert proc.returncode == 0, out
+                assert f"vectors:    not read: Milvus Lite is {held}" in out and "consistent: yes" in out
+                assert "rebuild" not in out and "--repair" not in out and "NO" not in out
+            elif name == "info-json":
+                info = json.loads(proc.stdout)
+                assert proc.returncode == 0 and info["vectors"] is None and info["problems"] == []
+                assert info["held_by"].startswith(held.removeprefix("held by "))
+            else:
+                assert proc.returncode == 1 and len(out.splitlines()) == 1, (name, out)
+                assert out.startswith(f"Error: the index {idx} is {held}") and "stop that server" in out, (name, out)
+    assert index_info(idx).images == 10  # nothing was written
+
+
 # ---------------------------------------------------------------------- a server: several processes at once
 
 def free_port() -> int:
@@ -429,7 +464,9 @@ def test_milvus_lite_is_one_process_at_a_time(tmp_path, small_embedder):
     try:
         proc = run_add(idx, write_folder_catalog(tmp_path / "new", ["c"], seed0=70))
         assert proc.returncode == 1
-        assert "another process has it open" in proc.stderr.decode() + proc.stdout.decode()
+        out = proc.stderr.decode() + proc.stdout.decode()
+        assert len(out.splitlines()) == 1 and "wait for it to finish or stop it" in out
+        assert out.startswith(f"Error: the index {idx} is held by another process (pid {os.getpid()}: ")
     finally:
         reader.close()
     with pytest.raises(VectorStoreError, match="refused"):

@@ -221,7 +221,8 @@ def format_info(info: IndexInfo) -> str:
         "onnx:       " + (", ".join(f"{name} ({state})" for name, state in info.onnx_models.items())
                           or "none stored (exported from torch by the first command that needs it)"),
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
-        f"{info.pending_changes} changes since the snapshot)",
+        f"{info.pending_changes} changes since the snapshot)" if not info.held_by else
+        f"vectors:    not read: Milvus Lite is held by {info.held_by} (generation {info.generation})",
         f"store:      {info.vector_store}",
         f"memory:     {human_size(round(info.memory_bytes_per_image))} per image ({info.index_factory} index, "
         f"held by readers)" if info.vector_store == "faiss" else
@@ -231,7 +232,9 @@ def format_info(info: IndexInfo) -> str:
         f"rejection:  {format_rejection(info.rejection)}",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
-        f"consistent: {'yes' if info.consistent else 'NO'}",
+        f"consistent: {'yes' if info.consistent else 'NO'}"
+        + (", as far as catalog.db tells (the vectors in Milvus Lite were not compared: it is in use)"
+           if info.held_by else ""),
     ]
     lines += [f"  problem: {p}" for p in info.problems]
     return "\n".join(lines)

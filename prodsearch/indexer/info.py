@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import IndexDirError, VectorStoreError
+from prodsearch.errors import IndexDirError, VectorStoreError, VectorStoreHeldError
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import Manifest, read_manifest
@@ -31,7 +31,7 @@ class IndexInfo:
     index_type: str
     skus: int
     images: int
-    vectors: int
+    vectors: int | None  # None: held by another process (see held_by), not read
     generation: int
     snapshot: int
     pending_changes: int  # logged since the FAISS snapshot; applied when the index is opened
@@ -46,6 +46,7 @@ class IndexInfo:
     rejection: dict | None = None  # the calibrated "not in catalog" rule (RejectRule.to_dict()); None: none
     views: int = 1  # views each photo, catalog and query, is embedded as
     vector_store: str = "faiss"  # or the Milvus collection the vectors are searched in
+    held_by: str = ""  # the process that holds a Milvus Lite store: its vectors were not read ("vectors": None)
 
     @property
     def size_bytes(self) -> int:
@@ -81,9 +82,13 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
         db.begin_snapshot()
         state, counts, problems = db.state(), db.counts(), []
         image_ids = db.image_ids()
-        store_ids = (_milvus_ids if manifest.milvus is not None else _snapshot_ids)(index_dir, db, manifest, problems)
-        ntotal = len(store_ids)
-        if not np.array_equal(store_ids, image_ids):
+        try:
+            store_ids = (_milvus_ids if manifest.milvus is not None else _snapshot_ids)(index_dir, db, manifest, problems)
+            held_by = ""
+        except VectorStoreHeldError as exc:  # not damage: the vectors are in use, and left uncompared
+            store_ids, held_by = None, exc.holder
+        ntotal = None if store_ids is None else len(store_ids)
+        if store_ids is not None and not np.array_equal(store_ids, image_ids):
             problems.append(f"the vector index has {len(np.setdiff1d(store_ids, image_ids))} vectors without a "
                             f"catalog image and {len(np.setdiff1d(image_ids, store_ids))} images without a vector")
         if not np.array_equal(db.vector_ids(), image_ids):
@@ -114,7 +119,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
                      onnx_models, auto_runtime(onnx_models), rejection, manifest.views,
-                     "faiss" if manifest.milvus is None else str(manifest.milvus))
+                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by)
 
 
 def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:
@@ -133,6 +138,8 @@ def _milvus_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: li
     try:
         with MilvusStore.open(manifest.milvus, index_dir, manifest.model.embed_dim) as store:
             return searchable_ids(db, store)
+    except VectorStoreHeldError:
+        raise
     except VectorStoreError as exc:
         problems.append(str(exc))
         return np.zeros(0, dtype=np.int64)

@@ -77,3 +77,37 @@ def lock_is_held(folder: str | os.PathLike) -> bool | None:
         return True
     lock.release()
     return False
+
+
+def flock_holder(path: str | os.PathLike) -> int | None:
+    """The pid of the process holding a ``flock`` on ``path``, from Linux's ``/proc/locks``; ``None``
+    where that cannot be told (another system, no lock, the file gone)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 9654 fe:00:2149986 0 EOF"; waiters read "1: -> FLOCK ..."
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        major, minor, inode = parts[5].split(":")
+        if (int(inode), int(major, 16), int(minor, 16)) == (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)):
+            return int(parts[4])
+    return None
+
+
+def process_command(pid: int, limit: int = 120) -> str | None:
+    """The command line of process ``pid`` as a person would type it (``prodsearch serve ...``, not the
+    interpreter's path), cut at ``limit`` characters; ``None`` where it cannot be read."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    args = [a for a in args if a]
+    for i, arg in enumerate(args[:3]):  # python -m prodsearch ..., .../bin/prodsearch ...
+        if arg == "prodsearch" or os.path.basename(arg) == "prodsearch":
+            args = ["prodsearch", *args[i + 1:]]
+            break
+    text = " ".join(" ".join(args).split())  # one line, whatever the arguments hold
+    return text if len(text) <= limit else text[:limit - 3] + "..."

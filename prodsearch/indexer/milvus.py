@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prodsearch.errors import VectorStoreError
+from prodsearch.errors import VectorStoreError, VectorStoreHeldError
 
 try:
     from pymilvus import DataType, MilvusClient, MilvusException
@@ -41,6 +41,7 @@ try:
 except ImportError:  # an optional dependency: say how to get it
     raise VectorStoreError("keeping vectors in Milvus needs pymilvus and milvus-lite: pip install 'prodsearch[milvus]'") from None
 from prodsearch.indexer.catalog_db import CatalogDB
+from prodsearch.indexer.lock import flock_holder, process_command
 from prodsearch.failpoints import crash_point
 from prodsearch.indexer.milvus_types import parse_spec, search_params
 from prodsearch.indexer.search_backend import FaissSearch, Where
@@ -57,6 +58,7 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ER
 
 MAX_TOPK = 16_384  # Milvus's limit on k and on queries per request
 UPSERT_ROWS = 5_000  # rows per request: a request stays well under Milvus's 64 MB at d = 2560
+LITE_LOCK = "LOCK"  # the file in a Milvus Lite folder its process holds a flock on
 _lite_lock = threading.Lock()
 _lite_users: dict[str, int] = {}  # Lite folder -> open stores in this process (they share its server)
 
@@ -76,13 +78,14 @@ class MilvusStore:
                 # Milvus Lite's in-process gRPC server logs, as an error, each call pymilvus makes that it
                 # does not implement (AllocTimestamp); pymilvus then carries on without it.
                 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-                with _lite_lock:
+                with _lite_lock, _LiteFailure() as failure:
                     client = MilvusClient(uri)
                     _lite_users[uri] = _lite_users.get(uri, 0) + 1
             else:
+                failure = None
                 client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
         except (MilvusException, ConnectionConfigException) as exc:
-            raise _unreachable(target, uri, exc) from None
+            raise _unreachable(target, Path(index_dir), uri, failure and failure.cause or exc) from None
         return cls(client, target, uri, dim)
 
     def close(self) -> None:
@@ -352,11 +355,49 @@ def level(db: CatalogDB, store: MilvusStore) -> tuple[int, int]:
     return written, len(extra)
 
 
-def _unreachable(target: MilvusTarget, uri: str, exc: Exception) -> VectorStoreError:
+class _LiteFailure(logging.Handler):
+    """``with _LiteFailure() as f:`` keeps what Milvus Lite logs, with a traceback, when it cannot open
+    its folder (``f.cause``: the folder is locked by another process, or damaged), instead of letting
+    it reach the user's terminal beside prodsearch's one-line error."""
+
+    def __init__(self):
+        super().__init__()
+        self.cause: BaseException | None = None
+        self.logger = logging.getLogger("milvus_lite.server_manager")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.cause = record.exc_info[1]
+
+    def __enter__(self) -> _LiteFailure:
+        self.logger.addHandler(self)
+        self.propagate, self.logger.propagate = self.logger.propagate, False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = self.propagate
+
+
+def _unreachable(target: MilvusTarget, index_dir: Path, uri: str, cause: BaseException | None) -> VectorStoreError:
     if target.is_lite:
+        if type(cause).__name__ == "DataDirLockedError":  # milvus_lite.exceptions: not imported for a name
+            return _held(index_dir, Path(uri))
         return VectorStoreError(
-            f"cannot open Milvus Lite at {uri}: another process has it open (a running prodsearch serve or "
-            "writer?) or it is damaged; Milvus Lite serves one process at a time: stop the other, or keep the "
+            f"cannot open Milvus Lite at {uri} ({cause}): another process has it open (a running prodsearch serve "
+            "or writer?) or it is damaged; Milvus Lite serves one process at a time: stop the other, or keep the "
             "vectors on a Milvus server (index --milvus-uri http://HOST:19530) to use them from several")
-    return VectorStoreError(f"cannot connect to Milvus at {uri} ({getattr(exc, 'message', exc)}); check that the "
+    return VectorStoreError(f"cannot connect to Milvus at {uri} ({getattr(cause, 'message', cause)}); check that the "
                             f"server runs and the URI, and put its token in ${TOKEN_ENV} if it needs one")
+
+
+def _held(index_dir: Path, lite_dir: Path) -> VectorStoreHeldError:
+    """Who holds a Milvus Lite folder, as far as the system tells (``/proc/locks`` on Linux)."""
+    pid = flock_holder(lite_dir / LITE_LOCK)
+    command = process_command(pid) if pid is not None else None
+    server = command is not None and command.startswith("prodsearch serve")
+    if pid is None:
+        holder = "another process (a running prodsearch serve, or a writer?)"
+    else:
+        holder = f"{'a running server' if server else 'another process'} (pid {pid}{': ' + command if command else ''})"
+    return VectorStoreHeldError(index_dir, holder, server)
