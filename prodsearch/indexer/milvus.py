@@ -17,7 +17,8 @@ top-k lists are merged. The collection minus those ids is the catalog of the lev
 them, which is the catalog of the reader's generation minus them; so the answer is that of the
 reader's generation whether the writer died before, during or after writing Milvus, and with no
 crash at all while a writer in another process has committed and not yet written Milvus. The log
-is short (at most one ``add`` chunk, once the next writer has replayed it: none).
+is short (one ``add`` chunk at most; the whole catalog only after a rebuild in place killed
+part-way, when the reader holds it as a FAISS reader would) until the next writer replays it.
 
 Milvus Lite serves one process at a time (it locks its folder); several processes at once (a server
 answering while ``add`` runs) need a Milvus server.

@@ -158,8 +158,8 @@ class ProductIndex:
         with db.guarded():
             view = self._read_newest(db)
         if len(view) != len(view.image_ids) and self.manifest.milvus is not None:
-            log.warning("%s: Milvus holds %d vectors for %d catalog images (a writer was stopped part-way?); the "
-                        "next writer brings it level, or: prodsearch info --index %s --repair", self.index_dir,
+            log.warning("%s: Milvus holds %d vectors for %d catalog images (changed behind prodsearch's back?); "
+                        "bring it level with: prodsearch info --index %s --repair", self.index_dir,
                         len(view), len(view.image_ids), self.index_dir)
         elif len(view) != len(view.image_ids):
             raise IndexDirError(
