@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from prodsearch.indexer import ProductIndex, build_index, index_info
+from prodsearch.indexer import ProductIndex, build_index, index_info, update_index
 from prodsearch.serve.app import create_app
 from prodsearch.serve.server import open_service
 from prodsearch.serve.service import ServeSettings, category_tree
@@ -398,6 +398,18 @@ def test_uploads_belong_to_the_index_folder_wherever_it_is_reached_from(index_co
         assert client.get(f"/v1/images/{one}").content == photo
     info = index_info(moved)
     assert info.consistent and info.leftovers == {"uploads": 0, "chunk_files": 0}
+
+
+def test_an_update_that_removes_uploads_removes_their_files(served_index, index_copy):
+    """The shop's catalog does not list the photos uploaded over HTTP: an update removes them, and
+    their files with them."""
+    with client_for(index_copy) as client:
+        client.post("/v1/products/up/images", files=files(jpeg(product_image(8080))), headers=AUTH).raise_for_status()
+    assert len(list((index_copy / UPLOADS).rglob("*.jpg"))) == 1
+    report = update_index(served_index.parent / "catalog" / "catalog.csv", index_copy, num_workers=0,
+                          allow_mass_removal=True)
+    assert report.removed == 1 and report.removed_skus == ["up"]
+    assert not list((index_copy / UPLOADS).rglob("*.jpg"))
 
 
 def test_bad_writes_change_nothing(index_copy):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -91,9 +90,10 @@ class IndexWriter:
         if self.db is None:
             return
         try:
-            self.db.end_snapshot()
-            leftovers.remove(self.index_dir, self.db, chunks=succeeded)
-        except (OSError, sqlite3.Error, IndexDirError) as exc:
+            with self.db.guarded():
+                self.db.end_snapshot()
+                leftovers.remove(self.index_dir, self.db, chunks=succeeded)
+        except (OSError, IndexDirError) as exc:  # the write's outcome stands; the next write tries again
             log.warning("could not remove what earlier writes left in %s: %s", self.index_dir, exc)
 
     def _close(self) -> None:
