@@ -41,7 +41,7 @@ READ_DTYPES = (STORED_DTYPE, np.dtype(np.float32))  # float32: catalogs written 
 # vector (2560 bytes) each and float16 would save a quarter, not half; 16 KiB pages hold six.
 # Set for new catalogs only: a page size is fixed once WAL is on.
 PAGE_SIZE = 16384
-# ``meta`` keys of catalogs whose upload paths are all relative to the index folder (see
+# The ``meta`` key of catalogs whose upload paths are all relative to the index folder (see
 # :meth:`CatalogDB.adopt_uploads`): set at creation, or once an older catalog's paths were adopted.
 UPLOADS_RELATIVE = "uploads_relative"
 OWNED_PREFIX = uploads.UPLOADS + "/"  # how a path the index folder owns starts in the catalog
@@ -165,7 +165,7 @@ class CatalogDB:
         db["settings"].create({"key": str, "value": str}, pk="key")
         db["meta"].insert_all([{"key": k, "value": v} for k, v in
                                (("schema", SCHEMA_VERSION), ("generation", 0), ("snapshot", 0), ("next_id", 0),
-                                                   (UPLOADS_RELATIVE, 1))])
+                                (UPLOADS_RELATIVE, 1))])
 
     # ------------------------------------------------------------------ reading
 
