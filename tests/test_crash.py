@@ -131,7 +131,8 @@ def test_a_server_killed_during_an_upload_leaves_files_the_next_write_removes(pr
     index_dir = Path(shutil.copytree(pristine[0], tmp_path / "idx"))
     photos = [pristine[1] / "n1" / "n1_0.jpg", pristine[1] / "n2" / "n2_0.jpg"]
     proc = subprocess.run([sys.executable, "-c", SERVER_ADD, str(index_dir), "uploaded", *map(str, photos)],
-                          env={**os.environ, CRASH_ENV: "before-commit"}, capture_output=True, timeout=300)
+                          env={**os.environ, CRASH_ENV: "before-commit"}, capture_output=True, timeout=300,
+                          check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     stored = list((index_dir / "uploads").rglob("*.jpg"))
     assert len(stored) == 2
