@@ -11,10 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from prodsearch.indexer import ProductIndex, build_index
+from click.testing import CliRunner
+
+from prodsearch.cli import cli
+from prodsearch.indexer import ProductIndex, build_index, remove_from_index
 from prodsearch.failpoints import CRASH_ENV, POINTS
 from prodsearch.indexer.info import index_info
 from prodsearch.retrieval import create_embedder
@@ -109,3 +113,34 @@ def test_a_build_killed_half_way_is_cleaned_up_by_the_next(pristine, tmp_path):
     assert json.loads(proc.stdout)["resumed"] == NEW  # every photo was committed: none embedded again
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     assert index_info(tmp_path / "idx").images == NEW
+
+
+# What a server does for POST /v1/products/{sku}/images, in a process the test can have killed.
+SERVER_ADD = """
+import sys
+from pathlib import Path
+from prodsearch.serve.service import SearchService, ServeSettings
+service = SearchService(ServeSettings(Path(sys.argv[1])))
+service.add_photos(sys.argv[2], [Path(p).read_bytes() for p in sys.argv[3:]])
+"""
+
+
+def test_a_server_killed_during_an_upload_leaves_files_the_next_write_removes(pristine, tmp_path):
+    """The photos are stored (under the writer lock) before the commit: a server killed there leaves
+    them unreferenced, and a partial write too; info counts them and any next write removes them."""
+    index_dir = Path(shutil.copytree(pristine[0], tmp_path / "idx"))
+    photos = [pristine[1] / "n1" / "n1_0.jpg", pristine[1] / "n2" / "n2_0.jpg"]
+    proc = subprocess.run([sys.executable, "-c", SERVER_ADD, str(index_dir), "uploaded", *map(str, photos)],
+                          env={**os.environ, CRASH_ENV: "before-commit"}, capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    stored = list((index_dir / "uploads").rglob("*.jpg"))
+    assert len(stored) == 2
+    (stored[0].parent / f".{stored[0].name}.tmp-123-456").write_bytes(b"half a photo")
+    info = index_info(index_dir)
+    assert info.consistent and info.images == START and info.leftovers == {"uploads": 3, "chunk_files": 0}
+    shown = CliRunner().invoke(cli, ["info", "--index", str(index_dir)])
+    assert "leftovers:  3 uploaded photo files no image uses; the next write removes them" in shown.output
+    remove_from_index(index_dir, skus=["s0"])
+    assert not [p for p in (index_dir / "uploads").rglob("*") if p.is_file()]
+    assert index_info(index_dir).leftovers == {"uploads": 0, "chunk_files": 0}

@@ -124,6 +124,24 @@ def test_a_distributed_build_that_dies_resumes(catalog, tmp_path):
     assert_same_index(tmp_path / "one", tmp_path / "two", queries(catalog))
 
 
+def test_a_killed_distributed_add_leaves_chunk_files_the_next_write_removes(catalog, tmp_path):
+    """Killed once both processes wrote their shares of its first chunk: the chunk files stay for a
+    torchrun run started again, info counts them, and a write that succeeds without them (a rebuild
+    in one process) removes them."""
+    index_dir = tmp_path / "idx"
+    small = write_folder_catalog(tmp_path / "small", SKUS[:2], per_sku=2, seed0=900)
+    one_process(["index", str(small), *MODEL, "--json", "--index", str(index_dir)])
+    crashed = torchrun(["add", str(catalog), *MODEL, "--chunk-size", "4", "--index", str(index_dir)],
+                       env={CRASH_ENV: "embedded-chunk-1"})
+    assert crashed.returncode != 0
+    assert sorted(p.name for p in (index_dir / EMBEDDING_DIR).glob("chunk-*/rank-*")) == ["rank-0-of-2.npz",
+                                                                                       "rank-1-of-2.npz"]
+    assert one_process(["info", "--index", str(index_dir), "--json"])["leftovers"] == {"uploads": 0, "chunk_files": 2}
+    one_process(["index", str(catalog), *MODEL, "--json", "--index", str(index_dir)])
+    assert not (index_dir / EMBEDDING_DIR).exists()
+    assert one_process(["info", "--index", str(index_dir), "--json"])["leftovers"] == {"uploads": 0, "chunk_files": 0}
+
+
 def test_an_error_is_reported_once_and_every_process_ends(catalog, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("not an index")

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,11 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from prodsearch.indexer import ProductIndex, build_index, index_info
+from prodsearch.indexer import ProductIndex, build_index, index_info, update_index
 from prodsearch.serve.app import create_app
 from prodsearch.serve.server import open_service
 from prodsearch.serve.service import ServeSettings, category_tree
-from prodsearch.serve.uploads import UPLOADS
+from prodsearch.indexer.uploads import UPLOADS
 
 from conftest import product_image, snapshot, write_csv
 
@@ -367,6 +368,50 @@ def test_add_search_and_delete_through_the_api(request, tmp_path, store):
     assert info.consistent and info.generation == start + 4 and info.skus == len(PRODUCTS)
 
 
+def test_uploads_belong_to_the_index_folder_wherever_it_is_reached_from(index_copy, tmp_path, monkeypatch):
+    """Two servers name one index differently (relative to another working directory, absolute);
+    the same photo uploaded to two SKUs is one file, kept while either has it; the catalog records
+    it relative to the index folder, so it serves after the folder moved. An older catalog's
+    cwd-relative upload path is adopted by the next write."""
+    monkeypatch.chdir(index_copy.parent)
+    photo = jpeg(product_image(60606))
+    with client_for(Path(index_copy.name)) as relative, client_for(index_copy) as absolute:
+        one = relative.post("/v1/products/Shared-P1/images", files=files(photo), headers=AUTH).json()["added"][0]
+        absolute.post("/v1/products/Shared-P2/images", files=files(photo), headers=AUTH).raise_for_status()
+        assert absolute.delete("/v1/products/Shared-P2", headers=AUTH).status_code == 200
+        for client in (relative, absolute):
+            served = client.get(f"/v1/images/{one}")
+            assert served.status_code == 200 and served.content == photo
+    with sqlite3.connect(index_copy / "catalog.db") as db:
+        stored = db.execute("select path from images where id = ?", [one]).fetchone()[0]
+    assert stored.startswith(f"{UPLOADS}/") and len(list((index_copy / UPLOADS).rglob("*.jpg"))) == 1
+    moved = Path(shutil.move(str(index_copy), str(tmp_path / "elsewhere" / "idx")))
+    monkeypatch.chdir(tmp_path)
+    with client_for(moved) as client:
+        assert client.get(f"/v1/images/{one}").content == photo
+        assert client.get(f"/v1/images/{one}", params={"size": 96}).status_code == 200
+        with sqlite3.connect(moved / "catalog.db") as db:  # as a server in another folder once recorded it
+            db.execute("update images set path = ? where id = ?", [f"shop/idx/{stored}", one])
+            db.execute("delete from meta where key = 'uploads_relative'")
+        assert client.get(f"/v1/images/{one}").status_code == 404
+        assert client.delete("/v1/products/lime", headers=AUTH).status_code == 200  # any write adopts it
+        assert client.get(f"/v1/images/{one}").content == photo
+    info = index_info(moved)
+    assert info.consistent and info.leftovers == {"uploads": 0, "chunk_files": 0}
+
+
+def test_an_update_that_removes_uploads_removes_their_files(served_index, index_copy):
+    """The shop's catalog does not list the photos uploaded over HTTP: an update removes them, and
+    their files with them."""
+    with client_for(index_copy) as client:
+        client.post("/v1/products/up/images", files=files(jpeg(product_image(8080))), headers=AUTH).raise_for_status()
+    assert len(list((index_copy / UPLOADS).rglob("*.jpg"))) == 1
+    report = update_index(served_index.parent / "catalog" / "catalog.csv", index_copy, num_workers=0,
+                          allow_mass_removal=True)
+    assert report.removed == 1 and report.removed_skus == ["up"]
+    assert not list((index_copy / UPLOADS).rglob("*.jpg"))
+
+
 def test_bad_writes_change_nothing(index_copy):
     with client_for(index_copy, max_upload_mb=0.1) as client:
         generation = client.get("/v1/index").json()["generation"]
@@ -399,11 +444,37 @@ def test_a_cli_add_in_another_process_is_served_without_a_restart(index_copy, tm
         assert after["match"] == "fresh" and after["generation"] == before["generation"] + 1
 
 
-def test_a_catalog_photo_gone_bad_is_a_404_with_the_reason(index_copy):
+def test_a_photo_file_changed_after_indexing_is_never_served(index_copy, tmp_path):
+    """Whatever an image's path points to now (a symlink to /etc/passwd, other bytes of the same
+    size, a FIFO, garbage, nothing) is a 404 naming the update command, for the original and for a
+    thumbnail not made yet; not one byte of it is sent. The ETag is the content's MD5."""
     with client_for(index_copy) as client:
         added = client.post("/v1/products/x/images", files=files(jpeg(product_image(31337))), headers=AUTH).json()
         image_id = added["added"][0]
-        Path(client.service.index.catalog.image(image_id)["path"]).write_bytes(b"no longer a photo")
-        response = client.get(f"/v1/images/{image_id}", params={"size": 128})
-        assert response.status_code == 404 and "cannot be read" in response.json()["error"]
+        row = client.service.index.catalog.image(image_id)
+        path, url = Path(row["path"]), f"/v1/images/{image_id}"
+        photo = path.read_bytes()
+        original = client.get(url)
+        assert original.status_code == 200 and original.content == photo
+        assert original.headers["etag"] == f'"{row["md5"]}"'
+        secret = b"root:x:0:0:secret" * (len(photo) // 17 + 1)
+        (tmp_path / "secret").write_bytes(secret[:len(photo)])  # the same size as the photo
+        (tmp_path / "passwd").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+        swaps = {"a symlink out": lambda: path.symlink_to("/etc/passwd" if Path("/etc/passwd").is_file()
+                                                          else tmp_path / "passwd"),
+                 "same size, other bytes": lambda: path.symlink_to(tmp_path / "secret"),
+                 "a FIFO": lambda: os.mkfifo(path),
+                 "garbage": lambda: path.write_bytes(b"no longer a photo"),
+                 "nothing": lambda: None}
+        for what, swap in swaps.items():
+            path.unlink(missing_ok=True)
+            swap()
+            for params in ({}, {"size": 480}):
+                response = client.get(url, params=params)
+                assert response.status_code == 404, (what, params, response.status_code)
+                error = response.json()["error"]
+                assert "since it was indexed" in error and "prodsearch update" in error, (what, error)
+                assert b"root:" not in response.content
+        path.write_bytes(photo)
+        assert client.get(url).content == photo and client.get(url, params={"size": 480}).status_code == 200
         assert client.get("/healthz").status_code == 200

@@ -213,6 +213,8 @@ def format_views(views: int) -> str:
 
 
 def format_info(info: IndexInfo) -> str:
+    from prodsearch.indexer.leftovers import describe as describe_leftovers
+
     lines = [
         f"index:      {info.index_dir}",
         f"model:      {info.model} ({info.weights}), {info.embed_dim}-d, {info.input_size} px",
@@ -232,6 +234,8 @@ def format_info(info: IndexInfo) -> str:
         f"rejection:  {format_rejection(info.rejection)}",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
+        f"leftovers:  {describe_leftovers(info.leftovers)}"
+        + ("; the next write removes them" if any(info.leftovers.values()) else ""),
         f"consistent: {'yes' if info.consistent else 'NO'}"
         + (", as far as catalog.db tells (the vectors in Milvus Lite were not compared: it is in use)"
            if info.held_by else ""),

@@ -31,6 +31,7 @@ import numpy as np
 import sqlite_utils
 
 from prodsearch.errors import IndexDirError, ReadOnlyIndexError
+from prodsearch.indexer import uploads
 
 _CHUNK = 500  # values per "in (...)" list: SQLite caps bound parameters per statement
 SCHEMA_VERSION = 1
@@ -40,6 +41,10 @@ READ_DTYPES = (STORED_DTYPE, np.dtype(np.float32))  # float32: catalogs written 
 # vector (2560 bytes) each and float16 would save a quarter, not half; 16 KiB pages hold six.
 # Set for new catalogs only: a page size is fixed once WAL is on.
 PAGE_SIZE = 16384
+# The ``meta`` key of catalogs whose upload paths are all relative to the index folder (see
+# :meth:`CatalogDB.adopt_uploads`): set at creation, or once an older catalog's paths were adopted.
+UPLOADS_RELATIVE = "uploads_relative"
+OWNED_PREFIX = uploads.UPLOADS + "/"  # how a path the index folder owns starts in the catalog
 
 
 def stored_dtype(nbytes: int, dim: int) -> np.dtype | None:
@@ -106,6 +111,10 @@ class CatalogDB:
         if not create and not path.is_file():
             raise FileNotFoundError(path)
         self.path = path
+        # Paths of files the index owns (uploads) are recorded relative to its folder and given out
+        # absolute, against wherever the folder is now.
+        self.root = Path(os.path.abspath(path.parent))
+        self._prefix = str(self.root) + os.sep
         if not create and not catalog_writable(path):
             if write:
                 raise ReadOnlyIndexError(path.parent, f"this user cannot write {path.name} or its folder")
@@ -148,13 +157,15 @@ class CatalogDB:
         )
         db["images"].create_index(["sku", "md5"], unique=True)
         db["images"].create_index(["path"])
+        db["images"].create_index(["md5"])  # which uploads some image still has (content, not path)
         db["vectors"].create({"id": int, "vector": bytes}, pk="id")
         db["changes"].create({"generation": int, "image_id": int, "op": str})
         db["changes"].create_index(["generation"])
         db["meta"].create({"key": str, "value": int}, pk="key")
         db["settings"].create({"key": str, "value": str}, pk="key")
         db["meta"].insert_all([{"key": k, "value": v} for k, v in
-                               (("schema", SCHEMA_VERSION), ("generation", 0), ("snapshot", 0), ("next_id", 0))])
+                               (("schema", SCHEMA_VERSION), ("generation", 0), ("snapshot", 0), ("next_id", 0),
+                                (UPLOADS_RELATIVE, 1))])
 
     # ------------------------------------------------------------------ reading
 
@@ -204,7 +215,7 @@ class CatalogDB:
         each image, read without holding millions of rows at once."""
         cursor = self.db.execute("select id, sku, path from images order by id")
         while batch := cursor.fetchmany(rows):
-            yield batch
+            yield [(i, sku, self._full(path)) for i, sku, path in batch]
 
     def image_keys(self) -> set[tuple[str, str]]:
         """(SKU, MD5) of every image: what a resumed build has committed already."""
@@ -215,28 +226,30 @@ class CatalogDB:
         what a catalog no longer lists, found without holding every image row."""
         cursor, out = self.db.execute("select id, sku, md5, path from images"), []
         while batch := cursor.fetchmany(rows):
-            out += [(i, path) for i, sku, md5, path in batch if (sku, md5) not in keys]
+            out += [(i, self._full(path)) for i, sku, md5, path in batch if (sku, md5) not in keys]
         return out
 
     def held_images(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
         """(id, path) of the images the index holds of ``keys`` ((SKU, MD5) pairs), looked up by MD5."""
         keys = set(keys)
         rows = self._run_in("select id, sku, md5, path from images where md5 in ({})", {md5 for _, md5 in keys})
-        return {(sku, md5): (i, path) for i, sku, md5, path in rows if (sku, md5) in keys}
+        return {(sku, md5): (i, self._full(path)) for i, sku, md5, path in rows if (sku, md5) in keys}
 
     def file_infos(self, paths: Iterable[str]) -> dict[str, tuple[str, int, float]]:
         """(MD5, size, mtime) the index recorded for each of ``paths`` it holds: hashes not computed again."""
-        rows = self._run_in("select path, md5, size, mtime from images where path in ({})", set(paths))
-        return {path: (md5, size, mtime) for path, md5, size, mtime in rows}
+        asked = self._as_stored(paths)
+        rows = self._run_in("select path, md5, size, mtime from images where path in ({})", set(asked))
+        return {asked[path]: (md5, size, mtime) for path, md5, size, mtime in rows}
 
     def all_skus(self) -> set[str]:
         return {r[0] for r in self.db.execute("select sku from products")}
 
     def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
-        return dict(self._run_in("select id, path from images where id in ({})", {int(i) for i in ids}))
+        rows = self._run_in("select id, path from images where id in ({})", {int(i) for i in ids})
+        return {i: self._full(path) for i, path in rows}
 
     def image_rows(self) -> list[dict]:
-        return list(self.db["images"].rows)
+        return [{**row, "path": self._full(row["path"])} for row in self.db["images"].rows]
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """The stored embeddings of ``ids``, in that order, as float32."""
@@ -273,7 +286,7 @@ class CatalogDB:
     def sample_image_paths(self, n: int) -> list[str]:
         """Up to ``n`` image paths spread over the catalog, the same ones every time (calibration
         photos: the catalog's own, in a fixed pseudo-random order rather than its first SKUs)."""
-        return [r[0] for r in self.db.execute(
+        return [self._full(r[0]) for r in self.db.execute(
             "select path from images order by (id * 2654435761) % 4294967296, id limit ?", [n])]
 
     def image_ids(self) -> np.ndarray:
@@ -389,14 +402,31 @@ class CatalogDB:
         return dict(self.db.execute("select category, count(*) from products group by category").fetchall())
 
     def image(self, image_id: int) -> dict | None:
-        """One image's row (sku, path, md5, ...), or ``None``."""
-        row = self.db.execute("select id, sku, path, md5, width, height from images where id = ?",
-                              [int(image_id)]).fetchone()
-        return None if row is None else dict(zip(("id", "sku", "path", "md5", "width", "height"), row))
+        """One image's row (sku, path, md5, size in bytes, ...), or ``None``."""
+        keys = ("id", "sku", "path", "md5", "width", "height", "size")
+        row = self.db.execute(f"select {', '.join(keys)} from images where id = ?", [int(image_id)]).fetchone()
+        return None if row is None else {**dict(zip(keys, row)), "path": self._full(row[2])}
 
     def paths_in_use(self, paths: Iterable[str]) -> set[str]:
         """Those of ``paths`` some image still has."""
-        return {r[0] for r in self._run_in("select distinct path from images where path in ({})", set(paths))}
+        asked = self._as_stored(paths)
+        return {asked[r[0]] for r in self._run_in("select distinct path from images where path in ({})", set(asked))}
+
+    def md5s_in_use(self, md5s: Iterable[str]) -> set[str]:
+        """Those of ``md5s`` some image still has: whether an uploaded file is still used (its name
+        is its content's MD5; two servers may name the same folder differently)."""
+        return {r[0] for r in self._run_in("select distinct md5 from images where md5 in ({})", set(md5s))}
+
+    def _full(self, path: str) -> str:
+        """A recorded path as a path to open: those the index folder owns, inside it."""
+        return self._prefix + path if path.startswith(OWNED_PREFIX) else path
+
+    def _stored(self, path: str) -> str:
+        """How the catalog records ``path``: relative to the index folder if the folder owns it."""
+        return uploads.relative(self.root, path) or path
+
+    def _as_stored(self, paths: Iterable[str]) -> dict[str, str]:
+        return {self._stored(p): p for p in paths}
 
     # ------------------------------------------------------------------ writing (inside db.transaction())
 
@@ -421,7 +451,7 @@ class CatalogDB:
         """Insert images (without ids) and their vectors (stored as float16); return the ids given to them."""
         start = self.state().next_id
         ids = list(range(start, start + len(images)))
-        self.db["images"].insert_all({**img, "id": i} for img, i in zip(images, ids))
+        self.db["images"].insert_all({**img, "path": self._stored(img["path"]), "id": i} for img, i in zip(images, ids))
         vectors = np.ascontiguousarray(vectors, dtype=STORED_DTYPE)
         self.db["vectors"].insert_all({"id": i, "vector": v.tobytes()} for i, v in zip(ids, vectors))
         self.db["changes"].insert_all({"generation": generation, "image_id": i, "op": "add"} for i in ids)
@@ -436,7 +466,23 @@ class CatalogDB:
 
     def update_paths(self, paths: dict[int, str]) -> None:
         """New file paths of images whose file moved (same SKU and content)."""
-        self.db.conn.executemany("update images set path = ? where id = ?", [(p, i) for i, p in paths.items()])
+        self.db.conn.executemany("update images set path = ? where id = ?",
+                                 [(self._stored(p), i) for i, p in paths.items()])
+
+    def adopt_uploads(self) -> int:
+        """Once per catalog (under the writer lock): record the uploads an older prodsearch recorded
+        absolute or relative to a server's working directory relative to the index folder, so that
+        they serve wherever the folder is; returns how many. Uploads are then found by content."""
+        if self.db.execute("select 1 from meta where key = ?", [UPLOADS_RELATIVE]).fetchone():
+            return 0
+        rows = self.db.execute(f"select id, path, md5 from images where path like '%{uploads.UPLOADS}%' "
+                               "and substr(path, 1, ?) != ?", [len(OWNED_PREFIX), OWNED_PREFIX]).fetchall()
+        adopted = {i: rel for i, path, md5 in rows if (rel := uploads.legacy_relative(self.root, path, md5))}
+        with self.transaction():
+            self.db.conn.executemany("update images set path = ? where id = ?", [(p, i) for i, p in adopted.items()])
+            self.db["images"].create_index(["md5"], if_not_exists=True)
+            self.db["meta"].insert({"key": UPLOADS_RELATIVE, "value": 1})
+        return len(adopted)
 
     def remove_orphan_products(self) -> list[str]:
         """Delete products left without images; return their SKUs."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from prodsearch.errors import IndexDirError, VectorStoreError, VectorStoreHeldError
+from prodsearch.indexer import leftovers
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import Manifest, read_manifest
@@ -47,6 +48,7 @@ class IndexInfo:
     views: int = 1  # views each photo, catalog and query, is embedded as
     vector_store: str = "faiss"  # or the Milvus collection the vectors are searched in
     held_by: str = ""  # the process that holds a Milvus Lite store: its vectors were not read ("vectors": None)
+    leftovers: dict[str, int] = field(default_factory=dict)  # what the next write removes (Leftovers.to_dict)
 
     @property
     def size_bytes(self) -> int:
@@ -106,6 +108,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
             problems.append(f"SQLite integrity check: {check}")
         pending = db.pending_changes()
         rejection = db.setting(REJECTION_SETTING)
+        left = leftovers.find(index_dir, db)
     files = {p.name: p.stat().st_size for p in sorted(index_dir.iterdir()) if p.is_file() and p.name not in (LOCK_FILE, HOLDER_FILE)}
     lite = index_dir / LITE_FILE  # a Milvus Lite folder inside the index: its files together
     if lite.is_dir():
@@ -119,7 +122,7 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
                      onnx_models, auto_runtime(onnx_models), rejection, manifest.views,
-                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by)
+                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict())
 
 
 def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.choices import CHUNK_PHOTOS
@@ -64,7 +64,7 @@ class ChangeReport:
 
 
 def add_to_index(
-    catalog: str | os.PathLike | Listing,
+    catalog: str | os.PathLike | Listing | Callable[[], Listing],
     index_dir: str | os.PathLike,
     *,
     model: str | None = None,
@@ -77,8 +77,10 @@ def add_to_index(
     wait: float = 0.0,
     chunk_size: int = CHUNK_PHOTOS,
 ) -> ChangeReport | None:
-    """Add the catalog's (a path, or a listing already read) new SKUs and new images of known SKUs;
-    what the index holds is skipped without embedding, so running the same add twice changes nothing."""
+    """Add the catalog's (a path, a listing already read, or a function that gives the listing once
+    the writer lock is held: the server stores uploaded photos then, so that no other writer's
+    clean-up of unused uploads can take them) new SKUs and new images of known SKUs; what the index
+    holds is skipped without embedding, so running the same add twice changes nothing."""
     return _sync(catalog, index_dir, "add", model=model, remove_missing=False, batch_size=batch_size, runtime=runtime,
                  device=device, precision=precision, num_workers=num_workers, progress=progress, wait=wait,
                  chunk_size=chunk_size)
@@ -124,8 +126,10 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
     index_dir = Path(index_dir)
     writer = IndexWriter(index_dir, command, wait=wait)  # a read-only index fails before the model loads
     encoder = encoder_for(writer.manifest, index_dir, model=model, runtime=runtime, device=device, precision=precision)
-    listing = catalog if isinstance(catalog, Listing) else read_listing(catalog)
+    listing = catalog if isinstance(catalog, Listing) else None if callable(catalog) else read_listing(catalog)
     with writer:
+        if listing is None:
+            listing = catalog = catalog()
         db = writer.db
         held_count, known_skus = db.counts()["images"], db.all_skus()
         files = len(listing.items)

@@ -4,7 +4,8 @@
 changes in one SQLite transaction (catalog rows, vectors and the change log together), and writes
 a new FAISS snapshot when the log has grown long enough, or, for an index whose vectors live in
 Milvus, replays the change log into the collection (:func:`~prodsearch.indexer.milvus.catch_up`).
-Readers never wait for it.
+Readers never wait for it. What killed or refused writes left (uploads no image has, a torchrun
+run's chunk files) is removed on the way out (:mod:`.leftovers`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
-from prodsearch.errors import ReadOnlyIndexError
+from prodsearch.errors import IndexDirError, ReadOnlyIndexError
+from prodsearch.indexer import leftovers
 from prodsearch.indexer.catalog_db import CatalogDB, catalog_writable
 from prodsearch.failpoints import crash_point
 from prodsearch.indexer.index_types import deletes_in_place
@@ -40,7 +42,8 @@ class Commit:
 
 class IndexWriter:
     """The writer lock and a read-write catalog connection for the duration of a ``with`` block;
-    files a crashed writer left are cleared on entry."""
+    files a crashed writer left are cleared on entry (snapshots, temporary files) and on exit
+    (uploads no image has; after a block that succeeded, torchrun chunk files too)."""
 
     def __init__(self, index_dir: str | os.PathLike, command: str, *, wait: float = 0.0):
         """Check that the index can be written (before any slow work: loading a model, embedding)."""
@@ -56,6 +59,8 @@ class IndexWriter:
         self.lock.__enter__()
         try:
             self.db = CatalogDB(self.index_dir / CATALOG_DB, write=True)
+            with self.db.guarded():
+                self.db.adopt_uploads()
             remove_stale_files(self.index_dir, keep=self.db.state().snapshot)
             if self.manifest.milvus is not None:  # what a killed writer left unwritten is replayed first
                 from prodsearch.indexer.milvus import MilvusStore, catch_up  # pymilvus: only for such an index
@@ -63,7 +68,7 @@ class IndexWriter:
                 self.milvus = MilvusStore.open(self.manifest.milvus, self.index_dir, self.manifest.model.embed_dim)
                 catch_up(self.db, self.milvus, self.manifest.index_factory)
         except BaseException:
-            self.__exit__(None, None, None)
+            self._close()
             raise
         return self
 
@@ -74,12 +79,32 @@ class IndexWriter:
                     if exc[1] is not None:
                         raise exc[1]
         finally:
+            try:
+                self._clear_leftovers(succeeded=exc[1] is None)
+            finally:
+                self._close()
+
+    def _clear_leftovers(self, succeeded: bool) -> None:
+        """Uploads no image has go (a refused upload's too); chunk files only after a block that
+        succeeded (a torchrun run started again resumes from them)."""
+        if self.db is None:
+            return
+        try:
+            with self.db.guarded():
+                self.db.end_snapshot()
+                leftovers.remove(self.index_dir, self.db, chunks=succeeded)
+        except (OSError, IndexDirError) as exc:  # the write's outcome stands; the next write tries again
+            log.warning("could not remove what earlier writes left in %s: %s", self.index_dir, exc)
+
+    def _close(self) -> None:
+        try:
             if self.milvus is not None:
                 self.milvus.close()
                 self.milvus = None
             if self.db is not None:
                 self.db.close()
-            self.lock.__exit__(*exc)
+        finally:
+            self.lock.__exit__(None, None, None)
 
     def commit(self, *, products: Iterable[dict] = (), images: list[dict] | None = None,
                vectors: np.ndarray | None = None, remove: Iterable[int] = (), moved: dict[int, str] | None = None,

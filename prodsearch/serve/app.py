@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Annotated, Optional
 
 from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -125,8 +125,6 @@ def create_app(service: SearchService) -> FastAPI:
         headers = {"ETag": f'"{photo.etag}"', "Cache-Control": IMMUTABLE}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
-        if photo.path is not None:
-            return FileResponse(photo.path, media_type=photo.media_type, headers=headers)
         return Response(photo.data, media_type=photo.media_type, headers=headers)
 
     # ------------------------------------------------------------------ writes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from prodsearch.catalog.listing import Item, Listing
+from prodsearch.indexer import uploads
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.lifecycle import NotInIndexError, add_to_index, remove_from_index
 from prodsearch.indexer.product_index import ProductIndex
@@ -28,11 +28,10 @@ from prodsearch.indexer.rejection import STORED, Rejection
 from prodsearch.indexer.results import Answer
 from prodsearch.indexer.vectors import set_search_threads
 from prodsearch.retrieval.runtime import describe
-from prodsearch.serve import uploads
 from prodsearch.serve.batcher import DirectEmbedding, Embedding, MicroBatcher
 from prodsearch.serve.metrics import Metrics
 from prodsearch.serve.photos import PhotoDecoder, extension
-from prodsearch.serve.thumbnails import ImageLoadError, thumbnail, thumbnail_size
+from prodsearch.serve.thumbnails import ChangedFileError, ImageLoadError, indexed_bytes, thumbnail, thumbnail_size
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +81,11 @@ class Written:
 
 @dataclass(frozen=True)
 class PhotoFile:
-    """A catalog photo to send: ``data`` (a thumbnail) or ``path`` (the original)."""
+    """A catalog photo to send (the original, or a thumbnail); ``etag`` comes from its content's MD5."""
 
     media_type: str
     etag: str
-    data: bytes | None = None
-    path: str | None = None
+    data: bytes
 
 
 class SearchService:
@@ -212,24 +210,25 @@ class SearchService:
             return db.category_counts()
 
     def photo(self, image_id: int, size: int | None = None) -> PhotoFile:
-        """A catalog photo by image id, or its thumbnail (longest side ``size``, rounded up to a step)."""
+        """A catalog photo by image id, or its thumbnail (longest side ``size``, rounded up to a step);
+        only while its file is the one indexed (:func:`~.thumbnails.indexed_bytes`)."""
         with self._reading() as db:
             row = db.image(image_id)
         if row is None:
             raise NotInIndexError(f"no image {image_id} in the index")
-        if not os.path.isfile(row["path"]):
-            raise NotInIndexError(f"the photo file of image {image_id} is gone ({row['path']}); "
-                                  f"run prodsearch update to bring the index in line with the catalog")
-        if size is None:
-            media_type = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
-            return PhotoFile(media_type, row["md5"], path=row["path"])
-        size = thumbnail_size(size)
         try:
-            data = thumbnail(self.index_dir, row["path"], row["md5"], size)
+            if size is None:
+                media_type = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
+                return PhotoFile(media_type, row["md5"], indexed_bytes(row["path"], row["md5"], row["size"]))
+            size = thumbnail_size(size)
+            data = thumbnail(self.index_dir, row["path"], row["md5"], row["size"], size)
+        except ChangedFileError as exc:
+            raise NotInIndexError(f"the photo file of image {image_id} {exc} since it was indexed; run prodsearch "
+                                  "update CATALOG --index DIR to bring the index in line with the catalog") from None
         except ImageLoadError as exc:
             raise NotInIndexError(f"the photo file of image {image_id} cannot be read ({exc}); run prodsearch "
-                                  "update to bring the index in line with the catalog") from None
-        return PhotoFile("image/jpeg", f"{row['md5']}-{size}", data=data)
+                                  "update CATALOG --index DIR to bring the index in line with the catalog") from None
+        return PhotoFile("image/jpeg", f"{row['md5']}-{size}", data)
 
     # ------------------------------------------------------------------ writes
 
@@ -239,15 +238,15 @@ class SearchService:
         own). All photos are checked before anything is stored; each is kept in ``uploads/``."""
         self.decoder.inputs(photos)  # every photo is small enough and decodes, or nothing is stored
         extensions = [extension(data) for data in photos]
-        with self._write_lock:
+
+        def stored() -> Listing:  # under the writer lock; a refused add leaves nothing (IndexWriter clears it)
             paths = [uploads.store(self.index_dir, data, ext) for data, ext in zip(photos, extensions)]
             items = [Item(path, sku, name, category, origin=f"photo {i}") for i, path in enumerate(paths, 1)]
-            try:
-                report = add_to_index(Listing(self.index_dir / uploads.UPLOADS, "upload", items), self.index_dir,
-                                      model=self.index.encoder, num_workers=0, wait=self.settings.write_wait)
-            except BaseException:  # refused (a SKU spelled as another in other case, a busy index): keep nothing
-                self._discard_unused({str(p) for p in paths})
-                raise
+            return Listing(self.index_dir / uploads.UPLOADS, "upload", items)
+
+        with self._write_lock:
+            report = add_to_index(stored, self.index_dir, model=self.index.encoder, num_workers=0,
+                                  wait=self.settings.write_wait)
             self.refresh()
             return Written(self.index.generation, added=report.added_ids, unchanged=report.unchanged,
                            skipped=[f"{s.path}: {s.reason}" for s in report.skipped])
@@ -263,20 +262,11 @@ class SearchService:
             return self._remove(image_ids=[image_id])
 
     def _remove(self, *, skus: list[str] = (), image_ids: list[int] = ()) -> Written:
-        with self._reading() as db:
-            paths = set(db.image_paths(image_ids).values())
+        """The uploaded files no image has any more go with the write (IndexWriter clears them)."""
         report = remove_from_index(self.index_dir, skus=skus, image_ids=image_ids if not skus else (),
                                    wait=self.settings.write_wait)
-        self._discard_unused(paths)
         self.refresh()
         return Written(self.index.generation, removed=list(image_ids), removed_skus=report.removed_skus)
-
-
-    def _discard_unused(self, paths: set[str]) -> None:
-        """Delete the uploaded photos among ``paths`` that no image uses (under ``_write_lock``)."""
-        with self._reading() as db:
-            unused = paths - db.paths_in_use(paths)
-        uploads.discard(self.index_dir, unused)
 
 
 def category_tree(counts: dict[str | None, int]) -> tuple[list[dict], int]:
