@@ -105,12 +105,35 @@ def test_update_mirrors_the_catalog(shop):
     write_folder_catalog(catalog, ["e"], per_sku=1, seed0=60)  # new
     shutil.move(catalog / "a" / "a_1.jpg", catalog / "a" / "renamed.jpg")  # moved: same content
     report = update_index(catalog, idx, num_workers=0)
-    assert (report.added, report.removed, report.changed, report.unchanged) == (2, 2, 1, 4)
+    assert (report.added, report.removed, report.changed, report.unchanged) == (1, 1, 1, 4)
     assert report.new_skus == ["e"]
     assert_consistent(idx, images=6, skus=4)
     paths = {r["path"] for r in CatalogDB(idx / "catalog.db").image_rows()}
     assert str((catalog / "a" / "renamed.jpg").resolve()) in paths
     assert update_index(catalog, idx, num_workers=0).generation is None  # nothing left to do
+
+
+@pytest.mark.parametrize("skus,changing", [(8, 5), (3, 1)])
+def test_update_counts_a_file_changed_in_place_as_changed_only(tmp_path, small_embedder, skus, changing):
+    """Same path, same SKU, new content: changed (re-embedded), neither added nor removed."""
+    catalog = write_folder_catalog(tmp_path / "catalog", [f"s{i}" for i in range(skus)])
+    build_index(catalog, tmp_path / "idx", model=small_embedder, num_workers=0)
+    for i in range(changing):
+        product_image(1000 + i).save(catalog / f"s{i}" / f"s{i}_0.jpg")
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(tmp_path / "idx"), "--silent", "--json",
+                                      "--workers", "0"], catch_exceptions=False)
+    data = json.loads(result.stdout)
+    assert (data["added"], data["removed"], data["changed"], data["unchanged"]) == (0, 0, changing, skus - changing)
+    assert data["new_skus"] == data["removed_skus"] == []
+    assert_consistent(tmp_path / "idx", images=skus, skus=skus)
+    for i in range(changing):
+        product_image(2000 + i).save(catalog / f"s{i}" / f"s{i}_0.jpg")
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(tmp_path / "idx"), "--silent",
+                                      "--workers", "0"], catch_exceptions=False)
+    assert result.output.startswith(f"Updated {tmp_path / 'idx'}: 0 images added, 0 removed, {changing} changed "
+                                    f"(re-embedded), {skus - changing} unchanged\n")
+    assert "  speed: " in result.output
+    assert_consistent(tmp_path / "idx", images=skus, skus=skus)
 
 
 def test_update_refreshes_names_and_drops_emptied_skus(tmp_path, small_embedder):

@@ -44,9 +44,9 @@ class MassRemovalError(ProdsearchError):
 @dataclass
 class ChangeReport:
     index_dir: Path
-    added: int = 0  # images embedded and added
-    removed: int = 0
-    changed: int = 0  # files whose content changed under the same path: re-embedded (counted here only)
+    added: int = 0  # images embedded and added (not the changed ones)
+    removed: int = 0  # images removed (not the old content of changed ones)
+    changed: int = 0  # images whose file changed content under the same path and SKU: re-embedded (counted here only)
     unchanged: int = 0
     new_skus: list[str] = field(default_factory=list)
     removed_skus: list[str] = field(default_factory=list)
@@ -59,8 +59,13 @@ class ChangeReport:
     embed_seconds: float = 0.0
 
     @property
+    def embedded(self) -> int:
+        """Images embedded: the added ones and the changed ones."""
+        return self.added + self.changed
+
+    @property
     def images_per_second(self) -> float:
-        return self.added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def add_to_index(
@@ -138,7 +143,9 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         gone = db.images_not_in(scanned.files) if remove_missing else []
         rows = scanned_products(scanned)
         report = ChangeReport(index_dir, unchanged=len(held), duplicates=scanned.duplicates)
-        skipped, added_skus, gone_paths = list(scanned.skipped), set(), {path for _, path in gone}
+        skipped, added_skus = list(scanned.skipped), set()
+        # A file of the same path and SKU with new content is changed (its old image replaced), not added and removed.
+        gone_files, replaced = {(sku, path) for _, sku, path in gone}, set()
         progress = embed_kwargs.pop("progress", None)
         embed_kwargs["embed_with"] = embedder_in(team, index_dir / EMBEDDING_DIR)
         for first in range(0, len(new_keys), chunk_size):
@@ -158,32 +165,34 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
             commit = writer.commit(products=[rows[sku] for sku in sorted(skus if remove_missing else skus - known_skus)],
                                    images=embedded.images, vectors=embedded.vectors)
             added_skus |= skus
-            report.added += len(embedded.images)
+            changed = {(img["sku"], img["path"]) for img in embedded.images} & gone_files
+            report.changed += sum((img["sku"], img["path"]) in changed for img in embedded.images)
+            report.added += len(embedded.images) - sum((img["sku"], img["path"]) in changed for img in embedded.images)
+            replaced |= changed
             report.added_ids += commit.added_ids
-            report.changed += sum(img["path"] in gone_paths for img in embedded.images)
             report.generation = commit.generation
         report.new_skus = sorted(added_skus - known_skus)
         if not new_keys:
             _check_before_writing(catalog, index_dir, files, skipped, held, [], True, gone, held_count, listing,
                                   allow_mass_removal)
-        if not held and not report.added:
+        if not held and not report.embedded:
             raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
         unreadable = {s.path for s in skipped}  # not a deleted file: the image it was keeps its place
-        gone = [(i, path) for i, path in gone if path not in unreadable]
+        gone = [(i, sku, path) for i, sku, path in gone if path not in unreadable]
         moved = {held[k][0]: str(item.path) for k, item in scanned.files.items()
                  if k in held and held[k][1] != str(item.path)} if remove_missing else {}
         products = list(rows.values()) if remove_missing else []  # update: names and categories from the catalog
         if gone or moved or (products and _metadata_changed(writer, products)):
-            commit = writer.commit(products=products, remove=[i for i, _ in gone], moved=moved)
+            commit = writer.commit(products=products, remove=[i for i, _, _ in gone], moved=moved)
             report.generation, report.removed_skus = commit.generation, commit.removed_skus
-        report.removed, report.skipped = len(gone), skipped
+        report.removed, report.skipped = sum((sku, path) not in replaced for _, sku, path in gone), skipped
         report.kept_unreadable = len(db.paths_in_use(unreadable)) if remove_missing else 0
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _check_before_writing(catalog, index_dir: Path, files: int, skipped: list[Skipped], held: dict, embedded: list,
-                          last: bool, gone: list[tuple[int, str]], held_count: int, listing: Listing,
+                          last: bool, gone: list[tuple[int, str, str]], held_count: int, listing: Listing,
                           allow_mass_removal: bool) -> None:
     """What refuses a whole add or update, checked once the first chunk is embedded and before it is
     committed: a catalog with nothing readable, or (update) one that would remove most of the index.
@@ -193,7 +202,7 @@ def _check_before_writing(catalog, index_dir: Path, files: int, skipped: list[Sk
         raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
     if gone and not allow_mass_removal:
         kept = {s.path for s in skipped} | {str(item.path) for item in listing.items}
-        check_removal_share(sum(path not in kept for _, path in gone), held_count, index_dir)
+        check_removal_share(sum(path not in kept for _, _, path in gone), held_count, index_dir)
 
 
 def _without_case_clashes(listing: Listing, index_skus: set[str]) -> Listing:
