@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from prodsearch.cli import cli
-from prodsearch.indexer import build_index
+from prodsearch.indexer import build_index, update_index
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.retrieval import create_embedder
 from prodsearch.retrieval.embedder import DEFAULT_MODEL
@@ -639,6 +639,22 @@ def _(env):
     return Expect(["update", env.catalog, "--index", env.idx, "--silent"], unchanged=env.idx,
                   message=r"Error: none of the 6 image files in .*catalog could be read; e\.g\. .*: not an image "
                           r"\(unrecognised format\); nothing was changed in .*idx")
+
+
+@case("update where photos became a folder, a dangling link and a link to a non-image")
+def _(env):
+    update_index(env.catalog, env.idx, num_workers=0)  # the index names this copy's files (it was built on the original)
+    (env.catalog / "milk" / "milk_0.jpg").unlink()
+    (env.catalog / "milk" / "milk_0.jpg").mkdir()
+    (env.catalog / "juice" / "juice_0.jpg").unlink()
+    (env.catalog / "juice" / "juice_0.jpg").symlink_to(env.root / "unmounted" / "juice_0.jpg")
+    (env.catalog / "bread" / "bread_0.jpg").unlink()
+    (env.catalog / "bread" / "bread_0.jpg").symlink_to("/etc/hostname")
+    return Expect(["update", env.catalog, "--index", env.idx, "--silent"], code=0, unchanged=env.idx,
+                  stdout=r"Nothing to update: .*idx already holds exactly the catalog's 3 images\n"
+                         r"  skipped: 3\n    .*juice_0\.jpg: broken symlink \(target missing\)\n"
+                         r"    .*bread_0\.jpg: not an image .*\n    .*milk_0\.jpg: not a regular file\n"
+                         r"  kept: 3 images whose files cannot be read now")
 
 
 @case("update that would empty most of the index")

@@ -156,6 +156,32 @@ def entry_path(path: Path) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name
 
 
+def kept_reason(path: str, listing: Listing, listed: set[str], skipped: dict[str, str]) -> str | None:
+    """Why a file an index holds, which ``listing`` no longer yields as it was, keeps its image, or
+    None if the image goes. Only a file with no directory entry left is gone (or one the catalog no
+    longer names: a CSV row deleted, a file listed again with new content or another SKU): one that
+    cannot be used now (corrupt, a dangling link, a folder in its place, below a folder that cannot be
+    read) keeps its place, since a half-copied or half-mounted catalog must not empty an index.
+    ``listed``: the listing's item paths; ``skipped``: why files were left out, by path."""
+    entry = Path(path)
+    for folder in entry.parents:  # what a folder that could not be read or followed holds is unknown
+        if str(folder) in skipped:
+            return skipped[str(folder)]
+    try:
+        os.lstat(entry)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    except OSError as exc:  # no permission to look: not known to be gone
+        return skipped.get(path) or f"cannot read path: {exc.strerror or exc}"
+    if path in skipped:
+        return skipped[path]
+    if path in listed:
+        return None
+    if listing.kind == "folder" and entry.is_relative_to(listing.source):
+        return "not a regular file"  # a folder in its place, say: walked into, not listed
+    return None
+
+
 # -- folder catalogs -----------------------------------------------------------------------------
 # Symlinks are followed as torchvision's ImageFolder follows them (a folder of links is the usual way
 # to cut train/val/test splits without copying); only a link that would loop is not followed. Whether
