@@ -149,10 +149,10 @@ def _resolve_file(path: Path) -> tuple[Path | None, str | None]:
 
 
 def entry_path(path: Path) -> Path:
-    """``path`` as an index names a catalog file: absolute, its folder's symlinks and ``..`` resolved, the
-    file's own name kept (a symlink stays the link: the catalog's entry, whatever it leads to now). The
-    same file always gets the same name, so ``update`` can tell a file that is gone from one that
-    cannot be read now."""
+    """``path`` (a CSV row's file) as an index names it: absolute, the symlinks and ``..`` of its folder
+    resolved as the system resolves them, its own name kept (a link stays the link: the catalog's
+    entry, whatever it leads to now), so that ``update`` can tell a file that is gone from one that
+    cannot be read now. A folder catalog names its files by their place below the real catalog folder."""
     return Path(os.path.realpath(path.parent)) / path.name
 
 

@@ -168,10 +168,10 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
             commit = writer.commit(products=[rows[sku] for sku in sorted(skus if remove_missing else skus - known_skus)],
                                    images=embedded.images, vectors=embedded.vectors)
             added_skus |= skus
-            changed = {(img["sku"], img["path"]) for img in embedded.images} & gone_files
-            report.changed += sum((img["sku"], img["path"]) in changed for img in embedded.images)
-            report.added += len(embedded.images) - sum((img["sku"], img["path"]) in changed for img in embedded.images)
-            replaced |= changed
+            changed = [(img["sku"], img["path"]) for img in embedded.images if (img["sku"], img["path"]) in gone_files]
+            report.changed += len(changed)
+            report.added += len(embedded.images) - len(changed)
+            replaced.update(changed)
             report.added_ids += commit.added_ids
             report.generation = commit.generation
         report.new_skus = sorted(added_skus - known_skus)
