@@ -100,11 +100,10 @@ def test_unusual_but_valid_files_are_indexed(tmp_path, index, name, make):
     assert report.added == 2 and not skipped
 
 
-def test_symlink_outside_the_catalog(tmp_path, index):
-    product_image(14).save(tmp_path / "secret.jpg")
-    report, skipped = add_one(tmp_path, index, lambda f: (f / "link.jpg").symlink_to(tmp_path / "secret.jpg"))
-    assert report.added == 1
-    assert skipped["link.jpg"] == f"symlink to {tmp_path / 'secret.jpg'}, outside the catalog folder"
+def test_symlink_outside_the_catalog_is_followed(tmp_path, index):
+    product_image(14).save(tmp_path / "elsewhere.jpg")
+    report, skipped = add_one(tmp_path, index, lambda f: (f / "link.jpg").symlink_to(tmp_path / "elsewhere.jpg"))
+    assert report.added == 2 and not skipped
 
 
 def test_symlink_inside_the_catalog_is_followed(tmp_path, index):

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from prodsearch.cli import cli
-from prodsearch.indexer import build_index
+from prodsearch.indexer import build_index, update_index
 from prodsearch.indexer.lock import WriterLock
 from prodsearch.retrieval import create_embedder
 from prodsearch.retrieval.embedder import DEFAULT_MODEL
@@ -168,14 +168,42 @@ def _(env):
                   stdout=r"skipped: 1\n    .*dangling\.jpg: broken symlink \(target missing\)")
 
 
-@case("symlinked SKU folder pointing outside is skipped")
+@case("symlinked SKU folder pointing outside is followed")
 def _(env):
     (env.root / "elsewhere").mkdir()
     product_image(7).save(env.root / "elsewhere" / "x.jpg")
-    os.symlink(env.root / "elsewhere", env.catalog / "stolen")
+    os.symlink(env.root / "elsewhere", env.catalog / "linked")
     return Expect(["add", env.catalog, "--index", env.idx, "--silent"], code=0,
-                  stdout=r"Nothing to add: .*\n  skipped: 1\n    .*stolen: symlinked SKU folder to .*elsewhere, "
-                         r"outside the catalog folder")
+                  stdout=r"Added 1 image to .*\n  new SKUs: 1 \(linked\)\n  skipped: 0\n")
+
+
+@case("symlinked SKU folder holding the catalog is skipped")
+def _(env):
+    os.symlink(env.root, env.catalog / "above")
+    return Expect(["add", env.catalog, "--index", env.idx, "--silent"], code=0,
+                  stdout=r"Nothing to add: .*\n  skipped: 1\n    .*above: symlinked folder to .*, which contains this "
+                         r"folder \(a loop; not followed\)")
+
+
+def symlinked_split(env, name="split") -> Path:
+    """A folder of symlinks to the catalog's photos, SKU by SKU: a split cut without copying."""
+    for photo in sorted(env.catalog.glob("*/*.jpg")):
+        (env.root / name / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(photo, env.root / name / photo.parent.name), env.root / name / photo.parent.name /
+                   photo.name)
+    return env.root / name
+
+
+@case("index of a split made of symlinks")
+def _(env):
+    return Expect(["index", symlinked_split(env), "--index", env.root / "new", "--silent"], code=0,
+                  stdout=r"Indexed 6 images of 3 SKUs into .*new\n  duplicates: 0 .*\n  skipped: 0\n")
+
+
+@case("eval of a split made of symlinks")
+def _(env):
+    return Expect(["eval", symlinked_split(env), "--index", env.idx, "--silent", "--json"], code=0, unchanged=env.idx,
+                  stdout=r'"n": 6, "top1": 1\.0, "top5": 1\.0, "skipped": \[\]')
 
 
 def writable_out(env) -> Path:
@@ -611,6 +639,22 @@ def _(env):
     return Expect(["update", env.catalog, "--index", env.idx, "--silent"], unchanged=env.idx,
                   message=r"Error: none of the 6 image files in .*catalog could be read; e\.g\. .*: not an image "
                           r"\(unrecognised format\); nothing was changed in .*idx")
+
+
+@case("update where photos became a folder, a dangling link and a link to a non-image")
+def _(env):
+    update_index(env.catalog, env.idx, num_workers=0)  # the index names this copy's files (it was built on the original)
+    (env.catalog / "milk" / "milk_0.jpg").unlink()
+    (env.catalog / "milk" / "milk_0.jpg").mkdir()
+    (env.catalog / "juice" / "juice_0.jpg").unlink()
+    (env.catalog / "juice" / "juice_0.jpg").symlink_to(env.root / "unmounted" / "juice_0.jpg")
+    (env.catalog / "bread" / "bread_0.jpg").unlink()
+    (env.catalog / "bread" / "bread_0.jpg").symlink_to("/etc/hostname")
+    return Expect(["update", env.catalog, "--index", env.idx, "--silent"], code=0, unchanged=env.idx,
+                  stdout=r"Nothing to update: .*idx already holds exactly the catalog's 3 images\n"
+                         r"  skipped: 3\n    .*juice_0\.jpg: broken symlink \(target missing\)\n"
+                         r"    .*bread_0\.jpg: not an image .*\n    .*milk_0\.jpg: not a regular file\n"
+                         r"  kept: 3 images whose files cannot be read now")
 
 
 @case("update that would empty most of the index")

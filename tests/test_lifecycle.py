@@ -105,12 +105,35 @@ def test_update_mirrors_the_catalog(shop):
     write_folder_catalog(catalog, ["e"], per_sku=1, seed0=60)  # new
     shutil.move(catalog / "a" / "a_1.jpg", catalog / "a" / "renamed.jpg")  # moved: same content
     report = update_index(catalog, idx, num_workers=0)
-    assert (report.added, report.removed, report.changed, report.unchanged) == (2, 2, 1, 4)
+    assert (report.added, report.removed, report.changed, report.unchanged) == (1, 1, 1, 4)
     assert report.new_skus == ["e"]
     assert_consistent(idx, images=6, skus=4)
     paths = {r["path"] for r in CatalogDB(idx / "catalog.db").image_rows()}
     assert str((catalog / "a" / "renamed.jpg").resolve()) in paths
     assert update_index(catalog, idx, num_workers=0).generation is None  # nothing left to do
+
+
+@pytest.mark.parametrize("skus,changing", [(8, 5), (3, 1)])
+def test_update_counts_a_file_changed_in_place_as_changed_only(tmp_path, small_embedder, skus, changing):
+    """Same path, same SKU, new content: changed (re-embedded), neither added nor removed."""
+    catalog = write_folder_catalog(tmp_path / "catalog", [f"s{i}" for i in range(skus)])
+    build_index(catalog, tmp_path / "idx", model=small_embedder, num_workers=0)
+    for i in range(changing):
+        product_image(1000 + i).save(catalog / f"s{i}" / f"s{i}_0.jpg")
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(tmp_path / "idx"), "--silent", "--json",
+                                      "--workers", "0"], catch_exceptions=False)
+    data = json.loads(result.stdout)
+    assert (data["added"], data["removed"], data["changed"], data["unchanged"]) == (0, 0, changing, skus - changing)
+    assert data["new_skus"] == data["removed_skus"] == []
+    assert_consistent(tmp_path / "idx", images=skus, skus=skus)
+    for i in range(changing):
+        product_image(2000 + i).save(catalog / f"s{i}" / f"s{i}_0.jpg")
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(tmp_path / "idx"), "--silent",
+                                      "--workers", "0"], catch_exceptions=False)
+    assert result.output.startswith(f"Updated {tmp_path / 'idx'}: 0 images added, 0 removed, {changing} changed "
+                                    f"(re-embedded), {skus - changing} unchanged\n")
+    assert "  speed: " in result.output
+    assert_consistent(tmp_path / "idx", images=skus, skus=skus)
 
 
 def test_update_refreshes_names_and_drops_emptied_skus(tmp_path, small_embedder):
@@ -284,6 +307,63 @@ def test_update_keeps_images_whose_files_became_unreadable(shop):
     assert result.exit_code == 1 and result.output.startswith("Error: none of the 6 image files")
     assert index_info(idx).generation == before.generation
     assert_consistent(idx, images=6, skus=3)
+
+
+def symlink_to_a_non_image(path):
+    (path.parent.parent / "notes.txt").write_text("root:x:0:0")
+    path.unlink()
+    path.symlink_to(path.parent.parent / "notes.txt")
+
+
+def symlink_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)
+
+
+def folder_in_its_place(path):
+    path.unlink()
+    path.mkdir()
+    product_image(901).save(path / "inside.jpg")  # a photo in it is a new photo of the SKU, not the old one
+
+
+def sku_folder_gone_dangling(path):
+    shutil.rmtree(path.parent)
+    path.parent.symlink_to(path.parent.parent / "unmounted")
+
+
+@pytest.mark.parametrize("make,reason,kept", [
+    (symlink_to_a_non_image, "not an image (unrecognised format)", 1),
+    (lambda p: (p.unlink(), p.symlink_to(p.parent / "gone.jpg")), "broken symlink (target missing)", 1),
+    (symlink_loop, "symlink loop", 1),
+    (folder_in_its_place, "not a regular file", 1),
+    (sku_folder_gone_dangling, "broken symlink (target missing)", 2),
+], ids=["symlink to a non-image", "dangling symlink", "symlink loop", "folder in its place", "dangling SKU folder"])
+def test_update_keeps_a_photo_that_cannot_be_read_whatever_its_entry_became(shop, make, reason, kept):
+    """Only a file with no directory entry left is removed; anything else that cannot be read keeps its image."""
+    catalog, idx = shop
+    make(catalog / "a" / "a_0.jpg")
+    result = CliRunner().invoke(cli, ["update", str(catalog), "--index", str(idx), "--silent", "--json",
+                                      "--workers", "0"], catch_exceptions=False)
+    data = json.loads(result.stdout)
+    assert (data["removed"], data["kept_unreadable"], data["removed_skus"]) == (0, kept, [])
+    where = catalog / "a" / "a_0.jpg" if kept == 1 else catalog / "a"  # a SKU folder's reason stands for its files
+    assert {s["path"]: s["reason"] for s in data["skipped"]}[str(where)] == reason
+    assert_consistent(idx, images=6 + data["added"], skus=3)
+    assert (catalog / "a").is_symlink() or ProductIndex.open(idx).query([catalog / "a" / "a_1.jpg"])[0].matches[0].sku == "a"
+
+
+def test_update_removes_a_manifest_photo_only_when_its_file_is_gone(tmp_path, small_embedder):
+    for i in range(4):
+        product_image(i).save(tmp_path / f"{i}.png")
+    csv_path = write_csv(tmp_path / "c.csv", [{"image": f"{i}.png", "sku": f"S{i}"} for i in range(4)])
+    build_index(csv_path, tmp_path / "idx", model=small_embedder, num_workers=0)
+    (tmp_path / "0.png").unlink()  # gone
+    (tmp_path / "1.png").unlink()
+    (tmp_path / "1.png").symlink_to(tmp_path / "elsewhere.png")  # dangling: kept
+    report = update_index(csv_path, tmp_path / "idx", num_workers=0)
+    assert (report.removed, report.removed_skus, report.kept_unreadable) == (1, ["S0"], 1)
+    assert {s.reason for s in report.skipped} == {"file not found", "broken symlink (target missing)"}
+    assert_consistent(tmp_path / "idx", images=3, skus=3)
 
 
 def test_update_refuses_to_remove_most_of_the_index(shop):

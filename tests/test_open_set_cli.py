@@ -4,6 +4,7 @@ and the HTTP API, checked against the Python API, on a small shop with the real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -115,6 +116,17 @@ def test_calibrate_errors(shop, index_dir, tmp_path):
     dry = json_of("calibrate", shop / "queries", "--index", index_dir, "--folds", 4, "--dry-run", "-q")
     assert dry["stored"] is False and ProductIndex.open(index_dir).rejection is None
     assert dry["warning"] is None  # an ImageNet embedder was not trained on the SKUs left out
+
+
+def test_calibrate_on_splits_made_of_symlinks(shop, index_dir, tmp_path):
+    """A folder of links to the photos (a split cut without copying) calibrates as the photos do."""
+    for photo in sorted((shop / "queries").glob("*/*.jpg")):
+        (tmp_path / "split" / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(photo, tmp_path / "split" / photo.parent.name / photo.name)
+    linked = json_of("calibrate", tmp_path / "split", "--index", index_dir, "--folds", 4, "--dry-run", "-q")
+    plain = json_of("calibrate", shop / "queries", "--index", index_dir, "--folds", 4, "--dry-run", "-q")
+    assert linked["skipped"] == [] and (linked["photos"], linked["skus"]) == (24, 8)
+    assert linked["chosen"] == plain["chosen"]
 
 
 def test_calibrate_with_photos_of_other_products(shop, index_dir):

@@ -8,6 +8,7 @@ import pytest
 
 from prodsearch.errors import CatalogError
 from prodsearch.indexer.ingest import Duplicate, file_info, scan
+from prodsearch.catalog.csv_writer import write_catalog_csv
 from prodsearch.catalog.listing import Skipped, SkuSpellings, read_listing
 
 from conftest import product_image, unprivileged, write_csv, write_folder_catalog
@@ -122,7 +123,7 @@ def test_symlink_loops_dangling_symlinks_and_impossible_paths_in_a_csv_are_skipp
                                           long_name: "cannot read path: File name too long"}
 
 
-def test_symlinked_sku_folders(tmp_path):
+def test_symlinked_sku_folders_are_followed_unless_they_loop(tmp_path):
     root = write_folder_catalog(tmp_path / "cat", ["milk"])
     write_folder_catalog(tmp_path / "elsewhere", ["juice"])
     write_folder_catalog(root / ".shelf", ["tea"])  # hidden: not a SKU itself, but a link may point into it
@@ -130,14 +131,16 @@ def test_symlinked_sku_folders(tmp_path):
     os.symlink(tmp_path / "elsewhere" / "juice", root / "juice")
     os.symlink(root, root / "itself")
     os.symlink(tmp_path, root / "above")
+    os.symlink(tmp_path / "gone", root / "dangling")
     listing = read_listing(root)
-    assert [(it.sku, it.origin) for it in listing.items] == [("milk", str(root / "milk" / "milk_0.jpg")),
+    assert [(it.sku, it.origin) for it in listing.items] == [("juice", str(root / "juice" / "juice_0.jpg")),
+                                                             ("milk", str(root / "milk" / "milk_0.jpg")),
                                                              ("tea", str(root / "tea" / "tea_0.jpg"))]
-    assert listing.items[1].path == (root / ".shelf" / "tea" / "tea_0.jpg").resolve()
-    assert reasons(listing, root) == {
-        "above": f"symlinked SKU folder to {tmp_path.resolve()}, outside the catalog folder",
-        "itself": f"symlinked SKU folder to {root.resolve()}, the catalog folder itself (not followed)",
-        "juice": f"symlinked SKU folder to {(tmp_path / 'elsewhere' / 'juice').resolve()}, outside the catalog folder"}
+    assert listing.items[2].path == root.resolve() / "tea" / "tea_0.jpg"  # named as listed, not as resolved
+    loop = "which contains this folder (a loop; not followed)"
+    assert reasons(listing, root) == {"above": f"symlinked folder to {tmp_path.resolve()}, {loop}",
+                                      "itself": f"symlinked folder to {root.resolve()}, {loop}",
+                                      "dangling": "broken symlink (target missing)"}
 
 
 def test_folders_inside_a_sku_folder(tmp_path):
@@ -147,26 +150,79 @@ def test_folders_inside_a_sku_folder(tmp_path):
     (root / "milk" / ".thumbs").mkdir()
     product_image(4).save(root / "milk" / ".thumbs" / "small.jpg")
     os.symlink(root / "tea", root / "milk" / "teas")
-    os.symlink(root / "milk", root / "milk" / "loop")
+    os.symlink(root / "milk", root / "milk" / "side" / "loop")
     listing = read_listing(root)
     assert [(it.sku, os.path.relpath(it.origin, root)) for it in listing.items] == [
-        ("milk", "milk/milk_0.jpg"), ("milk", "milk/side/left.jpg"), ("tea", "tea/tea_0.jpg")]
-    assert reasons(listing, root) == {"milk/loop": "symlinked folder inside a SKU folder (not followed)",
-                                      "milk/teas": "symlinked folder inside a SKU folder (not followed)"}
+        ("milk", "milk/milk_0.jpg"), ("milk", "milk/side/left.jpg"), ("milk", "milk/teas/tea_0.jpg"),
+        ("tea", "tea/tea_0.jpg")]
+    assert reasons(listing, root) == {
+        "milk/side/loop": f"symlinked folder to {(root / 'milk').resolve()}, which contains this folder (a loop; not "
+                          "followed)"}
 
 
-def test_symlinked_files_inside_and_outside_the_catalog(tmp_path):
+def test_a_loop_through_two_linked_folders_is_not_followed(tmp_path):
+    root = write_folder_catalog(tmp_path / "cat", ["milk"])
+    write_folder_catalog(tmp_path / "a", ["x"])
+    (tmp_path / "b").mkdir()
+    os.symlink(tmp_path / "b", tmp_path / "a" / "x" / "to-b")
+    os.symlink(tmp_path / "a" / "x", tmp_path / "b" / "to-a")
+    os.symlink(tmp_path / "a" / "x", root / "milk" / "more")
+    listing = read_listing(root)
+    assert [os.path.relpath(it.origin, root) for it in listing.items] == ["milk/milk_0.jpg", "milk/more/x_0.jpg"]
+    assert list(reasons(listing, root)) == ["milk/more/to-b/to-a"]
+
+
+def test_symlinked_files_anywhere_are_followed(tmp_path):
+    """A folder of links (a split cut without copying) lists the links, named as the catalog names them."""
     root = write_folder_catalog(tmp_path / "cat", ["milk", "tea"])
-    product_image(9).save(tmp_path / "secret.jpg")
+    product_image(9).save(tmp_path / "elsewhere.jpg")
     os.symlink(root / "tea" / "tea_0.jpg", root / "milk" / "tea.jpg")
-    os.symlink(tmp_path / "secret.jpg", root / "milk" / "secret.jpg")
+    os.symlink(tmp_path / "elsewhere.jpg", root / "milk" / "elsewhere.jpg")
     listing = read_listing(root)
     assert [(it.sku, it.path.name, it.origin) for it in listing.items] == [
+        ("milk", "elsewhere.jpg", str(root / "milk" / "elsewhere.jpg")),
         ("milk", "milk_0.jpg", str(root / "milk" / "milk_0.jpg")),
-        ("milk", "tea_0.jpg", str(root / "milk" / "tea.jpg")),
+        ("milk", "tea.jpg", str(root / "milk" / "tea.jpg")),
         ("tea", "tea_0.jpg", str(root / "tea" / "tea_0.jpg"))]
-    assert reasons(listing, root) == {
-        "milk/secret.jpg": f"symlink to {(tmp_path / 'secret.jpg').resolve()}, outside the catalog folder"}
+    assert not listing.skipped
+
+
+def test_a_split_made_of_symlinks_lists_like_the_photos(tmp_path):
+    photos = write_folder_catalog(tmp_path / "photos", ["milk", "tea"], per_sku=3)
+    for sku in ("milk", "tea"):
+        (tmp_path / "val" / sku).mkdir(parents=True)
+        for f in sorted((photos / sku).iterdir())[:2]:
+            os.symlink(os.path.relpath(f, tmp_path / "val" / sku), tmp_path / "val" / sku / f.name)
+    listing = read_listing(tmp_path / "val")
+    assert [(it.sku, it.path.name) for it in listing.items] == [
+        ("milk", "milk_0.jpg"), ("milk", "milk_1.jpg"), ("tea", "tea_0.jpg"), ("tea", "tea_1.jpg")]
+    assert all(it.path.parent.parent == (tmp_path / "val").resolve() for it in listing.items)
+    assert not listing.skipped
+
+
+def test_csv_paths_may_leave_the_csv_folder(tmp_path):
+    (tmp_path / "photos").mkdir()
+    product_image(1).save(tmp_path / "photos" / "a.jpg")
+    (tmp_path / "sets").mkdir()
+    csv_path = write_csv(tmp_path / "sets" / "val.csv", [{"image": "../photos/a.jpg", "sku": "A"},
+                                                          {"image": "../photos/gone.jpg", "sku": "B"}])
+    listing = read_listing(csv_path)
+    assert [it.path for it in listing.items] == [tmp_path.resolve() / "photos" / "a.jpg"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [(str(tmp_path.resolve() / "photos" / "gone.jpg"),
+                                                              "file not found")]
+
+
+def test_a_csv_written_into_a_symlinked_folder_finds_its_photos(tmp_path, monkeypatch):
+    """The writer's relative paths are the reader's: between real folders, whatever links lie between."""
+    (tmp_path / "data" / "deep" / "gs").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    os.symlink(tmp_path / "data" / "deep" / "gs", tmp_path / "work" / "gs")
+    (tmp_path / "shared").mkdir()
+    product_image(1).save(tmp_path / "shared" / "a.jpg")
+    monkeypatch.chdir(tmp_path / "work")
+    write_catalog_csv("gs/catalog.csv", [{"image": "../shared/a.jpg", "sku": "A"}])
+    listing = read_listing("gs/catalog.csv")
+    assert [it.path for it in listing.items] == [tmp_path.resolve() / "shared" / "a.jpg"] and not listing.skipped
 
 
 def can_list(folder: Path) -> bool:

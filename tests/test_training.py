@@ -1,6 +1,7 @@
 """Training on CPU in seconds: tiny generated shops, small images, few steps."""
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from prodsearch.catalog.listing import read_listing
 from prodsearch.cli import cli
 from prodsearch.errors import ModelMismatchError
 from prodsearch.indexer import ProductIndex, build_index
@@ -196,6 +198,20 @@ def test_train_cli(shop, tmp_path):
                                    "--resume", str(tmp_path / "run" / "model.pt")])
     assert bad.exit_code == 1
     assert bad.output.strip().endswith("holds a finished model, not a run to resume: resume from last.pt")
+
+
+def test_train_on_splits_made_of_symlinks(shop, tmp_path):
+    """A folder of links to the photos (a split cut without copying) trains as the photos do."""
+    for name, listed in (("train", shop.queries_csv), ("val", shop.catalog_csv)):
+        for item in read_listing(listed).items:
+            (tmp_path / name / item.sku).mkdir(parents=True, exist_ok=True)
+            os.symlink(item.path, tmp_path / name / item.sku / item.path.name)
+    result = CliRunner().invoke(cli, [
+        "train", str(tmp_path / "train"), "--out", str(tmp_path / "run"), "--val", str(tmp_path / "val"),
+        "--freeze-backbone", "--epochs", "1", "--img-size", "64", "--resize", "72", "--embed-dim", "32",
+        "--batch-size", "8", "--m-per-class", "2", "--device", "cpu", "--silent", "--recipe", "none"])
+    assert result.exit_code == 0, result.output
+    assert f"Trained on 6 SKUs; model written to {tmp_path / 'run' / 'model.pt'}" in result.output
 
 
 def test_an_unreadable_training_photo_is_replaced_by_a_photo_of_its_sku(tmp_path):

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import IO, Iterable
 
+from prodsearch.catalog.listing import entry_path
+
 COLUMNS = ("image", "sku", "name", "category", "product")
 
 
@@ -33,7 +35,10 @@ class CatalogCsvWriter:
         return self
 
     def write(self, image: str | os.PathLike, sku: str, **fields: str | None) -> None:
-        values = {"image": os.path.relpath(image, self.path.parent), "sku": sku, **fields}
+        # Relative between real folders: the reader resolves the CSV's folder and ``..`` as the system does,
+        # so a path written lexically through a symlinked folder would lead elsewhere.
+        relative = os.path.relpath(entry_path(Path(image)), os.path.realpath(self.path.parent))
+        values = {"image": relative, "sku": sku, **fields}
         self._writer.writerow([values.get(column) or "" for column in self.columns])
         self.rows += 1
 

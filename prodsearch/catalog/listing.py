@@ -148,25 +148,62 @@ def _resolve_file(path: Path) -> tuple[Path | None, str | None]:
     return resolved, reason
 
 
+def entry_path(path: Path) -> Path:
+    """``path`` (a CSV row's file) as an index names it: absolute, the symlinks and ``..`` of its folder
+    resolved as the system resolves them, its own name kept (a link stays the link: the catalog's
+    entry, whatever it leads to now), so that ``update`` can tell a file that is gone from one that
+    cannot be read now. A folder catalog names its files by their place below the real catalog folder."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def kept_reason(path: str, listing: Listing, listed: set[str], skipped: dict[str, str]) -> str | None:
+    """Why a file an index holds, which ``listing`` no longer yields as it was, keeps its image, or
+    None if the image goes. Only a file with no directory entry left is gone (or one the catalog no
+    longer names: a CSV row deleted, a file listed again with new content or another SKU): one that
+    cannot be used now (corrupt, a dangling link, a folder in its place, below a folder that cannot be
+    read) keeps its place, since a half-copied or half-mounted catalog must not empty an index.
+    ``listed``: the listing's item paths; ``skipped``: why files were left out, by path."""
+    entry = Path(path)
+    for folder in entry.parents:  # what a folder that could not be read or followed holds is unknown
+        if str(folder) in skipped:
+            return skipped[str(folder)]
+    try:
+        os.lstat(entry)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    except OSError as exc:  # no permission to look: not known to be gone
+        return skipped.get(path) or f"cannot read path: {exc.strerror or exc}"
+    if path in skipped:
+        return skipped[path]
+    if path in listed:
+        return None
+    if listing.kind == "folder" and entry.is_relative_to(listing.source):
+        return "not a regular file"  # a folder in its place, say: walked into, not listed
+    return None
+
+
 # -- folder catalogs -----------------------------------------------------------------------------
+# Symlinks are followed as torchvision's ImageFolder follows them (a folder of links is the usual way
+# to cut train/val/test splits without copying); only a link that would loop is not followed. Whether
+# a file may be *served* is decided where files are served, not here.
 
 
 def _read_folder(root: Path) -> Listing:
     listing = Listing(root.resolve(), "folder")
     spellings = SkuSpellings()
-    for name in sorted(os.listdir(root)):
+    for name in sorted(os.listdir(listing.source)):
         if name.startswith("."):
             continue
-        path = root / name
+        path = listing.source / name
+        reason = _folder_link_problem(path, (listing.source,))
+        if reason:
+            listing.skipped.append(Skipped(str(path), reason))
+            continue
         if not _is_dir(path):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 listing.skipped.append(Skipped(str(path), NOT_IN_SKU_FOLDER))
             continue  # README files and the like beside the SKU folders are not catalog content
-        reason = _sku_folder_problem(path, listing.source)
-        if reason:
-            listing.skipped.append(Skipped(str(path), reason))
-            continue
-        for found, reason in _walk_sku_folder(path):
+        for found, reason in _walk_sku_folder(path, listing.source):
             item = None if reason else _folder_item(found, root, listing.source, spellings)
             if isinstance(item, Item):
                 listing.items.append(item)
@@ -182,63 +219,64 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _sku_folder_problem(path: Path, real_root: Path) -> str | None:
-    """Why a top-level folder cannot be a SKU folder, or None. A symlinked one is followed only into
-    the catalog folder: elsewhere it could pull in any folder on the machine, or loop."""
+def _folder_link_problem(path: Path, inside: tuple[Path, ...]) -> str | None:
+    """Why the symlink ``path`` (a SKU folder, or a folder in one) is not followed, or None (also when it
+    is no symlink): it leads nowhere, or to a folder that contains one of ``inside`` (the real folders
+    it was reached through), which would list that folder inside itself for ever."""
     if not os.path.islink(path):
         return None
     target, reason = _resolve(path)
     if reason:
         return reason
-    if target == real_root:
-        return f"symlinked SKU folder to {target}, the catalog folder itself (not followed)"
-    if not target.is_relative_to(real_root):
-        return f"symlinked SKU folder to {target}, outside the catalog folder"
+    if target.is_dir() and any(folder.is_relative_to(target) for folder in inside):
+        return f"symlinked folder to {target}, which contains this folder (a loop; not followed)"
     return None
 
 
-def _walk_sku_folder(folder: Path) -> list[tuple[Path, str | None]]:
+def _walk_sku_folder(folder: Path, real_root: Path) -> list[tuple[Path, str | None]]:
     """Every non-hidden file below ``folder`` (None: still to examine) and every folder that cannot
-    be used with its reason, in path order. Symlinked sub-folders are not followed (they could loop)."""
+    be used with its reason, in path order; symlinked folders are followed unless they loop."""
     found: list[tuple[Path, str | None]] = []
+    inside = {str(folder): (real_root, Path(os.path.realpath(folder)))}  # the real folders above each one
 
     def unreadable(exc: OSError) -> None:
         found.append((Path(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
-        here = Path(dirpath)
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        here, above = Path(dirpath), inside.pop(dirpath, (real_root,))
         kept = []
         for name in dirnames:
             if name.startswith("."):
                 continue
-            if os.path.islink(here / name):
-                found.append((here / name, "symlinked folder inside a SKU folder (not followed)"))
+            reason = _folder_link_problem(here / name, above)
+            if reason:
+                found.append((here / name, reason))
             else:
                 kept.append(name)
+                inside[str(here / name)] = (*above, Path(os.path.realpath(here / name)))
         dirnames[:] = kept
         found += [(here / name, None) for name in filenames if not name.startswith(".")]
     return sorted(found, key=lambda f: f[0])
 
 
 def _folder_item(path: Path, root: Path, real_root: Path, spellings: SkuSpellings) -> Item | str:
-    """The item a file of a folder catalog makes, or why it cannot be used."""
+    """The item a file of a folder catalog makes (``path`` is below ``real_root``, the catalog folder
+    ``root`` resolved), or why it cannot be used."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"unsupported file type {path.suffix or '(none)'}"
-    rel = path.relative_to(root)
+    rel = path.relative_to(real_root)
     try:
         str(rel).encode("utf-8")
     except UnicodeEncodeError:
         return "file or folder name is not valid UTF-8; rename it"
-    resolved, reason = _resolve_file(path)
+    _, reason = _resolve_file(path)
     if reason:
         return reason
-    if not resolved.is_relative_to(real_root):
-        return f"symlink to {resolved}, outside the catalog folder"
     sku = rel.parts[0]
     taken = spellings.clash(sku)
     if taken:
         return f"SKU folder {sku!r} differs from {taken!r} only in case; merge or rename one of them"
-    return Item(resolved, sku, origin=str(path))
+    return Item(path, sku, origin=str(root / rel))
 
 
 # -- CSV manifests -------------------------------------------------------------------------------
@@ -320,9 +358,13 @@ def _csv_item(row: dict[str, str], base: Path, origin: str, spellings: SkuSpelli
     image, sku = row.get("image", "").strip(), row.get("sku", "").strip()
     if not image or not sku:
         return Skipped(origin, "row without image or sku")
-    path, reason = _resolve_file(base / image)
+    try:
+        path = entry_path(base / image)  # relative to the CSV's folder; ``..`` may leave it
+    except ValueError as exc:  # a NUL byte
+        return Skipped(str(base / image), f"invalid path: {exc}")
+    _, reason = _resolve_file(path)
     if reason:
-        return Skipped(str(base / image), reason)
+        return Skipped(str(path), reason)
     reason = spellings.problem(sku)
     if reason:
         return Skipped(origin, reason)

@@ -120,7 +120,7 @@ def format_change_report(report: ChangeReport, verb: str) -> str:
     if report.kept_unreadable:
         lines.append(f"  kept: {plural(report.kept_unreadable, 'image')} whose files cannot be read now "
                      "(see skipped; fix or delete the files)")
-    if report.added:
+    if report.embedded:
         lines.append(f"  speed: {report.images_per_second:.1f} images/s ({report.embed_seconds:.1f}s embedding, "
                      f"{report.seconds:.1f}s total)")
     return "\n".join(lines)

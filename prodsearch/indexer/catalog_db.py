@@ -221,12 +221,12 @@ class CatalogDB:
         """(SKU, MD5) of every image: what a resumed build has committed already."""
         return {(r[0], r[1]) for r in self.db.execute("select sku, md5 from images")}
 
-    def images_not_in(self, keys: Container[tuple[str, str]], rows: int = 100_000) -> list[tuple[int, str]]:
-        """(id, path) of the images whose (SKU, MD5) is not among ``keys``, read ``rows`` at a time:
-        what a catalog no longer lists, found without holding every image row."""
+    def images_not_in(self, keys: Container[tuple[str, str]], rows: int = 100_000) -> list[tuple[int, str, str]]:
+        """(id, SKU, path) of the images whose (SKU, MD5) is not among ``keys``, read ``rows`` at a
+        time: what a catalog no longer lists, found without holding every image row."""
         cursor, out = self.db.execute("select id, sku, md5, path from images"), []
         while batch := cursor.fetchmany(rows):
-            out += [(i, self._full(path)) for i, sku, md5, path in batch if (sku, md5) not in keys]
+            out += [(i, sku, self._full(path)) for i, sku, md5, path in batch if (sku, md5) not in keys]
         return out
 
     def held_images(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:

@@ -95,7 +95,7 @@ def _embed_in_chunks(result: Chunked, scanned: Scan, encoder: Encoder, views: in
                      progress: FilesDone | None, **embed) -> Chunked:
     db = result.db
     with db.transaction():  # what the catalog no longer lists (or lists under other content) goes
-        stale = [i for i, _ in db.images_not_in(scanned.files)]
+        stale = [i for i, _, _ in db.images_not_in(scanned.files)]
         if stale:
             db.remove_images(stale, generation=1)
             db.remove_orphan_products()

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Container, Iterable
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.choices import CHUNK_PHOTOS
@@ -20,7 +20,7 @@ from prodsearch.indexer.chunked import chunk_progress
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, scan, scanned_products
 from prodsearch.indexer.models import encoder_for
 from prodsearch.indexer.rejection import REJECTION_SETTING, RejectRule
-from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, read_listing
+from prodsearch.catalog.listing import Listing, Skipped, SkuSpellings, kept_reason, read_listing
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.indexer.store import EMBEDDING_DIR
 from prodsearch.retrieval.embedding import FilesDone
@@ -44,9 +44,9 @@ class MassRemovalError(ProdsearchError):
 @dataclass
 class ChangeReport:
     index_dir: Path
-    added: int = 0  # images embedded and added
-    removed: int = 0
-    changed: int = 0  # files whose content changed under the same path: re-embedded (counted here only)
+    added: int = 0  # images embedded and added (not the changed ones)
+    removed: int = 0  # images removed (not the old content of changed ones)
+    changed: int = 0  # images whose file changed content under the same path and SKU: re-embedded (counted here only)
     unchanged: int = 0
     new_skus: list[str] = field(default_factory=list)
     removed_skus: list[str] = field(default_factory=list)
@@ -59,8 +59,13 @@ class ChangeReport:
     embed_seconds: float = 0.0
 
     @property
+    def embedded(self) -> int:
+        """Images embedded: the added ones and the changed ones."""
+        return self.added + self.changed
+
+    @property
     def images_per_second(self) -> float:
-        return self.added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def add_to_index(
@@ -139,10 +144,15 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         scanned = scan(listing, known=known)
         held = db.held_images(scanned.files)
         new_keys = [k for k in scanned.files if k not in held]
-        gone = db.images_not_in(scanned.files) if remove_missing else []
+        listed = {str(item.path) for item in listing.items}
+        gone, kept = _gone_or_kept(db.images_not_in(scanned.files) if remove_missing else [], listing, listed,
+                                   scanned.skipped)
+        removing = sum(path not in listed for _, _, path in gone)  # a file listed again is replaced, not removed
         rows = scanned_products(scanned)
         report = ChangeReport(index_dir, unchanged=len(held), duplicates=scanned.duplicates)
-        skipped, added_skus, gone_paths = list(scanned.skipped), set(), {path for _, path in gone}
+        skipped, added_skus = list(scanned.skipped), set()
+        # A file of the same path and SKU with new content is changed (its old image replaced), not added and removed.
+        gone_files, replaced = {(sku, path) for _, sku, path in gone}, set()
         progress = embed_kwargs.pop("progress", None)
         embed_kwargs["embed_with"] = embedder_in(team, index_dir / EMBEDDING_DIR)
         for first in range(0, len(new_keys), chunk_size):
@@ -152,8 +162,8 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
             report.embed_seconds += embedded.seconds
             if first == 0:  # before anything is committed
                 last = first + chunk_size >= len(new_keys)
-                _check_before_writing(catalog, index_dir, files, skipped, held, embedded.images, last, gone, held_count,
-                                      listing, allow_mass_removal)
+                _check_before_writing(catalog, index_dir, files, skipped, held, embedded.images, last, removing,
+                                      held_count, allow_mass_removal)
             if not embedded.images:
                 continue
             # Each chunk's products come with it (a reader never sees an image without its product); an
@@ -162,42 +172,64 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
             commit = writer.commit(products=[rows[sku] for sku in sorted(skus if remove_missing else skus - known_skus)],
                                    images=embedded.images, vectors=embedded.vectors)
             added_skus |= skus
-            report.added += len(embedded.images)
+            changed = [(img["sku"], img["path"]) for img in embedded.images if (img["sku"], img["path"]) in gone_files]
+            report.changed += len(changed)
+            report.added += len(embedded.images) - len(changed)
+            replaced.update(changed)
             report.added_ids += commit.added_ids
-            report.changed += sum(img["path"] in gone_paths for img in embedded.images)
             report.generation = commit.generation
         report.new_skus = sorted(added_skus - known_skus)
         if not new_keys:
-            _check_before_writing(catalog, index_dir, files, skipped, held, [], True, gone, held_count, listing,
+            _check_before_writing(catalog, index_dir, files, skipped, held, [], True, removing, held_count,
                                   allow_mass_removal)
-        if not held and not report.added:
+        if not held and not report.embedded:
             raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
-        unreadable = {s.path for s in skipped}  # not a deleted file: the image it was keeps its place
-        gone = [(i, path) for i, path in gone if path not in unreadable]
+        failed = {s.path: s for s in skipped[len(scanned.skipped):]}  # new content that could not be embedded
+        kept += [(i, sku, path, failed[path]) for i, sku, path in gone if path in failed]  # the old image stays
+        gone = [(i, sku, path) for i, sku, path in gone if path not in failed]
         moved = {held[k][0]: str(item.path) for k, item in scanned.files.items()
                  if k in held and held[k][1] != str(item.path)} if remove_missing else {}
         products = list(rows.values()) if remove_missing else []  # update: names and categories from the catalog
         if gone or moved or (products and _metadata_changed(writer, products)):
-            commit = writer.commit(products=products, remove=[i for i, _ in gone], moved=moved)
+            commit = writer.commit(products=products, remove=[i for i, _, _ in gone], moved=moved)
             report.generation, report.removed_skus = commit.generation, commit.removed_skus
-        report.removed, report.skipped = len(gone), skipped
-        report.kept_unreadable = len(db.paths_in_use(unreadable)) if remove_missing else 0
+        report.removed = sum((sku, path) not in replaced for _, sku, path in gone)
+        report.skipped = skipped + _not_shown([why for *_, why in kept], {s.path for s in skipped})
+        report.kept_unreadable = len(kept)
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _gone_or_kept(candidates: list[tuple[int, str, str]], listing: Listing, listed: set[str],
+                  skipped: list[Skipped]) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str, Skipped]]]:
+    """The images the catalog no longer yields as they are (``candidates``: id, SKU, path), split into
+    those that go and those kept, each with why (see :func:`~prodsearch.catalog.listing.kept_reason`)."""
+    reasons = {s.path: s.reason for s in skipped}
+    gone, kept = [], []
+    for i, sku, path in candidates:
+        reason = kept_reason(path, listing, listed, reasons)
+        if reason is None:
+            gone.append((i, sku, path))
+        else:
+            kept.append((i, sku, path, Skipped(path, reason)))
+    return gone, kept
+
+
+def _not_shown(reasons: list[Skipped], shown: Container[str]) -> list[Skipped]:
+    """Those of ``reasons`` (one per file) that neither name a file in ``shown`` nor one below a folder in it."""
+    return list({s.path: s for s in reasons if not any(str(p) in shown for p in (Path(s.path), *Path(s.path).parents))}
+                .values())
+
+
 def _check_before_writing(catalog, index_dir: Path, files: int, skipped: list[Skipped], held: dict, embedded: list,
-                          last: bool, gone: list[tuple[int, str]], held_count: int, listing: Listing,
-                          allow_mass_removal: bool) -> None:
+                          last: bool, removing: int, held_count: int, allow_mass_removal: bool) -> None:
     """What refuses a whole add or update, checked once the first chunk is embedded and before it is
-    committed: a catalog with nothing readable, or (update) one that would remove most of the index.
-    An unreadable file is not a deleted one, and a file whose content changed under its name is
-    replaced, not removed."""
+    committed: a catalog with nothing readable, or (update) one that would remove (``removing``
+    images) most of the index."""
     if last and not held and not embedded:
         raise nothing_readable(catalog, files, skipped, changed=f"; nothing was changed in {index_dir}")
-    if gone and not allow_mass_removal:
-        kept = {s.path for s in skipped} | {str(item.path) for item in listing.items}
-        check_removal_share(sum(path not in kept for _, path in gone), held_count, index_dir)
+    if removing and not allow_mass_removal:
+        check_removal_share(removing, held_count, index_dir)
 
 
 def _without_case_clashes(listing: Listing, index_skus: set[str]) -> Listing:
