@@ -3,7 +3,8 @@
 Each measurement runs in a fresh process (OpenMP reads its settings when torch loads), on the
 demo's synthetic shop, so the benchmark needs no dataset:
 - ``train``: the demo's training (heads only, 20 epochs over cached backbone features): the seconds
-  of feature caching and of the head's epochs;
+  of the head's epochs and of the rest ("feature caching": the model's set-up and the backbone over
+  every photo);
 - ``embed_files``: the torch runtime (fp32, CPU) over the shop's photos, decoding threads included.
 
 Settings, alternated within each round so that a noisy machine slows them alike:
