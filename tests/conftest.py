@@ -21,7 +21,7 @@ def product_image(seed: int, size: int = 96) -> Image.Image:
     rng = np.random.default_rng(seed)
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
-    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))
     m = size // 8
     a, b = colour(), colour()
     draw.rectangle([m, m, size - m, size - m], fill=a)
@@ -88,20 +88,17 @@ def embedder():
     return create_embedder()
 
 
-GROCERY_STORE = Path(os.environ.get("PRODSEARCH_GROCERY_STORE",
-                                    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery-store"))
+GROCERY_STORE_PHOTOS = Path(__file__).parent / "data" / "grocery-store"
 
 
 @pytest.fixture(scope="session")
 def real_photos() -> list[Path]:
-    """A dozen real phone and catalog photos of the Grocery Store dataset (read in place, never
-    copied); tests that need them are skipped where the dataset is not beside the project."""
-    phone = sorted((GROCERY_STORE / "dataset" / "test").glob("**/*.jpg"))
-    photos = phone[:: max(1, len(phone) // 10)][:10]
-    photos += sorted((GROCERY_STORE / "dataset" / "iconic-images-and-descriptions").glob("**/*_Iconic.jpg"))[:2]
-    if len(photos) < 12:
-        pytest.skip(f"the Grocery Store dataset is not at {GROCERY_STORE} (set PRODSEARCH_GROCERY_STORE)")
-    return photos
+    """A dozen real phone and catalog photos of the Grocery Store dataset, carried in tests/data
+    (its licence and source beside them), so the equivalence tests run without the dataset."""
+    phone = sorted((GROCERY_STORE_PHOTOS / "dataset" / "test").glob("**/*.jpg"))
+    iconic = sorted((GROCERY_STORE_PHOTOS / "dataset" / "iconic-images-and-descriptions").glob("**/*_Iconic.jpg"))
+    assert (len(phone), len(iconic)) == (10, 2), f"tests/data/grocery-store lost photos: {phone + iconic}"
+    return phone + iconic
 
 
 @pytest.fixture(scope="session")
