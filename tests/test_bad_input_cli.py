@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -562,6 +563,28 @@ def _(env):
 def _(env):
     return Expect(["query", env.photo, "--index", env.idx, "--category", "Dairy"], unchanged=env.idx,
                   message=r"Error: no products in category 'Dairy' in .*idx; its products have no categories")
+
+
+@pytest.mark.parametrize("command", ["query", "eval"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(env, command, value):
+    """It would reject everything or nothing, and ``--json`` would print ``NaN``, which is not JSON."""
+    given = env.photo if command == "query" else env.catalog
+    result = CliRunner().invoke(cli, [command, str(given), "--index", str(env.idx), "--threshold", value, "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: threshold must be a finite number, not {float(value)}; e.g. 0.5 (prodsearch " \
+                            "info shows the index's calibrated rule)\n"
+
+
+def test_json_output_has_no_nan_or_infinity():
+    from prodsearch.cli.app import echo_json
+
+    @click.command()
+    def show():
+        echo_json({"auroc": float("nan"), "rates": [float("inf"), 0.5, (float("-inf"),)], "n": 3})
+
+    result = CliRunner().invoke(show)
+    assert json.loads(result.stdout) == {"auroc": None, "rates": [None, 0.5, [None]], "n": 3}
 
 
 # ------------------------------------------------------------------ malformed command lines: click's exit code 2

@@ -185,12 +185,31 @@ def bomb() -> bytes:
     ({"json": {"images": []}}, 422, "images_base64"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
     ({"content": b"raw bytes", "headers": {"content-type": "image/jpeg"}}, 422, "multipart/form-data"),
+    ({"files": files(query_photo(0)), "data": {"threshold": "nan"}}, 422, "finite number"),
+    ({"files": files(query_photo(0)), "params": {"threshold": "-inf"}}, 422, "finite number"),
+    ({"content": b'{"images_base64": ["%s"], "threshold": Infinity}' % base64.b64encode(query_photo(0)),
+      "headers": {"content-type": "application/json"}}, 422, "finite number"),
 ])
 def test_bad_searches_get_a_reason_and_the_server_carries_on(client, request_kwargs, status, says):
     response = client.post("/v1/search", **request_kwargs)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and says.lower() in response.json()["error"].lower()
     assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
+
+
+@pytest.mark.parametrize("method, url, field", [
+    ("get", "/v1/products?offset=100000000000000000000", "offset"), ("get", "/v1/products?offset=-1", "offset"),
+    ("get", "/v1/images/9223372036854775808", "image_id"), ("get", "/v1/images/-1", "image_id"),
+    ("get", "/v1/images/0?size=100000000000000000000", "size"),
+    ("delete", "/v1/images/100000000000000000000", "image_id"), ("delete", "/v1/images/9223372036854775808", "image_id"),
+])
+def test_integers_out_of_range_are_a_422_not_a_500(index_copy, method, url, field):
+    """SQLite's integers are 64-bit: a larger one must be refused before it reaches a query."""
+    with client_for(index_copy) as client:
+        response = client.request(method, url, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert set(response.json()) == {"error"} and response.json()["error"].startswith(f"{field}: ")
+        assert client.get("/v1/images/0").status_code == 200
 
 
 def noise_jpeg(side: int) -> bytes:
