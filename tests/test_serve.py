@@ -25,7 +25,7 @@ from prodsearch.serve.server import open_service
 from prodsearch.serve.service import ServeSettings, category_tree
 from prodsearch.serve.uploads import UPLOADS
 
-from conftest import product_image, snapshot, write_csv
+from conftest import product_image, snapshot, unprivileged, write_csv
 
 TOKEN = "t0ken-for-the-tests-only"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -399,6 +399,22 @@ def test_bad_writes_change_nothing(index_copy):
         assert spaced.status_code == 422
         assert client.get("/v1/index").json()["generation"] == generation
         assert not (index_copy / UPLOADS).exists() or not list((index_copy / UPLOADS).rglob("*.*"))
+
+
+def test_writes_to_a_read_only_index_are_a_409_and_store_nothing(served_index, public_tmp):
+    index_dir = Path(shutil.copytree(served_index, public_tmp / "idx"))
+    with client_for(index_dir) as client:
+        for path in index_dir.iterdir():
+            path.chmod(0o444)
+        index_dir.chmod(0o555)
+        with unprivileged():
+            added = client.post("/v1/products/x/images", files=files(jpeg(product_image(2))), headers=AUTH)
+            deleted = client.delete("/v1/products/lime", headers=AUTH)
+        for response in (added, deleted):
+            assert response.status_code == 409, response.text
+            assert "is read-only" in response.json()["error"] and "writable copy" in response.json()["error"]
+        assert not (index_dir / UPLOADS).exists()
+        assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
 
 
 def test_a_cli_add_in_another_process_is_served_without_a_restart(index_copy, tmp_path):

@@ -33,7 +33,7 @@ from prodsearch.serve.schemas import (SQLITE_INT_MAX, CategoriesOut, ErrorOut, I
 from prodsearch.serve.service import SearchService, category_tree
 
 STATIC = resources.files("prodsearch.serve") / "static"
-ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 500, 503)}
+ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 413, 422, 500, 503)}
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
