@@ -3,6 +3,7 @@ a live refresh after a CLI add in another process. Answers are checked against t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -26,6 +27,7 @@ from prodsearch.serve.service import ServeSettings, category_tree
 from prodsearch.serve.uploads import UPLOADS
 
 from conftest import product_image, snapshot, unprivileged, write_csv
+from serving import multipart
 
 TOKEN = "t0ken-for-the-tests-only"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -442,3 +444,31 @@ def test_a_catalog_photo_gone_bad_is_a_404_with_the_reason(index_copy):
         response = client.get(f"/v1/images/{image_id}", params={"size": 128})
         assert response.status_code == 404 and "cannot be read" in response.json()["error"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_client_that_disconnects_mid_upload_is_no_error(served_index, caplog):
+    """Not the server's fault: one INFO line, counted as 499 (nginx's "client closed request"), never a 500."""
+    with client_for(served_index) as client:
+        body, content_type = multipart([query_photo(0)] * 2)
+        messages = [{"type": "http.request", "body": body[:len(body) // 2], "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/search", "raw_path": b"/v1/search", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+                 "headers": [(b"host", b"testserver"), (b"content-type", content_type.encode()),
+                             (b"content-length", str(len(body)).encode())]}
+        with caplog.at_level(logging.INFO):
+            asyncio.run(client.app(scope, receive, send))
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        assert "Traceback" not in caplog.text and "disconnected" in caplog.text
+        metrics = client.get("/metrics").text
+        assert 'route="/v1/search",status="499"' in metrics and 'status="500"' not in metrics
+        assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"

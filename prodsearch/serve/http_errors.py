@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from prodsearch.errors import CatalogError, CategoryError, ProdsearchError, ReadOnlyIndexError
 from prodsearch.indexer.lifecycle import NotInIndexError
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS = [(NotInIndexError, 404), (TooLargeError, 413), (BadPhotoError, 422), (CategoryError, 422),
           (CatalogError, 422), (IndexBusyError, 503), (ReadOnlyIndexError, 409), (ProdsearchError, 422)]
+CLIENT_CLOSED = 499  # nginx's "client closed request": what the metrics count a request its client dropped as
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -56,7 +58,8 @@ def validation_message(errors: list[dict]) -> str:
 
 class GuardedRoute(APIRoute):
     """A route whose unexpected exceptions become a logged 500 with an id, instead of a traceback
-    to the client (or a dropped connection)."""
+    to the client (or a dropped connection). A client that hangs up while its request is read is
+    no failure of the server: one INFO line, and :data:`CLIENT_CLOSED` for the metrics."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -66,6 +69,10 @@ class GuardedRoute(APIRoute):
                 return await handler(request)
             except (HTTPException, RequestValidationError, ProdsearchError):
                 raise
+            except ClientDisconnect:
+                log.info("%s %s: the client disconnected before its request was read", request.method,
+                         request.url.path)
+                return error(CLIENT_CLOSED, "the client disconnected before its request was read")
             except Exception:
                 failure = uuid.uuid4().hex[:12]
                 log.exception("request %s %s failed (error id %s)", request.method, request.url.path, failure)
