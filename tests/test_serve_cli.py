@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,20 @@ def test_serve_refuses_a_non_ascii_token_in_the_environment(built_index):
                              text=True, timeout=120, env={**os.environ, "PRODSEARCH_TOKEN": "sécret-token-of-length"})
     assert refused.returncode == 1 and refused.stderr.startswith("Error: the token in PRODSEARCH_TOKEN has a ")
     assert "export PRODSEARCH_TOKEN=$(python3 -c" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_before_the_model_loads(built_index):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        refused = run("serve", "--index", str(built_index["index"]), "--port", str(port))
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr == (f"Error: port {port} is in use on 127.0.0.1 (another server?); stop it or choose "
+                              "another --port (0: any free port)\n")
+    nowhere = run("serve", "--index", str(built_index["index"]), "--host", "192.0.2.1")  # not this machine's
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("Error: cannot listen on 192.0.2.1 port 8000: ")
+    assert nowhere.stderr.count("\n") == 1 and "Serving" not in nowhere.stderr
 
 
 @pytest.mark.slow

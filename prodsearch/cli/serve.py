@@ -51,7 +51,7 @@ def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch,
         prodsearch serve --index shop/idx --port 8000
         curl -F image=@photo.jpg http://127.0.0.1:8000/v1/search
     """
-    from prodsearch.serve.server import open_service, serve as run
+    from prodsearch.serve.server import bind, open_service, serve as run
     from prodsearch.serve.service import ServeSettings
 
     settings = ServeSettings(
@@ -59,10 +59,13 @@ def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_threads=model_threads, refresh_seconds=refresh_seconds,
         search_threads=search_threads, decode_threads=min(4, os.cpu_count() or 1), model=model, runtime=runtime,
         device=device, precision=precision)
-    service = open_service(settings)
-    click.echo(f"Serving {index_dir} on http://{host}:{port} (API docs: /docs; writes "
-               f"{'need the token' if settings.token else 'disabled: no token'})", err=True)
-    run(service, host=host, port=port)
+    with bind(host, port) as sock:  # a port in use fails here, before the model loads
+        service = open_service(settings)
+        port = sock.getsockname()[1]  # --port 0: the one the system chose
+        address = f"[{host}]" if ":" in host else host
+        click.echo(f"Serving {index_dir} on http://{address}:{port} (API docs: /docs; writes "
+                   f"{'need the token' if settings.token else 'disabled: no token'})", err=True)
+        run(service, sock)
 
 
 def read_token(token_file: str | None) -> str | None:
