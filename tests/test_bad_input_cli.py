@@ -273,8 +273,18 @@ def _(env):
     (env.root / "more" / "MILK").mkdir(parents=True)
     product_image(77).save(env.root / "more" / "MILK" / "new.jpg")
     return Expect(["add", env.root / "more", "--index", env.idx, "--silent"], unchanged=env.idx,
-                  message=r"Error: none of the 1 image files in .*more could be read; e\.g\. .*new\.jpg: SKU 'MILK' "
-                          r"differs from 'milk' only in case; use one spelling \(the index holds it\); nothing was changed in .*")
+                  message=r"Error: SKU 'MILK' differs only in case from the existing 'milk'; use the existing spelling; "
+                          rf"nothing was changed in {esc(env.idx)}")
+
+
+@case("add SKUs the index holds in another case beside a new one")
+def _(env):
+    for sku in ("MILK", "Juice", "cheese"):
+        (env.root / "more" / sku).mkdir(parents=True)
+        product_image(len(sku) + 70).save(env.root / "more" / sku / "new.jpg")
+    return Expect(["add", env.root / "more", "--index", env.idx], code=0, embeds=True,
+                  stdout=r"new SKUs: 1 \(cheese\)\n  skipped: 2\n.*Juice/new\.jpg: SKU 'Juice' differs from 'juice' only "
+                         r"in case; use one spelling \(the index holds it\)\n.*MILK/new\.jpg: SKU 'MILK' ")
 
 
 @case("duplicate csv rows name their lines")
@@ -699,6 +709,7 @@ def test_bad_input(name, env):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == expect.code, result.output
     assert "Traceback" not in result.output
+    assert not [r for r in ("PosixPath(", "Listing(", "Item(", "Skipped(", "<prodsearch.") if r in result.output]
     errors = result.stderr.splitlines()
     if expect.code == 1:
         assert len(errors) == 1, result.stderr  # one line, nothing else

@@ -79,10 +79,28 @@ def index_copy(served_index, tmp_path) -> Path:
     return Path(shutil.copytree(served_index, tmp_path / "idx"))
 
 
+REPRS = ("PosixPath(", "Listing(", "Item(", "Skipped(", "<prodsearch.")  # Python objects, not words for a client
+
+
+def words_for_a_client(index_dir: Path):
+    """A response hook: every error body of every test here is checked for Python reprs and for
+    where the index lies on the server."""
+    private = {str(index_dir), str(index_dir.resolve())}
+
+    def check(response) -> None:
+        if response.status_code >= 400:
+            body = response.read().decode("utf-8", "replace")
+            assert not [r for r in REPRS if r in body], body
+            assert not [p for p in private if p in body], body
+
+    return check
+
+
 @contextlib.contextmanager
 def client_for(index_dir: Path, **settings):
     service = open_service(ServeSettings(index_dir, **{"token": TOKEN, "refresh_seconds": 0.1, **settings}))
     with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        client.event_hooks = {"response": [words_for_a_client(index_dir)]}
         client.service = service
         yield client
 
@@ -396,7 +414,9 @@ def test_bad_writes_change_nothing(index_copy):
             response = client.post("/v1/products/x/images", files=photos, data={"name": "X"}, headers=AUTH)
             assert response.status_code == status, response.text
         clash = client.post("/v1/products/MILK-1/images", files=files(jpeg(product_image(2))), headers=AUTH)
-        assert clash.status_code == 422 and "only in case" in clash.json()["error"]
+        assert clash.status_code == 422 and clash.json()["error"] == (
+            "SKU 'MILK-1' differs only in case from the existing 'milk-1'; use the existing spelling; nothing was "
+            "changed in idx")
         spaced = client.post("/v1/products/%20x/images", files=files(jpeg(product_image(2))), headers=AUTH)
         assert spaced.status_code == 422
         assert client.get("/v1/index").json()["generation"] == generation

@@ -61,7 +61,7 @@ def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="prodsearch", version=__version__, lifespan=lifespan, responses=ERRORS,
                   description="Visual product search: which SKU is this photo?")
     app.router.route_class = http_errors.GuardedRoute
-    http_errors.install(app)
+    http_errors.install(app, service.index_dir)
     settings = service.settings
     app.add_middleware(LimitBody, limit=math.ceil(settings.max_upload_bytes * MAX_PHOTOS * 4 / 3) + 2**20)
     app.add_middleware(RecordMetrics, metrics=service.metrics)

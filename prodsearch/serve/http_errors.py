@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -32,10 +33,19 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, index_dir: Path) -> None:
+    """Answer errors as ``{"error": ...}``; messages name the index folder by its name only: where
+    it lies on the server is no client's business (the CLI's messages, for the shop, say it whole)."""
+    hide = sorted({str(index_dir), str(index_dir.absolute()), str(index_dir.resolve())}, key=len, reverse=True)
+
+    def public(message: str) -> str:
+        for path in hide:
+            message = message.replace(path, index_dir.resolve().name)
+        return message
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error(exc.status_code, public(str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -44,7 +54,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProdsearchError)
     async def domain(request: Request, exc: ProdsearchError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
-        return error(status, str(exc), {"Retry-After": "5"} if status == 503 else None)
+        return error(status, public(str(exc)), {"Retry-After": "5"} if status == 503 else None)
 
 
 def validation_message(errors: list[dict]) -> str:

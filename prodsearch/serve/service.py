@@ -258,8 +258,9 @@ class SearchService:
                 self._discard_unused({str(p) for p in paths})
                 raise
             self.refresh()
+            origins = {str(item.path): item.origin for item in items}  # "photo 2", not a path on the server
             return Written(self.index.generation, added=report.added_ids, unchanged=report.unchanged,
-                           skipped=[f"{s.path}: {s.reason}" for s in report.skipped])
+                           skipped=[f"{origins.get(s.path, s.path)}: {s.reason}" for s in report.skipped])
 
     def delete_product(self, sku: str) -> Written:
         with self._write_lock:
