@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from prodsearch.indexer import ProductIndex, build_index, index_info
 from prodsearch.serve.app import create_app
+from prodsearch.serve.photos import PixelBudget
 from prodsearch.serve.server import open_service
 from prodsearch.serve.service import ServeSettings, category_tree
 from prodsearch.serve.uploads import UPLOADS
@@ -492,3 +494,42 @@ def test_a_client_that_disconnects_mid_upload_is_no_error(served_index, caplog):
         metrics = client.get("/metrics").text
         assert 'route="/v1/search",status="499"' in metrics and 'status="500"' not in metrics
         assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
+
+
+def png(side: int) -> bytes:
+    """A large photo in a small file (a gradient compresses well): what costs memory is its pixels."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((side, side)).convert("RGB").save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def test_photos_that_decode_to_too_many_pixels_are_a_413_before_decoding(client):
+    """8 photos of 2600 x 2600 px are 54 megapixels: over MAX_REQUEST_PIXELS together, though each is fine;
+    8 phone photos as JPEG count as their downscaled drafts, a few hundred pixels a side."""
+    response = client.post("/v1/search", files=[("image", (f"{i}.png", png(2600), "image/png")) for i in range(8)])
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == ("the photos would decode to 54 megapixels, more than the 50 a request may "
+                                        "have; send smaller photos (the model sees a few hundred pixels a side)")
+    phone = jpeg(product_image(3).resize((4000, 3000)), 80)
+    assert client.post("/v1/search", files=files(*[phone] * 8)).status_code == 200
+    assert client.post("/v1/search", files=files(png(2600))).status_code == 200
+
+
+def test_concurrent_requests_take_turns_within_the_pixel_budget():
+    budget = PixelBudget(100)
+    order = []
+
+    def decode(name, pixels, seconds):
+        with budget.held(pixels):
+            order.append((name, "in", budget.used))
+            time.sleep(seconds)
+            order.append((name, "out"))
+
+    first = threading.Thread(target=decode, args=("a", 60, 0.3))
+    first.start()
+    time.sleep(0.05)
+    decode("b", 60, 0)  # waits: 120 would be over the budget
+    first.join()
+    assert order == [("a", "in", 60), ("a", "out"), ("b", "in", 60), ("b", "out")]
+    decode("alone", 500, 0)  # over the budget, but alone: let through (the request limit is smaller)
+    assert budget.used == 0
