@@ -10,8 +10,8 @@ import ctypes
 import functools
 import io
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

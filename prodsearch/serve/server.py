@@ -10,7 +10,6 @@ import signal
 import socket
 
 from prodsearch.errors import ProdsearchError
-
 from prodsearch.serve.service import SearchService, ServeSettings
 
 log = logging.getLogger(__name__)
