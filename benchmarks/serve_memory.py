@@ -92,7 +92,7 @@ def main() -> None:
         build_index(write_folder_catalog(args.work / "catalog", ["a", "b", "c"]), index_dir,
                     model=create_embedder(img_size=64), num_workers=0)
         return
-    import prodsearch.serve.photos as photos
+    from prodsearch.serve import photos
     from prodsearch.serve.app import create_app
     from prodsearch.serve.server import open_service
     from prodsearch.serve.service import ServeSettings
