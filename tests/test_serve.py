@@ -441,6 +441,19 @@ def test_writes_to_a_read_only_index_are_a_409_and_store_nothing(served_index, p
         assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
 
 
+def test_an_upload_folder_this_user_cannot_write_is_a_409(served_index, public_tmp):
+    """The folder and catalog are writable, uploads/ is another user's: refused as read-only, not a 500."""
+    index_dir = Path(shutil.copytree(served_index, public_tmp / "idx"))
+    for path in [index_dir, *index_dir.iterdir()]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (index_dir / UPLOADS).mkdir(mode=0o555)
+    with client_for(index_dir) as client, unprivileged():
+        added = client.post("/v1/products/x/images", files=files(jpeg(product_image(2))), headers=AUTH)
+    assert added.status_code == 409, added.text
+    assert added.json()["error"].startswith("the index idx is read-only (cannot write uploads/: Permission denied)")
+    assert list((index_dir / UPLOADS).iterdir()) == []
+
+
 def test_a_cli_add_in_another_process_is_served_without_a_restart(index_copy, tmp_path):
     new = product_image(515151)
     (tmp_path / "more" / "fresh").mkdir(parents=True)
