@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -300,8 +301,18 @@ def _(env):
     (env.root / "more" / "MILK").mkdir(parents=True)
     product_image(77).save(env.root / "more" / "MILK" / "new.jpg")
     return Expect(["add", env.root / "more", "--index", env.idx, "--silent"], unchanged=env.idx,
-                  message=r"Error: none of the 1 image files in .*more could be read; e\.g\. .*new\.jpg: SKU 'MILK' "
-                          r"differs from 'milk' only in case; use one spelling \(the index holds it\); nothing was changed in .*")
+                  message=r"Error: SKU 'MILK' differs only in case from the existing 'milk'; use the existing spelling; "
+                          rf"nothing was changed in {esc(env.idx)}")
+
+
+@case("add SKUs the index holds in another case beside a new one")
+def _(env):
+    for sku in ("MILK", "Juice", "cheese"):
+        (env.root / "more" / sku).mkdir(parents=True)
+        product_image(len(sku) + 70).save(env.root / "more" / sku / "new.jpg")
+    return Expect(["add", env.root / "more", "--index", env.idx], code=0, embeds=True,
+                  stdout=r"new SKUs: 1 \(cheese\)\n  skipped: 2\n.*Juice/new\.jpg: SKU 'Juice' differs from 'juice' only "
+                         r"in case; use one spelling \(the index holds it\)\n.*MILK/new\.jpg: SKU 'MILK' ")
 
 
 @case("duplicate csv rows name their lines")
@@ -592,6 +603,28 @@ def _(env):
                   message=r"Error: no products in category 'Dairy' in .*idx; its products have no categories")
 
 
+@pytest.mark.parametrize("command", ["query", "eval"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(env, command, value):
+    """It would reject everything or nothing, and ``--json`` would print ``NaN``, which is not JSON."""
+    given = env.photo if command == "query" else env.catalog
+    result = CliRunner().invoke(cli, [command, str(given), "--index", str(env.idx), "--threshold", value, "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: threshold must be a finite number, not {float(value)}; e.g. 0.5 (prodsearch " \
+                            "info shows the index's calibrated rule)\n"
+
+
+def test_json_output_has_no_nan_or_infinity():
+    from prodsearch.cli.app import echo_json
+
+    @click.command()
+    def show():
+        echo_json({"auroc": float("nan"), "rates": [float("inf"), 0.5, (float("-inf"),)], "n": 3})
+
+    result = CliRunner().invoke(show)
+    assert json.loads(result.stdout) == {"auroc": None, "rates": [None, 0.5, [None]], "n": 3}
+
+
 # ------------------------------------------------------------------ malformed command lines: click's exit code 2
 
 @case("top-k of zero")
@@ -720,6 +753,7 @@ def test_bad_input(name, env):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == expect.code, result.output
     assert "Traceback" not in result.output
+    assert not [r for r in ("PosixPath(", "Listing(", "Item(", "Skipped(", "<prodsearch.") if r in result.output]
     errors = result.stderr.splitlines()
     if expect.code == 1:
         assert len(errors) == 1, result.stderr  # one line, nothing else

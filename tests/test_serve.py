@@ -3,6 +3,7 @@ a live refresh after a CLI add in another process. Answers are checked against t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -12,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,11 +24,13 @@ from PIL import Image
 
 from prodsearch.indexer import ProductIndex, build_index, index_info, update_index
 from prodsearch.serve.app import create_app
+from prodsearch.serve.photos import PixelBudget
 from prodsearch.serve.server import open_service
 from prodsearch.serve.service import ServeSettings, category_tree
 from prodsearch.indexer.uploads import UPLOADS
 
-from conftest import product_image, snapshot, write_csv
+from conftest import product_image, snapshot, unprivileged, write_csv
+from serving import multipart
 
 TOKEN = "t0ken-for-the-tests-only"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -78,10 +82,28 @@ def index_copy(served_index, tmp_path) -> Path:
     return Path(shutil.copytree(served_index, tmp_path / "idx"))
 
 
+REPRS = ("PosixPath(", "Listing(", "Item(", "Skipped(", "<prodsearch.")  # Python objects, not words for a client
+
+
+def words_for_a_client(index_dir: Path):
+    """A response hook: every error body of every test here is checked for Python reprs and for
+    where the index lies on the server."""
+    private = {str(index_dir), str(index_dir.resolve())}
+
+    def check(response) -> None:
+        if response.status_code >= 400:
+            body = response.read().decode("utf-8", "replace")
+            assert not [r for r in REPRS if r in body], body
+            assert not [p for p in private if p in body], body
+
+    return check
+
+
 @contextlib.contextmanager
 def client_for(index_dir: Path, **settings):
     service = open_service(ServeSettings(index_dir, **{"token": TOKEN, "refresh_seconds": 0.1, **settings}))
     with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        client.event_hooks = {"response": [words_for_a_client(index_dir)]}
         client.service = service
         yield client
 
@@ -186,12 +208,31 @@ def bomb() -> bytes:
     ({"json": {"images": []}}, 422, "images_base64"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
     ({"content": b"raw bytes", "headers": {"content-type": "image/jpeg"}}, 422, "multipart/form-data"),
+    ({"files": files(query_photo(0)), "data": {"threshold": "nan"}}, 422, "finite number"),
+    ({"files": files(query_photo(0)), "params": {"threshold": "-inf"}}, 422, "finite number"),
+    ({"content": b'{"images_base64": ["%s"], "threshold": Infinity}' % base64.b64encode(query_photo(0)),
+      "headers": {"content-type": "application/json"}}, 422, "finite number"),
 ])
 def test_bad_searches_get_a_reason_and_the_server_carries_on(client, request_kwargs, status, says):
     response = client.post("/v1/search", **request_kwargs)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and says.lower() in response.json()["error"].lower()
     assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
+
+
+@pytest.mark.parametrize("method, url, field", [
+    ("get", "/v1/products?offset=100000000000000000000", "offset"), ("get", "/v1/products?offset=-1", "offset"),
+    ("get", "/v1/images/9223372036854775808", "image_id"), ("get", "/v1/images/-1", "image_id"),
+    ("get", "/v1/images/0?size=100000000000000000000", "size"),
+    ("delete", "/v1/images/100000000000000000000", "image_id"), ("delete", "/v1/images/9223372036854775808", "image_id"),
+])
+def test_integers_out_of_range_are_a_422_not_a_500(index_copy, method, url, field):
+    """SQLite's integers are 64-bit: a larger one must be refused before it reaches a query."""
+    with client_for(index_copy) as client:
+        response = client.request(method, url, headers=AUTH)
+        assert response.status_code == 422, response.text
+        assert set(response.json()) == {"error"} and response.json()["error"].startswith(f"{field}: ")
+        assert client.get("/v1/images/0").status_code == 200
 
 
 def noise_jpeg(side: int) -> bytes:
@@ -420,11 +461,42 @@ def test_bad_writes_change_nothing(index_copy):
             response = client.post("/v1/products/x/images", files=photos, data={"name": "X"}, headers=AUTH)
             assert response.status_code == status, response.text
         clash = client.post("/v1/products/MILK-1/images", files=files(jpeg(product_image(2))), headers=AUTH)
-        assert clash.status_code == 422 and "only in case" in clash.json()["error"]
+        assert clash.status_code == 422 and clash.json()["error"] == (
+            "SKU 'MILK-1' differs only in case from the existing 'milk-1'; use the existing spelling; nothing was "
+            "changed in idx")
         spaced = client.post("/v1/products/%20x/images", files=files(jpeg(product_image(2))), headers=AUTH)
         assert spaced.status_code == 422
         assert client.get("/v1/index").json()["generation"] == generation
         assert not (index_copy / UPLOADS).exists() or not list((index_copy / UPLOADS).rglob("*.*"))
+
+
+def test_writes_to_a_read_only_index_are_a_409_and_store_nothing(served_index, public_tmp):
+    index_dir = Path(shutil.copytree(served_index, public_tmp / "idx"))
+    with client_for(index_dir) as client:
+        for path in index_dir.iterdir():
+            path.chmod(0o444)
+        index_dir.chmod(0o555)
+        with unprivileged():
+            added = client.post("/v1/products/x/images", files=files(jpeg(product_image(2))), headers=AUTH)
+            deleted = client.delete("/v1/products/lime", headers=AUTH)
+        for response in (added, deleted):
+            assert response.status_code == 409, response.text
+            assert "is read-only" in response.json()["error"] and "writable copy" in response.json()["error"]
+        assert not (index_dir / UPLOADS).exists()
+        assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
+
+
+def test_an_upload_folder_this_user_cannot_write_is_a_409(served_index, public_tmp):
+    """The folder and catalog are writable, uploads/ is another user's: refused as read-only, not a 500."""
+    index_dir = Path(shutil.copytree(served_index, public_tmp / "idx"))
+    for path in [index_dir, *index_dir.iterdir()]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (index_dir / UPLOADS).mkdir(mode=0o555)
+    with client_for(index_dir) as client, unprivileged():
+        added = client.post("/v1/products/x/images", files=files(jpeg(product_image(2))), headers=AUTH)
+    assert added.status_code == 409, added.text
+    assert added.json()["error"].startswith("the index idx is read-only (cannot write uploads/: Permission denied)")
+    assert list((index_dir / UPLOADS).iterdir()) == []
 
 
 def test_a_cli_add_in_another_process_is_served_without_a_restart(index_copy, tmp_path):
@@ -478,3 +550,70 @@ def test_a_photo_file_changed_after_indexing_is_never_served(index_copy, tmp_pat
         path.write_bytes(photo)
         assert client.get(url).content == photo and client.get(url, params={"size": 480}).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_client_that_disconnects_mid_upload_is_no_error(served_index, caplog):
+    """Not the server's fault: one INFO line, counted as 499 (nginx's "client closed request"), never a 500."""
+    with client_for(served_index) as client:
+        body, content_type = multipart([query_photo(0)] * 2)
+        messages = [{"type": "http.request", "body": body[:len(body) // 2], "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/search", "raw_path": b"/v1/search", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+                 "headers": [(b"host", b"testserver"), (b"content-type", content_type.encode()),
+                             (b"content-length", str(len(body)).encode())]}
+        with caplog.at_level(logging.INFO):
+            asyncio.run(client.app(scope, receive, send))
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        assert "Traceback" not in caplog.text and "disconnected" in caplog.text
+        metrics = client.get("/metrics").text
+        assert 'route="/v1/search",status="499"' in metrics and 'status="500"' not in metrics
+        assert client.post("/v1/search", files=files(query_photo(0))).json()["match"] == "milk-1"
+
+
+def png(side: int) -> bytes:
+    """A large photo in a small file (a gradient compresses well): what costs memory is its pixels."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((side, side)).convert("RGB").save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def test_photos_that_decode_to_too_many_pixels_are_a_413_before_decoding(client):
+    """8 photos of 2600 x 2600 px are 54 megapixels: over MAX_REQUEST_PIXELS together, though each is fine;
+    8 phone photos as JPEG count as their downscaled drafts, a few hundred pixels a side."""
+    response = client.post("/v1/search", files=[("image", (f"{i}.png", png(2600), "image/png")) for i in range(8)])
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == ("the photos would decode to 54 megapixels, more than the 50 a request may "
+                                        "have; send smaller photos (the model sees a few hundred pixels a side)")
+    phone = jpeg(product_image(3).resize((4000, 3000)), 80)
+    assert client.post("/v1/search", files=files(*[phone] * 8)).status_code == 200
+    assert client.post("/v1/search", files=files(png(2600))).status_code == 200
+
+
+def test_concurrent_requests_take_turns_within_the_pixel_budget():
+    budget = PixelBudget(100)
+    order = []
+
+    def decode(name, pixels, seconds):
+        with budget.held(pixels):
+            order.append((name, "in", budget.used))
+            time.sleep(seconds)
+            order.append((name, "out"))
+
+    first = threading.Thread(target=decode, args=("a", 60, 0.3))
+    first.start()
+    time.sleep(0.05)
+    decode("b", 60, 0)  # waits: 120 would be over the budget
+    first.join()
+    assert order == [("a", "in", 60), ("a", "out"), ("b", "in", 60), ("b", "out")]
+    decode("alone", 500, 0)  # over the budget, but alone: let through (the request limit is smaller)
+    assert budget.used == 0

@@ -133,8 +133,11 @@ def test_search_page_finds_the_product(site, browser, tmp_path):
     assert options[0] == "" and {"Fruit", "Fruit/Apple", "Fruit/Lime", "Packages", "Packages/Milk"} <= set(options)
     assert "Fruit/Apple (2)" in browser.find_element(By.ID, "category").text
     assert browser.find_element(By.ID, "top_k").get_attribute("value") == "5"
+    button = browser.find_element(By.ID, "search-button")
+    assert button.text == "Search" and not button.is_enabled()  # nothing to search "again" yet
 
     search_photos(browser, site["root"] / "query.jpg")
+    assert button.text == "Search again" and button.is_enabled()
     assert not browser.find_element(By.ID, "error").is_displayed(), browser.find_element(By.ID, "error").text
     shown = results(browser)
     assert shown[0]["sku"] == QUERY_SKU, shown
@@ -203,6 +206,12 @@ def test_several_photos_and_the_error_state(site, browser):
     status, body = answer.value.code, json.loads(answer.value.read())
     assert 400 <= status < 500 and error.text.split() == body["error"].split(), (error.text, body)
     assert results(browser) == []
+    # The refused file leaves no broken preview behind, and nothing to "search again".
+    wait_for(browser, lambda d: not d.find_element(By.ID, "preview").is_displayed(), 15, "the refused photo's preview stayed")
+    assert browser.find_elements(By.CSS_SELECTOR, "#preview li") == []
+    button = browser.find_element(By.ID, "search-button")
+    assert button.text == "Search" and not button.is_enabled()
+    assert not browser.find_element(By.ID, "dropzone").get_attribute("class").count("has-photos")
 
 
 def serving(site, generation: int) -> None:

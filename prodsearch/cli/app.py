@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -141,8 +142,20 @@ class AliasOption(click.Option):
 
 
 def echo_json(data: Any, indent: int | None = 2) -> None:
-    """The one JSON document a ``--json`` command prints on stdout (progress bars are on stderr)."""
-    click.echo(json.dumps(data, indent=indent))
+    """The one JSON document a ``--json`` command prints on stdout (progress bars are on stderr).
+    A number that is not finite (an undefined rate) is ``null``: ``NaN`` and ``Infinity`` are not JSON."""
+    click.echo(json.dumps(finite(data), indent=indent, allow_nan=False))
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every float that is not finite replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
 
 
 index_option = click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),

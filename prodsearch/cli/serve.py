@@ -51,7 +51,7 @@ def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch,
         prodsearch serve --index shop/idx --port 8000
         curl -F image=@photo.jpg http://127.0.0.1:8000/v1/search
     """
-    from prodsearch.serve.server import open_service, serve as run
+    from prodsearch.serve.server import bind, open_service, serve as run
     from prodsearch.serve.service import ServeSettings
 
     settings = ServeSettings(
@@ -59,21 +59,41 @@ def serve(index_dir, host, port, token_file, max_upload_mb, batching, max_batch,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, model_threads=model_threads, refresh_seconds=refresh_seconds,
         search_threads=search_threads, decode_threads=min(4, os.cpu_count() or 1), model=model, runtime=runtime,
         device=device, precision=precision)
-    service = open_service(settings)
-    click.echo(f"Serving {index_dir} on http://{host}:{port} (API docs: /docs; writes "
-               f"{'need the token' if settings.token else 'disabled: no token'})", err=True)
-    run(service, host=host, port=port)
+    with bind(host, port) as sock:  # a port in use fails here, before the model loads
+        service = open_service(settings)
+        port = sock.getsockname()[1]  # --port 0: the one the system chose
+        address = f"[{host}]" if ":" in host else host
+        click.echo(f"Serving {index_dir} on http://{address}:{port} (API docs: /docs; writes "
+                   f"{'need the token' if settings.token else 'disabled: no token'})", err=True)
+        run(service, sock)
 
 
 def read_token(token_file: str | None) -> str | None:
-    """The writers' token: the file's first line, else ``$PRODSEARCH_TOKEN``; None when neither is set."""
+    """The writers' token: the file's first line, else ``$PRODSEARCH_TOKEN``; None when neither is set.
+    Refused at start unless it is at least 16 characters of printable ASCII without spaces: what a
+    bearer token in an HTTP header can carry (any other would start a server that refuses every write)."""
     if token_file:
-        lines = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
-        if not lines or len(lines[0].strip()) < 16:
-            raise ProdsearchError(f"{token_file} holds no token of at least 16 characters; write one there, e.g. "
-                                  "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE")
-        return lines[0].strip()
+        how = f"write one there, e.g. {NEW_TOKEN} > {token_file}"
+        try:
+            text = Path(token_file).read_bytes().decode("utf-8-sig")
+        except OSError as exc:
+            raise ProdsearchError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ProdsearchError(f"{token_file} is not UTF-8 text (byte {exc.start + 1} is not); {how}") from None
+        lines = text.strip().splitlines()
+        return _checked(lines[0].strip() if lines else "", token_file, how)
     token = os.environ.get(TOKEN_ENV, "").strip()
-    if token and len(token) < 16:
-        raise ProdsearchError(f"{TOKEN_ENV} is shorter than 16 characters; use a long random token")
-    return token or None
+    return _checked(token, TOKEN_ENV, f"set it to one, e.g. export {TOKEN_ENV}=$({NEW_TOKEN})") if token else None
+
+
+NEW_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _checked(token: str, source: str, how: str) -> str:
+    if len(token) < 16:
+        raise ProdsearchError(f"{source} holds no token of at least 16 characters; {how}")
+    bad = next((i for i, c in enumerate(token, 1) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ProdsearchError(f"the token in {source} has a character an HTTP header cannot carry (character "
+                              f"{bad}: a space, or not printable ASCII); {how}")
+    return token

@@ -68,8 +68,11 @@ def file_info(item: Item, known: dict[str, FileInfo] | None = None) -> FileInfo 
         return Skipped(str(item.path), f"cannot read file: {exc.strerror or exc}")
 
 
-def nothing_readable(catalog: str | os.PathLike, files: int, skipped: list[Skipped], *, changed: str = "") -> CatalogError:
-    """The one refusal of a catalog none of whose files could be used, with the first reason."""
+def nothing_readable(catalog: str | os.PathLike | Listing, files: int, skipped: list[Skipped], *,
+                     changed: str = "") -> CatalogError:
+    """The one refusal of a catalog none of whose files could be used, with the first reason; a
+    listing read already is named by the folder or CSV it was read from."""
+    catalog = catalog.source if isinstance(catalog, Listing) else catalog
     example = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
     return CatalogError(f"none of the {files} image files in {catalog} could be read{example}{changed}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Container, Iterable
 
-from prodsearch.errors import ProdsearchError
+from prodsearch.errors import CatalogError, ProdsearchError
 from prodsearch.choices import CHUNK_PHOTOS
 from prodsearch.indexer.chunked import chunk_progress
 from prodsearch.indexer.ingest import Duplicate, FileInfo, embed_new, nothing_readable, scan, scanned_products
@@ -139,7 +139,9 @@ def _sync(catalog, index_dir, command: str, *, model, runtime: str, device: str,
         held_count, known_skus = db.counts()["images"], db.all_skus()
         files = len(listing.items)
         if not remove_missing:  # an add cannot bring 'milk' into an index that holds 'Milk'
-            listing = _without_case_clashes(listing, known_skus)
+            listing, clashes = _without_case_clashes(listing, known_skus)
+            if clashes and not listing.items:  # that is the whole story, not a file that "could not be read"
+                raise case_clash_error(clashes, index_dir)
         known = {path: FileInfo(*info) for path, info in db.file_infos(str(it.path) for it in listing.items).items()}
         scanned = scan(listing, known=known)
         held = db.held_images(scanned.files)
@@ -232,17 +234,27 @@ def _check_before_writing(catalog, index_dir: Path, files: int, skipped: list[Sk
         check_removal_share(removing, held_count, index_dir)
 
 
-def _without_case_clashes(listing: Listing, index_skus: set[str]) -> Listing:
-    """The listing less items whose SKU differs from one of the index's only in case (skipped)."""
+def _without_case_clashes(listing: Listing, index_skus: set[str]) -> tuple[Listing, dict[str, str]]:
+    """The listing less items whose SKU differs from one of the index's only in case (skipped), and
+    those SKUs with the index's spelling of each."""
     spellings = SkuSpellings(index_skus)
-    items, skipped = [], list(listing.skipped)
+    items, skipped, clashes = [], list(listing.skipped), {}
     for item in listing.items:
         reason = spellings.problem(item.sku)
         if reason:
             skipped.append(Skipped(item.origin or str(item.path), f"{reason} (the index holds it)"))
+            clashes[item.sku] = spellings.clash(item.sku)
         else:
             items.append(item)
-    return dataclasses.replace(listing, items=items, skipped=skipped)
+    return dataclasses.replace(listing, items=items, skipped=skipped), clashes
+
+
+def case_clash_error(clashes: dict[str, str], index_dir: Path) -> CatalogError:
+    """The refusal of an add whose every SKU is spelled as one of the index's in other case."""
+    (sku, existing), more = next(iter(clashes.items())), len(clashes) - 1
+    others = f" (and {more} more SKU{'s' if more > 1 else ''} like it)" if more else ""
+    return CatalogError(f"SKU {sku!r} differs only in case from the existing {existing!r}{others}; use the "
+                        f"existing spelling; nothing was changed in {index_dir}")
 
 
 def check_removal_share(removing: int, held: int, index_dir: Path) -> None:

@@ -17,10 +17,13 @@ An answer with a single SKU compares with ``s2 = -1`` (the farthest a unit vecto
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence, Union
 
 import numpy as np
+
+from prodsearch.errors import ProdsearchError
 
 RULES = ("score", "margin", "ratio")
 REJECTION_SETTING = "rejection"  # where catalog.db keeps the calibrated rule
@@ -39,6 +42,14 @@ def rule_values(rule: str, s1: np.ndarray | float, s2: np.ndarray | float) -> np
         d1 = np.sqrt(np.clip(2 - 2 * s1, 0, None)).clip(MIN_DISTANCE)
         return np.sqrt(np.clip(2 - 2 * s2, 0, None)) / d1
     raise ValueError(f"unknown rejection rule {rule!r}; one of {', '.join(RULES)}")
+
+
+def check_threshold(threshold: float) -> None:
+    """Refuse a threshold that is not a finite number (``nan``, ``inf``): it rejects everything or
+    nothing, and JSON has no spelling for it."""
+    if not math.isfinite(threshold):
+        raise ProdsearchError(f"threshold must be a finite number, not {threshold}; e.g. 0.5 (prodsearch info "
+                              "shows the index's calibrated rule)")
 
 
 def top_two(scores: Sequence[float]) -> tuple[float, float]:
@@ -73,6 +84,7 @@ class RejectRule:
     def __post_init__(self):
         if self.rule not in RULES:
             raise ValueError(f"unknown rejection rule {self.rule!r}; one of {', '.join(RULES)}")
+        check_threshold(self.threshold)
 
     def decide(self, scores: Sequence[float]) -> Decision:
         """Accept or reject an answer, given its SKU scores best first (at least the first two)."""
@@ -110,5 +122,9 @@ def resolve(rejection: Rejection, stored: RejectRule | None) -> RejectRule | Non
 
 def chosen(threshold: float | None = None, reject: bool = True) -> Rejection:
     """What ``--threshold`` / ``--no-reject`` (HTTP: ``threshold``, ``reject=false``) ask answers
-    for: no rejection, the stored rule at another threshold, or the stored rule."""
+    for: no rejection, the stored rule at another threshold, or the stored rule. A threshold that is
+    not a finite number (``nan``, ``inf``) is refused: it would reject everything (or nothing) and
+    has no JSON spelling."""
+    if threshold is not None:
+        check_threshold(threshold)
     return None if not reject else threshold if threshold is not None else STORED

@@ -40,6 +40,13 @@ class Commit:
     removed_skus: list[str] = field(default_factory=list)
 
 
+def check_writable(index_dir: Path) -> None:
+    """Raise :class:`ReadOnlyIndexError` unless this process can write the index folder and its
+    catalog: every writer asks before it does any work or stores any file."""
+    if not catalog_writable(index_dir / CATALOG_DB):
+        raise ReadOnlyIndexError(index_dir, f"this user cannot write the folder or its {CATALOG_DB}")
+
+
 class IndexWriter:
     """The writer lock and a read-write catalog connection for the duration of a ``with`` block;
     files a crashed writer left are cleared on entry (snapshots, temporary files) and on exit
@@ -50,8 +57,7 @@ class IndexWriter:
         self.index_dir = Path(index_dir)
         self.lock = WriterLock(self.index_dir, command, wait)
         self.manifest: Manifest = read_manifest(self.index_dir)
-        if not catalog_writable(self.index_dir / CATALOG_DB):
-            raise ReadOnlyIndexError(self.index_dir, f"this user cannot write the folder or its {CATALOG_DB}")
+        check_writable(self.index_dir)
         self.db: CatalogDB | None = None
         self.milvus = None  # the Milvus collection of an index that keeps its vectors there
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from prodsearch.retrieval.images import ImageLoadError, load_image, to_rgb
+from prodsearch.retrieval.images import ImageLoadError, decoded_pixels, load_image, to_rgb
 from prodsearch.retrieval.preprocess import Preprocess, decode_min_side
 from prodsearch.retrieval.runtime import Encoder, describe
 from prodsearch.retrieval.views import check_views, decode_side, fuse_views, view_inputs
@@ -85,6 +85,10 @@ class Decoder:
         except ImageLoadError as exc:
             return None, None, str(exc)
         return view_inputs(img, self.views, self.preprocess), img.size, None
+
+    def pixels(self, path: str | os.PathLike | io.BytesIO) -> int:
+        """How many pixels decoding ``path`` takes (:func:`decoded_pixels`), before decoding it."""
+        return decoded_pixels(path, min_side=self.min_side)
 
 
 def embed_files(

@@ -28,12 +28,12 @@ from prodsearch.indexer.results import Match
 from prodsearch.serve import http_errors
 from prodsearch.serve.middleware import LimitBody, RecordMetrics
 from prodsearch.serve.photos import MAX_PHOTOS, from_base64
-from prodsearch.serve.schemas import (CategoriesOut, ErrorOut, IndexOut, MatchOut, ProductOut, ProductsOut,
-                                      SearchJSON, SearchOut, SearchParams, StatusOut, WriteOut)
+from prodsearch.serve.schemas import (SQLITE_INT_MAX, CategoriesOut, ErrorOut, IndexOut, MatchOut, ProductOut,
+                                      ProductsOut, SearchJSON, SearchOut, SearchParams, StatusOut, WriteOut)
 from prodsearch.serve.service import SearchService, category_tree
 
 STATIC = resources.files("prodsearch.serve") / "static"
-ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 500, 503)}
+ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 413, 422, 500, 503)}
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
@@ -42,6 +42,7 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
         "category": {"type": "string"}}}},
     "application/json": {"schema": SearchJSON.model_json_schema()}}}}
 IMMUTABLE = "public, max-age=31536000, immutable"  # an image id's content never changes
+ImageId = Annotated[int, Path(ge=0, le=SQLITE_INT_MAX)]
 
 
 def image_url(image_id: int) -> str:
@@ -60,7 +61,7 @@ def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="prodsearch", version=__version__, lifespan=lifespan, responses=ERRORS,
                   description="Visual product search: which SKU is this photo?")
     app.router.route_class = http_errors.GuardedRoute
-    http_errors.install(app)
+    http_errors.install(app, service.index_dir)
     settings = service.settings
     app.add_middleware(LimitBody, limit=math.ceil(settings.max_upload_bytes * MAX_PHOTOS * 4 / 3) + 2**20)
     app.add_middleware(RecordMetrics, metrics=service.metrics)
@@ -96,7 +97,8 @@ def create_app(service: SearchService) -> FastAPI:
     # ------------------------------------------------------------------ catalog
 
     @app.get("/v1/products", response_model=ProductsOut, tags=["catalog"])
-    def products(limit: Annotated[int, Query(ge=1, le=500)] = 24, offset: Annotated[int, Query(ge=0)] = 0,
+    def products(limit: Annotated[int, Query(ge=1, le=500)] = 24,
+                 offset: Annotated[int, Query(ge=0, le=SQLITE_INT_MAX)] = 0,
                  category: Optional[str] = None, q: Annotated[Optional[str], Query(max_length=200)] = None) -> dict:
         """Products by SKU, a page at a time; `category` a subtree, `q` a substring of SKU or name."""
         page = service.products(limit=limit, offset=offset, category=category, text=q)
@@ -118,7 +120,7 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.get("/v1/images/{image_id}", tags=["catalog"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}, "description": "The photo"}, 304: {"description": "Not modified"}})
-    def image(request: Request, image_id: int,
+    def image(request: Request, image_id: ImageId,
               size: Annotated[Optional[int], Query(ge=16, le=4096, description="Longest side of a thumbnail")] = None):
         """A catalog photo, or a cached thumbnail of it (`size` is rounded up to a few steps)."""
         photo = service.photo(image_id, size)
@@ -146,7 +148,7 @@ def create_app(service: SearchService) -> FastAPI:
         return WriteOut(**vars(service.delete_product(sku)))
 
     @app.delete("/v1/images/{image_id}", response_model=WriteOut, dependencies=[Depends(writer)], tags=["writes"])
-    def delete_image(image_id: int) -> WriteOut:
+    def delete_image(image_id: ImageId) -> WriteOut:
         """Remove one photo (its product goes too if it was the last)."""
         return WriteOut(**vars(service.delete_image(image_id)))
 

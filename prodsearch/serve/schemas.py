@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from prodsearch.serve.photos import MAX_PHOTOS
 
 TopK = Annotated[int, Field(ge=1, le=100, description="How many SKUs to rank")]
+# SQLite's integers are 64-bit: a larger id or offset would overflow in the query, so it is a 422 here.
+SQLITE_INT_MAX = 2**63 - 1
 
 
 class SearchParams(BaseModel):

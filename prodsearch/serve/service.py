@@ -8,6 +8,7 @@ writer lock and crash-safe commit as ``prodsearch add`` and ``remove``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mimetypes
 import threading
@@ -20,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from prodsearch.catalog.listing import Item, Listing
+from prodsearch.errors import ReadOnlyIndexError
 from prodsearch.indexer import uploads
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.lifecycle import NotInIndexError, add_to_index, remove_from_index
@@ -27,6 +29,7 @@ from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.rejection import STORED, Rejection
 from prodsearch.indexer.results import Answer
 from prodsearch.indexer.vectors import set_search_threads
+from prodsearch.indexer.writer import check_writable
 from prodsearch.retrieval.runtime import describe
 from prodsearch.serve.batcher import DirectEmbedding, Embedding, MicroBatcher
 from prodsearch.serve.metrics import Metrics
@@ -236,20 +239,28 @@ class SearchService:
                    category: str | None = None) -> Written:
         """Add photos to a product (a new one takes ``name`` and ``category``; a known one keeps its
         own). All photos are checked before anything is stored; each is kept in ``uploads/``."""
+        check_writable(self.index_dir)  # a read-only index is a 409, as for a delete, before anything is stored
         self.decoder.inputs(photos)  # every photo is small enough and decodes, or nothing is stored
         extensions = [extension(data) for data in photos]
+        items: list[Item] = []
 
         def stored() -> Listing:  # under the writer lock; a refused add leaves nothing (IndexWriter clears it)
-            paths = [uploads.store(self.index_dir, data, ext) for data, ext in zip(photos, extensions)]
-            items = [Item(path, sku, name, category, origin=f"photo {i}") for i, path in enumerate(paths, 1)]
+            try:
+                paths = [uploads.store(self.index_dir, data, ext) for data, ext in zip(photos, extensions)]
+            except OSError as exc:  # the folder is writable but uploads/ is not (another user's, another mount)
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                raise ReadOnlyIndexError(self.index_dir, f"cannot write {uploads.UPLOADS}/: {exc.strerror}") from None
+            items.extend(Item(path, sku, name, category, origin=f"photo {i}") for i, path in enumerate(paths, 1))
             return Listing(self.index_dir / uploads.UPLOADS, "upload", items)
 
         with self._write_lock:
             report = add_to_index(stored, self.index_dir, model=self.index.encoder, num_workers=0,
                                   wait=self.settings.write_wait)
             self.refresh()
+            origins = {str(item.path): item.origin for item in items}  # "photo 2", not a path on the server
             return Written(self.index.generation, added=report.added_ids, unchanged=report.unchanged,
-                           skipped=[f"{s.path}: {s.reason}" for s in report.skipped])
+                           skipped=[f"{origins.get(s.path, s.path)}: {s.reason}" for s in report.skipped])
 
     def delete_product(self, sku: str) -> Written:
         with self._write_lock:

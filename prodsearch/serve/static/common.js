@@ -18,7 +18,7 @@ async function fetchJSON(url, options = {}) {
   if (!response.ok) {
     const message = body && typeof body.error === "string" && body.error.trim() ? body.error
       : `${response.status} ${response.statusText}`.trim() || "The server answered with an error.";
-    throw new Error(message);
+    throw Object.assign(new Error(message), {status: response.status});
   }
   if (body === null) throw new Error("The server sent an unreadable answer.");
   return body;

@@ -25,10 +25,24 @@ function showPreview(files) {
   for (const url of previewUrls) URL.revokeObjectURL(url);
   previewUrls = files.map((f) => URL.createObjectURL(f));
   const list = $("preview");
-  list.replaceChildren(...previewUrls.map((url, i) =>
-    el("li", {}, el("img", {src: url, alt: `Photo ${i + 1}: ${files[i].name || "pasted image"}`}))));
+  list.replaceChildren(...previewUrls.map((url, i) => {
+    const label = `Photo ${i + 1}: ${files[i].name || "pasted image"}`;
+    // A file the browser cannot show (not a photo, a format it lacks): its name, not a broken image.
+    const img = el("img", {src: url, alt: label});
+    img.addEventListener("error", () => img.replaceWith(el("span", {className: "preview-name", textContent: label})));
+    return el("li", {}, img);
+  }));
   list.hidden = files.length === 0;
   $("dropzone").classList.toggle("has-photos", files.length > 0);
+}
+
+/** Back to the page as it was before any photo was chosen. */
+function forgetPhotos() {
+  lastFiles = [];
+  showPreview([]);
+  $("search-button").disabled = true;
+  $("search-button").textContent = "Search";
+  $("clear-button").disabled = true;
 }
 
 function clearResults(placeholder) {
@@ -107,12 +121,16 @@ async function search(files) {
   try {
     const data = await fetchJSON("/v1/search", {method: "POST", body: form, signal: mine.signal});
     renderResults(data);
+    $("search-button").textContent = "Search again";
     // On a phone the results sit below the photo: bring them into view.
     const heading = $("results-heading");
     if (heading.getBoundingClientRect().top > window.innerHeight * 0.75) heading.scrollIntoView({behavior: "smooth"});
   } catch (err) {
     if (err.name === "AbortError") return;
     clearResults(false);
+    // Refused (a file that is not a photo, too large): those photos are gone, not kept as a broken
+    // preview to search again. A server that could not be reached keeps them for another try.
+    if (err.status >= 400 && err.status < 500) forgetPhotos();
     showError(err.message);
   } finally {
     if (controller === mine) {
@@ -183,12 +201,9 @@ function setup() {
   $("top_k").addEventListener("change", () => search(lastFiles));
   $("clear-button").addEventListener("click", () => {
     if (controller) controller.abort();
-    lastFiles = [];
-    showPreview([]);
+    forgetPhotos();
     clearResults(true);
     showError("");
-    $("search-button").disabled = true;
-    $("clear-button").disabled = true;
     zone.focus();
   });
 
