@@ -39,6 +39,9 @@ def test_index_query_eval_end_to_end(runner, tmp_path, built_index):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == str(photo) and lines[1].lstrip().startswith("1. sku-3 ") and len(lines) == 4
+    with runner.isolated_filesystem(temp_dir=catalog.parent):  # catalog photos shown relative to the working folder
+        shown = run(runner, "query", photo, "--index", tmp_path / "idx", "--top-k", 1).output.splitlines()[1]
+    assert shown.endswith(f"(../{catalog.name}/sku-3/sku-3_0.jpg)"), shown
 
     result = run(runner, "query", photo, queries / "sku-1" / "q.jpg", "--index", tmp_path / "idx", "--json")
     answers = json.loads(result.output)

@@ -223,8 +223,17 @@ def format_verdict(matches: list[Match], decision: Decision | None) -> list[str]
 
 def format_matches(matches: list[Match]) -> list[str]:
     width = max((len(m.sku) for m in matches), default=0)
-    return [f"  {rank}. {m.sku:<{width}}  {m.score:.3f}  {m.name}  ({m.image_path})"
+    return [f"  {rank}. {m.sku:<{width}}  {m.score:.3f}  {m.name}  ({shown_path(m.image_path)})"
             for rank, m in enumerate(matches, start=1)]
+
+
+def shown_path(path: str) -> str:
+    """A catalog photo's path as a person reads it: relative to the working directory, as the query
+    photos were given (``--json`` keeps the absolute path a program opens)."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
 
 
 @cli.command(name="eval")
