@@ -537,7 +537,7 @@ def _(env):
 def _(env):
     make_read_only(env.idx)
     return Expect(["info", "--index", env.idx], code=0, as_nobody=True, unchanged=env.idx,
-                  stdout=r"catalog:    3 SKUs, 6 images\n.*\nconsistent: yes")
+                  stdout=r"catalog:    3 SKUs, 6 images\n.*\nleftovers:  none\nconsistent: yes")
 
 
 @case("eval on a read-only index")
@@ -741,8 +741,9 @@ def test_bad_input(name, env):
     args = [str(a) for a in expect.args]
     try:
         if expect.as_nobody:
+            weights = locate_weights(DEFAULT_MODEL).path if expect.embeds else None  # hashed as root
             with unprivileged():
-                if expect.embeds and not readable(locate_weights(DEFAULT_MODEL).path):
+                if weights is not None and not readable(weights):
                     pytest.skip("the installed model weights lie in a folder the unprivileged user cannot read")
                 result = CliRunner().invoke(cli, args, env=expect.environ)
         else:
