@@ -11,6 +11,7 @@ from typing import Sequence
 from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
 from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
 from prodsearch.eval.open_set import OpenSetScores, Rates, open_set_scores, rates_at
+from prodsearch.indexer.ingest import nothing_readable
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.rejection import RULES, STORED, Decision, RejectRule, Rejection, rule_values, top_two
 from prodsearch.indexer.results import Match
@@ -129,6 +130,9 @@ def evaluate(
     paths = [it.path for it in items] + ([it.path for it in others.items] if others else [])
     embedded = index.embed(paths, batch_size=batch_size, num_workers=num_workers, progress=progress)
     known, strangers = embedded.split(len(items))
+    if not len(known.positions):  # top-1 of no photo is no measurement: an error, not 0.0
+        unread = [Skipped(str(items[p].path), r) for p, r in sorted(known.failures.items())]
+        raise nothing_readable(queries, len(items), unread + listing.skipped)
     report = score_embedded(items, known, index, rule)
     report.skipped[:0] = listing.skipped
     if others is not None:
