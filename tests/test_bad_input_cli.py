@@ -666,6 +666,15 @@ def _(env):
                           r"\(unrecognised format\)")
 
 
+@case("calibrate where no photo can be read")
+def _(env):
+    for path in env.catalog.glob("*/*.jpg"):
+        path.write_bytes(os.urandom(64))
+    return Expect(["calibrate", env.catalog, "--index", env.idx, "--silent"], unchanged=env.idx,
+                  message=r"Error: none of the 6 image files in .*catalog could be read; e\.g\. .*: not an image "
+                          r"\(unrecognised format\)")
+
+
 def someone_elses_page(env) -> Path:
     """A folder with an index.html and an img/ folder of report-like names that no report wrote."""
     folder = env.root / "site"

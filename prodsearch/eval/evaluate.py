@@ -187,12 +187,21 @@ def answer_unknown(items: Sequence[Item], embedded: FileEmbeddings, index: Produ
     index is a mistake in the set, and counted all the same (with a warning)."""
     rows = index.search(embedded.vectors, top_k=5)
     outcomes = [outcome(items[p], row, rule, items[p].category) for p, row in zip(embedded.positions.tolist(), rows)]
-    held = set(index.skus)
-    clash = sorted({o.truth for o in outcomes if o.truth in held})
+    clash = unknown_in_index([o.truth for o in outcomes], index)
     if clash:
-        log.warning("%d SKUs of the unknown photos are in the index (%s); they count as unknown all the same",
-                    len(clash), ", ".join(clash[:5]))
+        log.warning("%s", clash)
     return outcomes
+
+
+def unknown_in_index(labels: Sequence[str | None], index: ProductIndex) -> str | None:
+    """Why photos given as products the catalog does not hold may not be: their labels are SKUs of
+    the index (a mistake in the set, or the known photos given twice); None when none is."""
+    held = set(index.skus)
+    clash = sorted({label for label in labels if label in held})
+    if not clash:
+        return None
+    return (f"{len(clash)} SKUs of the unknown photos are in the index ({', '.join(clash[:5])}); they count as "
+            "unknown all the same: give photos of products the shop does not sell")
 
 
 def open_set_report(known: Sequence[QueryOutcome], unknown: Sequence[QueryOutcome],
