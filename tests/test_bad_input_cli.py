@@ -675,6 +675,15 @@ def _(env):
                           r"\(unrecognised format\)")
 
 
+@case("train with learning-rate steps after the last epoch")
+def _(env):
+    return Expect(["train", env.catalog, "--out", env.root / "run", "--recipe", "none", "--epochs", 5,
+                   "--lr-steps", "20,40"], gone=[env.root / "run"],
+                  message=r"Error: --lr-steps 20,40 come at or after the last of the 5 epochs \(--epochs 5\): the "
+                          r"learning rate would never decay; give steps below 5 \(e\.g\. --lr-steps 3\), or "
+                          r"--lr-steps '' for a constant rate")
+
+
 def someone_elses_page(env) -> Path:
     """A folder with an index.html and an img/ folder of report-like names that no report wrote."""
     folder = env.root / "site"
