@@ -39,7 +39,7 @@ import numpy as np
 from prodsearch.catalog.listing import Skipped, read_listing
 from prodsearch.choices import MAX_KNOWN_REJECTED  # a rule rejecting more of the known photos needs --force
 from prodsearch.errors import ProdsearchError
-from prodsearch.eval.evaluate import unknown_in_index
+from prodsearch.eval.evaluate import unknown_overlap
 from prodsearch.eval.open_set import auroc, far_threshold, rates_at
 from prodsearch.indexer.ingest import nothing_readable
 from prodsearch.indexer.product_index import ProductIndex
@@ -140,7 +140,7 @@ def calibrate(queries: str | os.PathLike, index: ProductIndex, *, unknown: str |
                         "leaving them out understates how products it never saw score, and more of those will be "
                         "accepted than asked: add photos of products the shop does not sell with --unknown")
     if others is not None:
-        warnings.append(unknown_in_index([it.sku for it in others.items], index))
+        warnings.append(unknown_overlap(others.items, index, items.items))
     for warning in filter(None, warnings):
         log.warning("%s", warning)
     if result.rejects_most:  # not logged: the command line refuses with it, or prints it with the rule
