@@ -18,7 +18,7 @@ def main() -> None:
     if speaks_for_run():
         cli(prog_name="prodsearch")
         return
-    from prodsearch.retrieval.distributed import RunEndedError  # the environment only: no torch
+    from prodsearch.retrieval.run_end import RunEndedError  # no torch
 
     try:
         code = cli.main(prog_name="prodsearch", standalone_mode=False)  # --help and Exit: their code

@@ -30,9 +30,9 @@ import numpy as np
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.failpoints import crash_point
-from prodsearch.retrieval.distributed import (EMBEDDING_TIMEOUT, World, collective, has_ended, local_device,
-                                              process_group, world_from_env)
+from prodsearch.retrieval.distributed import EMBEDDING_TIMEOUT, World, local_device, process_group, world_from_env
 from prodsearch.retrieval.embedding import EmbedFiles, FileEmbeddings, FilesDone, embed_files
+from prodsearch.retrieval.run_end import collective, has_ended
 from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
