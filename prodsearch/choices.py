@@ -40,3 +40,5 @@ MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # a server's token ("user:password" or an API
 MILVUS_COLLECTION = "prodsearch_images"
 # index --chunk-size: photos a new index embeds and commits together (prodsearch.indexer.chunked).
 CHUNK_PHOTOS = 50_000
+# calibrate: a rule that rejects more of the shop's own photos is stored only with --force (prodsearch.eval.calibrate).
+MAX_KNOWN_REJECTED = 0.5

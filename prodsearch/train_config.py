@@ -31,8 +31,8 @@ class TrainConfig:
     img_size: int = setting(224, "Training crop and evaluation centre crop (paper: 448).")
     resize: int = setting(256, "Short side before cropping (paper: 512).")
     epochs: int = setting(10, "Epochs of the main stage, on the full training set.")
-    lr_steps: tuple[int, ...] = setting((20, 40, 60), "Epochs after which the learning rates are multiplied "
-                                                      "by the decay factor (0.1).")
+    lr_steps: tuple[int, ...] = setting((7,), "Epochs after which the learning rates are multiplied by the "
+                                             "decay factor (0.1); below --epochs, or the rate never decays.")
     lr_gamma: float = setting(0.1, "Learning-rate decay factor at each of the lr_steps.")
     lr_head: float = setting(3e-4, "Learning rate of the new layers (embedding head and classifier).")
     lr_backbone: float = setting(3e-5, "Learning rate of the pretrained backbone.")
@@ -77,6 +77,16 @@ class TrainConfig:
 
     def stage_epochs(self) -> list[int]:
         return [self.epochs, self.balanced_epochs, self.accuracy_epochs]
+
+    def idle_lr_steps(self) -> str | None:
+        """Why the learning rate never decays although ``lr_steps`` asks it to (every step at or
+        after the main stage's last epoch); None when it does decay, or no step was asked for."""
+        if not self.lr_steps or min(self.lr_steps) < self.epochs:
+            return None
+        example = f" (e.g. --lr-steps {self.epochs * 7 // 10})" if self.epochs * 7 // 10 else ""
+        return (f"--lr-steps {','.join(map(str, self.lr_steps))} come at or after the last of the {self.epochs} epochs "
+                f"(--epochs {self.epochs}): the learning rate would never decay; give steps below {self.epochs}"
+                f"{example}, or --lr-steps '' for a constant rate")
 
 
 __all__ = ["TrainConfig"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -231,3 +232,11 @@ def plain_sku_ranking(query, vectors, owners, top_k):
     for v, sku in zip(vectors, owners):
         best[sku] = max(best.get(sku, -2.0), float(v @ query))
     return sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
+
+
+def own_lines(stderr: str) -> list[str]:
+    """What the processes wrote on stderr: torchrun's own log lines and its closing traceback
+    (ChildFailedError, with its report) left out."""
+    assert stderr.count("Traceback") == stderr.count("ChildFailedError(") == 1, stderr[-3000:]  # torchrun's alone
+    before = stderr.split("Traceback (most recent call last):")[0]
+    return [line for line in before.splitlines() if not re.match(r"[WEI]\d{4} ", line)]

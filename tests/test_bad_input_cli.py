@@ -732,6 +732,100 @@ def _(env):
                   stdout=r"skipped: 1\n  .*milk_0\.jpg: cannot read file: Permission denied")
 
 
+# ------------------------------------------------------------------ eval's query photos and --report folder
+
+@case("eval where no query photo can be read")
+def _(env):
+    for path in env.catalog.glob("*/*.jpg"):
+        path.write_bytes(os.urandom(64))
+    return Expect(["eval", env.catalog, "--index", env.idx, "--silent"], unchanged=env.idx,
+                  message=r"Error: none of the 6 image files in .*catalog could be read; e\.g\. .*: not an image "
+                          r"\(unrecognised format\)")
+
+
+@case("calibrate where no photo can be read")
+def _(env):
+    for path in env.catalog.glob("*/*.jpg"):
+        path.write_bytes(os.urandom(64))
+    return Expect(["calibrate", env.catalog, "--index", env.idx, "--silent"], unchanged=env.idx,
+                  message=r"Error: none of the 6 image files in .*catalog could be read; e\.g\. .*: not an image "
+                          r"\(unrecognised format\)")
+
+
+@case("train with learning-rate steps after the last epoch")
+def _(env):
+    return Expect(["train", env.catalog, "--out", env.root / "run", "--recipe", "none", "--epochs", 5,
+                   "--lr-steps", "20,40"], gone=[env.root / "run"],
+                  message=r"Error: --lr-steps 20,40 come at or after the last of the 5 epochs \(--epochs 5\): the "
+                          r"learning rate would never decay; give steps below 5 \(e\.g\. --lr-steps 3\), or "
+                          r"--lr-steps '' for a constant rate")
+
+
+def someone_elses_page(env) -> Path:
+    """A folder with an index.html and an img/ folder of report-like names that no report wrote."""
+    folder = env.root / "site"
+    (folder / "img").mkdir(parents=True)
+    (folder / "index.html").write_text("<html>the shop's own page</html>")
+    product_image(3).save(folder / "img" / "q-0.jpg")
+    return folder
+
+
+@case("eval --report into someone else's page")
+def _(env):
+    folder = someone_elses_page(env)
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", folder], unchanged=folder / "img",
+                  message=rf"Error: {esc(folder)} is not empty and not an earlier prodsearch report \(it holds img, "
+                          r"index\.html\); give a new folder for --report")
+
+
+@case("eval --report into a folder of other files")
+def _(env):
+    folder = env.root / "notes"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "logo.png").write_bytes(b"not ours")
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", folder], unchanged=folder / "img",
+                  message=r"Error: .*notes is not empty and not an earlier prodsearch report \(it holds img\); .*")
+
+
+@case("eval --report on a file")
+def _(env):
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", env.photo], unchanged=env.root,
+                  message=rf"Error: {esc(env.photo)} exists and is not a folder; give a new folder for --report")
+
+
+@case("eval --report on /dev/null")
+def _(env):
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", "/dev/null"],
+                  message=r"Error: /dev/null exists and is not a folder; give a new folder for --report")
+
+
+@case("eval --report under /dev/null")
+def _(env):
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", "/dev/null/report"],
+                  message=r"Error: cannot create the report folder /dev/null/report: /dev/null is not a folder; .*")
+
+
+@case("eval --report into /proc/self")
+def _(env):
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", "/proc/self"],
+                  message=r"Error: /proc/self is not empty and not an earlier prodsearch report \(it holds .*\); .*")
+
+
+@case("eval --report under a folder nobody may write")
+def _(env):
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", "/proc/self/report"],
+                  message=r"Error: cannot write the report into /proc/self/report: /proc/self is not writable; give a "
+                          r"folder you can write for --report")
+
+
+@case("eval --report into a read-only empty folder")
+def _(env):
+    folder = env.root / "locked"
+    folder.mkdir(mode=0o555)
+    return Expect(["eval", env.catalog, "--index", env.idx, "--report", folder], as_nobody=True,
+                  message=rf"Error: cannot write the report into {esc(folder)}: {esc(folder)} is not writable; .*")
+
+
 # ------------------------------------------------------------------ the test (after every case is registered)
 
 @pytest.mark.parametrize("name", list(CASES))

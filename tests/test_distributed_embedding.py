@@ -3,6 +3,7 @@ processes give the index one process gives (same ids and rows, vectors within fl
 answers), and a distributed build that dies resumes without embedding again what it wrote."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from prodsearch.indexer import ProductIndex
 from prodsearch.indexer.catalog_db import CatalogDB
 from prodsearch.indexer.store import EMBEDDING_DIR
 
-from conftest import write_folder_catalog
+from conftest import own_lines, write_folder_catalog
 
 SKUS = [f"s{i}" for i in range(6)]  # 3 photos each: 18
 MODEL = ("--model", "tf_efficientnet_lite0@64", "--precision", "fp32", "--workers", "0")
@@ -149,3 +150,24 @@ def test_an_error_is_reported_once_and_every_process_ends(catalog, tmp_path):
     assert failed.returncode != 0 and failed.stdout == ""
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]  # besides torchrun's report
     assert len(errors) == 1 and "is not a prodsearch index" in errors[0]
+
+
+@pytest.mark.parametrize("dies", [1, 0])
+def test_a_process_that_dies_ends_the_run_in_one_line(catalog, tmp_path, dies):
+    """Killed while the run embeds (rank 1 when handed its first chunk, or rank 0 once the first
+    chunk is embedded): the process still running says which one stopped, once, without gloo's
+    traceback (test_a_distributed_build_that_dies_resumes resumes such a run)."""
+    point = "rank-1-chunk-1" if dies else "embedded-chunk-1"
+    args = ["index", str(catalog), *MODEL, "--chunk-size", "8", "--index", str(tmp_path / "two")]
+    crashed = torchrun(args, env={CRASH_ENV: point})
+    assert crashed.returncode != 0 and crashed.stdout == ""
+    [said] = own_lines(crashed.stderr)  # how it stopped is gone once torchrun collected it first
+    assert re.fullmatch(rf"Error: process rank {dies} of 2 stopped( \(killed by SIGKILL\))?; the run was ended", said)
+
+
+def test_a_usage_error_is_printed_once(tmp_path):
+    failed = torchrun(["index", "--no-such-option"])
+    assert failed.returncode != 0 and failed.stdout == ""
+    assert own_lines(failed.stderr) == ["Usage: prodsearch index [OPTIONS] CATALOG",
+                                        "Try 'prodsearch index --help' for help.", "",
+                                        "Error: No such option '--no-such-option'."]

@@ -9,6 +9,7 @@ relative, embeddings within 1e-3 (unit vectors of 32 floats), validation accurac
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,8 @@ from prodsearch.retrieval.sync_bn import CrossProcessBatchNorm, sync_batchnorm
 from prodsearch.retrieval.torch_encoder import TorchEncoder
 from prodsearch.retrieval.training import Trainer, TrainConfig, TrainingError
 from prodsearch.synthetic import write_synthetic_dataset
+
+from conftest import own_lines
 
 LOSS_RTOL, EMBEDDING_ATOL = 1e-4, 1e-3
 
@@ -99,6 +102,8 @@ def test_a_distributed_checkpoint_resumes_in_one_process(shop, single_run, tmp_p
     out = tmp_path / "run"
     crashed = torchrun(train_args(shop, out, *WHOLE), env={CRASH_ENV: "train-epoch"})
     assert crashed.returncode != 0
+    [said] = [line for line in own_lines(crashed.stderr) if not line.startswith("WARNING")]  # by rank 1, once
+    assert re.fullmatch(r"Error: process rank 0 of 2 stopped( \(killed by SIGKILL\))?; the run was ended", said)
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     assert not (out / "model.pt").exists()
     one_process(["train", "unused", "--out", "unused", "--resume", str(out / "last.pt"), "--device", "cpu",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+import shutil
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -174,6 +175,32 @@ def test_rerun_into_the_same_folder_stays_bounded(report, tmp_path):
     assert folder_size(out) < size
     for link in parse(out / "index.html").links:
         assert link.startswith("#") or (out / link).is_file()
+
+
+def test_only_a_new_empty_or_earlier_report_folder_is_written(report, tmp_path):
+    """The page and the stale images are replaced only in a folder provably a report of ours."""
+    from prodsearch.eval.report_folder import GENERATOR, ReportDirError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = write_report(report, empty, max_galleries=3)
+    assert GENERATOR in page.read_text(encoding="utf-8")
+    older = page.read_text(encoding="utf-8").replace(GENERATOR, "")  # a report from before the marker
+    page.write_text(older, encoding="utf-8")
+    write_report(report, empty, max_galleries=3)
+
+    site = tmp_path / "site"
+    shutil.copytree(empty, site)
+    (site / "index.html").write_text("<html>the shop's own page</html>")
+    (site / "img" / "q-77.jpg").write_bytes(b"a photo of the shop's")
+    with pytest.raises(ReportDirError, match="is not empty and not an earlier prodsearch report"):
+        write_report(report, site)
+    assert (site / "img" / "q-77.jpg").read_bytes() == b"a photo of the shop's"
+    (site / "index.html").write_text(older, encoding="utf-8")
+    (site / "img" / "logo.svg").write_text("<svg/>")  # a name no report writes
+    with pytest.raises(ReportDirError, match=r"\(it holds img, index\.html\)"):
+        write_report(report, site)
+    assert (site / "img" / "logo.svg").is_file() and (site / "index.html").read_text(encoding="utf-8") == older
 
 
 def test_without_open_set_categories_or_answers(report, tmp_path):

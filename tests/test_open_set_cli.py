@@ -136,6 +136,44 @@ def test_calibrate_with_photos_of_other_products(shop, index_dir):
     assert ProductIndex.open(index_dir).rejection.calibration["others"] == 12
 
 
+def test_a_rule_that_rejects_most_known_photos_is_not_stored_unless_forced(shop, index_dir, caplog):
+    """The shop's own photos given as --unknown: the rule that holds them to 10% false accepts
+    rejects about 90% of the known ones. Refused (one line, nothing stored), measured with
+    --dry-run (both warnings), stored with --force, and removed with --clear."""
+    args = ("calibrate", shop / "queries", "--index", index_dir, "--unknown", shop / "queries", "--far", 0.1,
+            "--folds", 4, "-q")
+    refused = invoke(*args)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    [error] = refused.stderr.splitlines()[-1:]
+    assert error.startswith("Error: the calibrated rule (") and "of the photos of the shop's own products" in error
+    assert error.endswith(f"nothing was stored: see the rates with --dry-run, or store it anyway with --force "
+                          f"(undo: prodsearch calibrate --clear --index {index_dir})")
+    assert ProductIndex.open(index_dir).rejection is None
+
+    dry = json_of(*args, "--dry-run")
+    assert dry["stored"] is False and dry["chosen"]["known_rejected"] > 0.5
+    assert dry["warning"].startswith("8 SKUs of the unknown photos are in the index (sku-0, sku-1, sku-2, sku-3, "
+                                     "sku-4) and 24 unknown photos are also among the known ones (e.g. ")
+    assert "train one" in dry["warning"]
+    with caplog.at_level("WARNING"):  # eval says the same of the same mistake
+        evaluate(shop / "queries", ProductIndex.open(index_dir), unknown=shop / "queries")
+    assert "8 SKUs of the unknown photos are in the index" in caplog.text and "24 unknown photos are also" in caplog.text
+
+    forced = invoke(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert f"warning: it rejects {dry['chosen']['known_rejected']:.0%} of the shop's own photos; undo: prodsearch " \
+           f"calibrate --clear --index {index_dir}" in forced.stdout
+    assert ProductIndex.open(index_dir).rejection is not None
+
+    cleared = invoke("calibrate", "--clear", "--index", index_dir)
+    assert cleared.exit_code == 0 and cleared.stdout.startswith(f'Removed the "not in catalog" rule from {index_dir}')
+    assert ProductIndex.open(index_dir).rejection is None and "rejection:  none" in invoke("info", "--index", index_dir).output
+    again = json_of("calibrate", "--clear", "--index", index_dir)
+    assert again == {"index_dir": str(index_dir), "cleared": False, "stored_generation": None}
+    assert invoke("calibrate", shop / "queries", "--clear", "--index", index_dir).exit_code == 2
+    assert "give QUERIES" in invoke("calibrate", "--index", index_dir).output
+
+
 def test_search_api_applies_the_rule(shop, index_dir):
     from fastapi.testclient import TestClient
 

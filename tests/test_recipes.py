@@ -35,6 +35,18 @@ def test_every_recipe_is_a_valid_config():
         TrainConfig(train="t.csv", out="o", **recipe.settings)  # unknown fields would raise
 
 
+def test_the_learning_rate_decays_within_the_epochs_of_the_defaults_and_of_every_recipe():
+    """train --help once showed --epochs 10 beside --lr-steps 20,40,60: a decay that never came."""
+    configs = [TrainConfig(train="t.csv", out="o")] + [TrainConfig(train="t.csv", out="o", **r.settings)
+                                                       for r in RECIPES.values() if r.trains]
+    for config in configs:
+        assert config.idle_lr_steps() is None and min(config.lr_steps) < config.epochs
+    idle = TrainConfig(train="t.csv", out="o", epochs=5, lr_steps=(20, 40)).idle_lr_steps()
+    assert idle == ("--lr-steps 20,40 come at or after the last of the 5 epochs (--epochs 5): the learning rate would "
+                    "never decay; give steps below 5 (e.g. --lr-steps 3), or --lr-steps '' for a constant rate")
+    assert TrainConfig(train="t.csv", out="o", epochs=5, lr_steps=()).idle_lr_steps() is None
+
+
 def test_pick_recipe_reads_the_training_set(tmp_path):
     shop = write_synthetic_dataset(tmp_path / "shop", n_skus=3, snapshots_per_sku=6, size=48)
     with pytest.raises(CatalogOnlyError, match="1 photo"):  # 1 photo per SKU

@@ -1,13 +1,16 @@
 """What a catalog's files are: which extensions are photos, and their content hashes; and how
-prodsearch writes a file that readers may open at any moment."""
+prodsearch writes a file that readers may open at any moment, and how it tells a folder it wrote
+from one it must not touch."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
+from typing import Iterable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -39,3 +42,15 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         raise
+
+
+def foreign_names(names: Iterable[str], own: re.Pattern[str]) -> list[str]:
+    """The entries of a folder that ``own`` (every name prodsearch writes there) does not claim: a
+    folder with any is someone else's, and is neither replaced nor cleaned."""
+    return [name for name in names if not own.match(name)]
+
+
+def listed(names: list[str], shown: int = 5) -> str:
+    """A few names of a folder's entries for a message, and how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -9,13 +9,14 @@ import click
 from prodsearch.cli.app import (Progress, batch_option, cli, echo_json, index_option, json_option, query_model_option,
                                 quiet_option, runtime_options, search_options, wait_option, workers_option)
 from prodsearch.cli.commands import open_index, skipped_lines
+from prodsearch.choices import MAX_KNOWN_REJECTED
 
 if TYPE_CHECKING:
     from prodsearch.eval.calibrate import Calibration
 
 
 @cli.command()
-@click.argument("queries", type=click.Path())
+@click.argument("queries", type=click.Path(), required=False)
 @index_option
 @click.option("--unknown", type=click.Path(), default=None,
               help="Photos of products the shop does not sell (catalog formats; labels are not used): scored as "
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Groups the SKUs are split into; each group plays unknown products once.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but store nothing in the index.")
+@click.option("--force", is_flag=True,
+              help=f"Store the rule even when it rejects more than {MAX_KNOWN_REJECTED:.0%} of the photos of the "
+                   "shop's own products.")
+@click.option("--clear", is_flag=True, help="Remove the stored rule (no QUERIES): answers name the nearest SKU again.")
 @query_model_option
 @batch_option
 @runtime_options
@@ -34,8 +39,8 @@ if TYPE_CHECKING:
 @quiet_option
 @json_option
 @search_options
-def calibrate(queries, index_dir, unknown, far, folds, dry_run, model, batch_size, runtime, device, precision, workers,
-              wait, quiet, as_json, nprobe, ef_search):
+def calibrate(queries, index_dir, unknown, far, folds, dry_run, force, clear, model, batch_size, runtime, device,
+              precision, workers, wait, quiet, as_json, nprobe, ef_search):
     """Learn when to answer "not in catalog" from labelled photos of SKUs in the index.
 
     QUERIES has the catalog formats (a folder per SKU, or a CSV with image,sku), photos like the
@@ -50,11 +55,21 @@ def calibrate(queries, index_dir, unknown, far, folds, dry_run, model, batch_siz
     them out understates how close a product it never saw comes: give photos of products the
     shop does not sell with --unknown (a few hundred; products like the shop's, not the same).
 
+    A rule that would reject most of the shop's own photos (the embedder does not tell its
+    products apart: train one first) is not stored without --force. --clear removes the stored
+    rule (add, update and remove keep it).
+
     \b
     Example:
         prodsearch calibrate shop/val-photos/ --index shop/idx
         prodsearch calibrate shop/val-photos/ --index shop/idx --unknown other-products/ --far 0.01 --json
+        prodsearch calibrate --clear --index shop/idx
     """
+    if clear:
+        return clear_rule(queries, index_dir, wait, as_json)
+    if queries is None:
+        raise click.UsageError("give QUERIES (labelled photos to calibrate on), or --clear to remove the stored rule")
+    from prodsearch.eval.calibrate import CalibrationError
     from prodsearch.eval.calibrate import calibrate as run
     from prodsearch.indexer.lifecycle import set_rejection
     from prodsearch.indexer.writer import IndexWriter
@@ -65,11 +80,30 @@ def calibrate(queries, index_dir, unknown, far, folds, dry_run, model, batch_siz
     with Progress("Calibrating", quiet) as progress:
         result = run(queries, product_index, unknown=unknown, far=far, folds=folds, batch_size=batch_size,
                      num_workers=workers, progress=progress)
+    if result.rejects_most and not (dry_run or force):
+        raise CalibrationError(f"{result.too_strict()}; nothing was stored: see the rates with --dry-run, or store "
+                               f"it anyway with --force (undo: prodsearch calibrate --clear --index {index_dir})")
     generation = None if dry_run else set_rejection(index_dir, result.reject_rule(), wait=wait)
     if as_json:
         echo_json({**result.to_dict(), "stored": not dry_run, "stored_generation": generation})
     else:
         click.echo(format_calibration(result, index_dir, generation))
+
+
+def clear_rule(queries: str | None, index_dir: str, wait: float, as_json: bool) -> None:
+    """``calibrate --clear``: the stored rule removed, and what that did."""
+    if queries is not None:
+        raise click.UsageError("--clear removes the stored rule and calibrates nothing: give no QUERIES with it")
+    from prodsearch.indexer.lifecycle import clear_rejection
+
+    generation = clear_rejection(index_dir, wait=wait)
+    if as_json:
+        echo_json({"index_dir": str(index_dir), "cleared": generation is not None, "stored_generation": generation})
+    elif generation is None:
+        click.echo(f'No "not in catalog" rule is stored in {index_dir}; nothing was changed')
+    else:
+        click.echo(f'Removed the "not in catalog" rule from {index_dir} (generation {generation}); '
+                   "answers name the nearest SKU again")
 
 
 def format_calibration(result: Calibration, index_dir: str, generation: int | None) -> str:
@@ -85,6 +119,10 @@ def format_calibration(result: Calibration, index_dir: str, generation: int | No
     c = result.chosen
     where = f"stored in {index_dir} (generation {generation})" if generation is not None else "not stored (--dry-run)"
     lines.append(f"  rule: {c.rule} >= {c.threshold:.4f}, {where}")
+    if result.rejects_most:
+        lines.append(f"  warning: it rejects {c.known_rejected:.0%} of the shop's own photos; "
+                     + (f"undo: prodsearch calibrate --clear --index {index_dir}" if generation is not None
+                        else "stored, it would answer \"not in catalog\" to most customers"))
     if result.skipped:
         lines += skipped_lines(result.skipped)
     return "\n".join(lines)

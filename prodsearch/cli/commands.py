@@ -242,9 +242,9 @@ def shown_path(path: str) -> str:
 @click.option("--unknown", type=click.Path(), default=None,
               help="Photos of products the catalog does not hold (same formats as QUERIES): scores how well "
                    "they are told apart (AUROC, DIR@FAR, OpenAUC, false accepts).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--report", "report_dir", type=click.Path(), default=None,
               help="Also write an HTML report (REPORT/index.html, opens from disk): confusions, worst "
-                   "queries, score histograms.")
+                   "queries, score histograms. REPORT must be a new or empty folder, or an earlier report.")
 @rejection_options
 @query_model_option
 @batch_option
@@ -273,6 +273,10 @@ def eval_(queries, index_dir, unknown, report_dir, threshold, no_reject, model, 
     from prodsearch.eval.evaluate import evaluate
 
     rejection = rejection_choice(threshold, no_reject)
+    if report_dir is not None:
+        from prodsearch.eval.report_folder import check_report_dir
+
+        check_report_dir(report_dir)  # before the evaluation, which takes a while
     product_index = open_index(index_dir, model, runtime, device, precision, nprobe, ef_search)
     with Progress("Evaluating", quiet) as progress:
         report = evaluate(queries, product_index, unknown=unknown, rejection=rejection, batch_size=batch_size,

@@ -123,16 +123,19 @@ def train(train_set, recipe, resume, quiet, as_json, **settings):
     Example (8 GPUs; --batch-size is the global batch, shared by the processes):
         torchrun --standalone --nproc-per-node 8 -m prodsearch train shop/train.csv --out runs/shop --batch-size 256
     """
+    from prodsearch.retrieval.training import TrainingError
     from prodsearch.retrieval.training import train as run_training
 
     main = speaks_for_run()
     chosen = None if resume else pick_recipe(recipe, train_set, settings["device"])
+    given = click.get_current_context().get_parameter_source
     if chosen is not None:
-        given = click.get_current_context().get_parameter_source
         settings |= {k: v for k, v in chosen.settings.items() if given(k) == ParameterSource.DEFAULT}
         if main and not quiet and not as_json:
             click.echo(f"Recipe {chosen.name}: {chosen.situation}", err=True)
     config = TrainConfig(train=train_set, **settings)
+    if not resume and given("lr_steps") != ParameterSource.DEFAULT and config.idle_lr_steps():
+        raise TrainingError(config.idle_lr_steps())  # asked for explicitly: refused, not trained without
     start = time.perf_counter()
     progress = TrainProgress(quiet or not main)
     try:

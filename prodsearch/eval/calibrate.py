@@ -20,6 +20,10 @@ most the asked false-accept rate of the left-out photos *and* at most that rate 
 other products (each group on its own, so a few hundred hard photos of real strangers are not
 drowned by many easy left-out ones); the rule that then keeps the most known photos right wins
 (ties: the simpler rule, in the order of ``RULES``).
+
+A rule that rejects most of the shop's own photos (more than :data:`MAX_KNOWN_REJECTED`) says the
+embedder does not tell this shop's products apart from strangers: stored, it would answer "not in
+catalog" to most customers. ``prodsearch calibrate`` refuses to store one without ``--force``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from typing import Sequence
 import numpy as np
 
 from prodsearch.catalog.listing import Skipped, read_listing
+from prodsearch.choices import MAX_KNOWN_REJECTED  # a rule rejecting more of the known photos needs --force
 from prodsearch.errors import ProdsearchError
+from prodsearch.eval.evaluate import unknown_overlap
 from prodsearch.eval.open_set import auroc, far_threshold, rates_at
+from prodsearch.indexer.ingest import nothing_readable
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.rejection import RULES, RejectRule, rule_values, top_two
 from prodsearch.retrieval.embedding import FilesDone
@@ -82,6 +89,19 @@ class Calibration:
     skipped: list[Skipped] = field(default_factory=list)
     warning: str | None = None  # why the rates may not hold for new products
 
+    @property
+    def rejects_most(self) -> bool:
+        """Whether the chosen rule rejects most of the shop's own photos (see :data:`MAX_KNOWN_REJECTED`)."""
+        return self.chosen.known_rejected > MAX_KNOWN_REJECTED
+
+    def too_strict(self) -> str:
+        """What a rule that rejects most known photos means, and what to do instead."""
+        c = self.chosen
+        return (f"the calibrated rule ({c.rule} >= {c.threshold:.4f}) rejects {c.known_rejected:.0%} of the photos of "
+                f"the shop's own products (known right {c.known_accuracy:.0%}): the embedder does not tell this shop's "
+                "products from others well enough; train one on the shop's photos first (prodsearch train), or give "
+                "--unknown photos of other products, not of the shop's")
+
     def reject_rule(self) -> RejectRule:
         """The chosen rule, with what was measured, as stored in the index."""
         c = self.chosen
@@ -106,16 +126,26 @@ def calibrate(queries: str | os.PathLike, index: ProductIndex, *, unknown: str |
     listed = items.items + (others.items if others else [])
     embedded = index.embed([it.path for it in listed], batch_size=batch_size, num_workers=num_workers,
                            progress=progress)
-    labels = [listed[p].sku if p < len(items.items) else None for p in embedded.positions.tolist()]
+    n = len(items.items)
+    unread = {p: Skipped(str(listed[p].path), r) for p, r in sorted(embedded.failures.items())}
+    if not (embedded.positions < n).any():  # nothing to calibrate on: an error, not "too few SKUs"
+        raise nothing_readable(queries, n, [s for p, s in unread.items() if p < n] + items.skipped)
+    labels = [listed[p].sku if p < n else None for p in embedded.positions.tolist()]
     result = calibrate_embedded(labels, embedded.vectors, index, far=far, folds=folds, seed=seed)
-    result.skipped = items.skipped + (others.skipped if others else []) + [
-        Skipped(str(listed[p].path), r) for p, r in sorted(embedded.failures.items())]
+    result.skipped = items.skipped + (others.skipped if others else []) + list(unread.values())
+    warnings = []
     weights = index.manifest.model.weights
     if result.others == 0 and weights.startswith("checkpoint:"):
-        result.warning = (f"the index's embedder is a trained model ({weights}); if it was trained on these SKUs, "
-                          "leaving them out understates how products it never saw score, and more of those will be "
-                          "accepted than asked: add photos of products the shop does not sell with --unknown")
-        log.warning("%s", result.warning)
+        warnings.append(f"the index's embedder is a trained model ({weights}); if it was trained on these SKUs, "
+                        "leaving them out understates how products it never saw score, and more of those will be "
+                        "accepted than asked: add photos of products the shop does not sell with --unknown")
+    if others is not None:
+        warnings.append(unknown_overlap(others.items, index, items.items))
+    for warning in filter(None, warnings):
+        log.warning("%s", warning)
+    if result.rejects_most:  # not logged: the command line refuses with it, or prints it with the rule
+        warnings.append(result.too_strict())
+    result.warning = "; ".join(filter(None, warnings)) or None
     return result
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 from prodsearch.eval.categories import CategoryAccuracy, LevelAccuracy, level_accuracy, per_category_accuracy
 from prodsearch.eval.metrics import hits_at_k, top_k_accuracy
 from prodsearch.eval.open_set import OpenSetScores, Rates, open_set_scores, rates_at
+from prodsearch.indexer.ingest import nothing_readable
 from prodsearch.indexer.product_index import ProductIndex
 from prodsearch.indexer.rejection import RULES, STORED, Decision, RejectRule, Rejection, rule_values, top_two
 from prodsearch.indexer.results import Match
@@ -129,10 +130,13 @@ def evaluate(
     paths = [it.path for it in items] + ([it.path for it in others.items] if others else [])
     embedded = index.embed(paths, batch_size=batch_size, num_workers=num_workers, progress=progress)
     known, strangers = embedded.split(len(items))
+    if not len(known.positions):  # top-1 of no photo is no measurement: an error, not 0.0
+        unread = [Skipped(str(items[p].path), r) for p, r in sorted(known.failures.items())]
+        raise nothing_readable(queries, len(items), unread + listing.skipped)
     report = score_embedded(items, known, index, rule)
     report.skipped[:0] = listing.skipped
     if others is not None:
-        report.unknown_outcomes = answer_unknown(others.items, strangers, index, rule)
+        report.unknown_outcomes = answer_unknown(others.items, strangers, index, rule, known=items)
         report.skipped += others.skipped + [Skipped(str(others.items[p].path), r) for p, r in sorted(strangers.failures.items())]
     if rule is not None or others is not None:
         report.open_set = open_set_report(report.outcomes, report.unknown_outcomes, rule)
@@ -178,17 +182,33 @@ def outcome(item: Item, row: list[Match], rule: RejectRule | None, truth_categor
 
 
 def answer_unknown(items: Sequence[Item], embedded: FileEmbeddings, index: ProductIndex,
-                   rule: RejectRule | None) -> list[QueryOutcome]:
+                   rule: RejectRule | None, known: Sequence[Item] = ()) -> list[QueryOutcome]:
     """Answers to photos of products the catalog does not hold; one whose label is a SKU of the
-    index is a mistake in the set, and counted all the same (with a warning)."""
+    index, or that is also among the ``known`` photos, is a mistake in the set, and counted all the
+    same (with a warning)."""
     rows = index.search(embedded.vectors, top_k=5)
-    outcomes = [outcome(items[p], row, rule, items[p].category) for p, row in zip(embedded.positions.tolist(), rows)]
-    held = set(index.skus)
-    clash = sorted({o.truth for o in outcomes if o.truth in held})
-    if clash:
-        log.warning("%d SKUs of the unknown photos are in the index (%s); they count as unknown all the same",
-                    len(clash), ", ".join(clash[:5]))
+    positions = embedded.positions.tolist()
+    outcomes = [outcome(items[p], row, rule, items[p].category) for p, row in zip(positions, rows)]
+    mistake = unknown_overlap([items[p] for p in positions], index, known)
+    if mistake:
+        log.warning("%s", mistake)
     return outcomes
+
+
+def unknown_overlap(unknown: Sequence[Item], index: ProductIndex, known: Sequence[Item] = ()) -> str | None:
+    """Why photos given as products the catalog does not hold may not be: their labels are SKUs of
+    the index, or they are files of the known photos (the same set given twice); None when neither."""
+    held = set(index.skus)
+    clash = sorted({it.sku for it in unknown if it.sku in held})
+    shared = sorted({str(it.path) for it in unknown} & {str(it.path) for it in known})
+    said = []
+    if clash:
+        said.append(f"{len(clash)} SKUs of the unknown photos are in the index ({', '.join(clash[:5])})")
+    if shared:
+        said.append(f"{len(shared)} unknown photos are also among the known ones (e.g. {shared[0]})")
+    if not said:
+        return None
+    return f"{' and '.join(said)}; they count as unknown all the same: give photos of products the shop does not sell"
 
 
 def open_set_report(known: Sequence[QueryOutcome], unknown: Sequence[QueryOutcome],

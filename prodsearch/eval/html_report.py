@@ -3,8 +3,9 @@
 ``OUT_DIR/index.html`` opens from disk (``file://``): no server, no network, no JavaScript, the CSS
 inline. Beside it ``img/`` holds small JPEG thumbnails of the photos shown and the PNG figures; the
 page names them by relative paths, so the folder can be zipped or moved. Whatever the number of
-queries, at most ``max_galleries`` query galleries are shown, so the folder stays a few MB; files a
-previous run left in ``img/`` are deleted.
+queries, at most ``max_galleries`` query galleries are shown, so the folder stays a few MB. The
+folder must be new, empty or an earlier report (:mod:`.report_folder`); the images an earlier
+report left in ``img/`` are deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw
 from prodsearch.catalog.files import write_atomically
 from prodsearch.eval import report_plots
 from prodsearch.eval.open_set import FARS
+from prodsearch.eval.report_folder import GENERATOR, IMAGE_FILE, IMAGES, PAGE, check_report_dir, report_error
 from prodsearch.retrieval.images import ImageLoadError, load_image
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGES = "img"  # the folder beside index.html
 THUMB_SIDE = 160  # px, the long side of a thumbnail
 JPEG_QUALITY = 80
 PLACEHOLDER = "unreadable.jpg"  # shown for every photo that cannot be read
@@ -71,8 +72,17 @@ ol.matches{display:flex;gap:10px;list-style:none;margin:0;padding:0}
 def write_report(report: EvalReport, out_dir: str | os.PathLike, *, max_galleries: int = 100,
                  title: str | None = None) -> Path:
     """Write ``out_dir/index.html`` and its ``img/`` folder, so a person can see which photos fail
-    and why (the numbers alone do not say); return the page's path."""
+    and why (the numbers alone do not say); return the page's path. A folder that is not new, empty
+    or an earlier report is refused (:class:`~prodsearch.eval.report_folder.ReportDirError`)."""
     out = Path(out_dir)
+    check_report_dir(out)
+    try:
+        return _write(report, out, max_galleries, title)
+    except OSError as exc:
+        raise report_error(out, exc) from None
+
+
+def _write(report: EvalReport, out: Path, max_galleries: int, title: str | None) -> Path:
     images = _Images(out / IMAGES)
     rule = (report.open_set.rule if report.open_set else None) or "score"
     title = title or f"Evaluation of {report.n} query photos"
@@ -84,9 +94,9 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike, *, max_gallerie
     nav = "".join(f'<a href="#{key}">{heading}</a>' for key, heading, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{heading}</h2>{content}</section>' for key, heading, content in sections)
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}<title>{_e(title)}</title>'
             f"<style>{STYLE}</style></head>\n<body><h1>{_e(title)}</h1><nav>{nav}</nav>\n{body}\n</body></html>\n")
-    path = out / "index.html"
+    path = out / PAGE
     write_atomically(path, page.encode("utf-8"))
     images.remove_stale()
     log.info("wrote the evaluation report %s (%d files in %s/)", path, len(images.written), IMAGES)
@@ -140,8 +150,10 @@ class _Images:
         return self.folder / name
 
     def remove_stale(self) -> None:
+        """Delete the images an earlier report left that this one does not show (only names a
+        report writes: the folder was checked to hold nothing else)."""
         for path in self.folder.iterdir():
-            if path.name not in self.written and (path.is_file() or path.is_symlink()):
+            if path.name not in self.written and IMAGE_FILE.match(path.name) and (path.is_file() or path.is_symlink()):
                 path.unlink()
 
 

@@ -306,3 +306,12 @@ def set_rejection(index_dir: str | os.PathLike, rule: RejectRule | None, *, wait
     that running servers pick it up on their next refresh; returns that generation."""
     with IndexWriter(index_dir, "calibrate", wait=wait) as writer:
         return writer.commit(settings={REJECTION_SETTING: None if rule is None else rule.to_dict()}).generation
+
+
+def clear_rejection(index_dir: str | os.PathLike, *, wait: float = 0.0) -> int | None:
+    """Remove the stored "not in catalog" rule (``calibrate --clear``), so that answers name the
+    nearest SKU again; the new generation, or None when the index had no rule (nothing changes)."""
+    with IndexWriter(index_dir, "calibrate", wait=wait) as writer:
+        if writer.db.setting(REJECTION_SETTING) is None:
+            return None
+        return writer.commit(settings={REJECTION_SETTING: None}).generation

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prodsearch import __version__
-from prodsearch.catalog.files import write_atomically
+from prodsearch.catalog.files import foreign_names, listed, write_atomically
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.indexer.vector_store import MilvusTarget
@@ -189,7 +189,7 @@ def check_target(index_dir: Path) -> None:
         raise IndexDirError(f"{index_dir} exists and is not a folder; choose a new or empty folder for --index")
     entries = _entries(index_dir)
     if entries and not is_index_dir(index_dir):
-        raise IndexDirError(f"{index_dir} exists and is not a prodsearch index (it holds {_listed(entries)}); "
+        raise IndexDirError(f"{index_dir} exists and is not a prodsearch index (it holds {listed(entries)}); "
                             "choose a new or empty folder for --index")
 
 
@@ -198,9 +198,9 @@ def check_replaceable(index_dir: Path, why: str) -> None:
     it is an index file, and its manifest says it is one or it holds a catalog database. Replacing
     deletes the folder, so a folder that merely holds a ``manifest.json`` is never replaced."""
     entries = _entries(index_dir)
-    foreign = [name for name in entries if not INDEX_FILE.match(name)]
+    foreign = foreign_names(entries, INDEX_FILE)
     if foreign or not (_has_own_format(index_dir / MANIFEST) or CATALOG_DB in entries):
-        held = f"it holds {_listed(foreign)}, which no prodsearch index does" if foreign else f"it holds {_listed(entries)}"
+        held = f"it holds {listed(foreign)}, which no prodsearch index does" if foreign else f"it holds {listed(entries)}"
         raise IndexDirError(f"{index_dir} is not a prodsearch index that can be rebuilt ({why}; {held}); "
                             "nothing was changed: choose a new or empty folder for --index")
 
@@ -218,8 +218,3 @@ def _entries(folder: Path) -> list[str]:
     except OSError as exc:
         raise IndexDirError(f"cannot read the folder {folder} ({exc.strerror or exc}); choose a folder you can read "
                             "and write for --index") from None
-
-
-def _listed(names: list[str], shown: int = 5) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

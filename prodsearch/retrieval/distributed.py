@@ -5,6 +5,8 @@ node and tells each who it is through the environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``); nothing here launches processes. Reading
 the environment needs no torch, so the command line can tell a helper process (rank > 0) to keep
 quiet before it loads anything heavy.
+
+How a run ends when one of its processes stops: :mod:`prodsearch.retrieval.run_end`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
+
+from prodsearch.retrieval.run_end import PEERS, collective, end_on_sigterm
 
 if TYPE_CHECKING:
     import torch
@@ -81,10 +86,17 @@ def process_group(world: World, backend: str, timeout: datetime.timedelta | None
         return
     dist.init_process_group(backend, timeout=timeout)
     log.info("process %d of %d joined the %s process group", world.rank, world.size, backend)
+    previous = signal.getsignal(signal.SIGTERM)
+    watching = end_on_sigterm(world)
     try:
-        yield
+        with collective(world):
+            PEERS.learn(world)
+            yield
     finally:
-        dist.destroy_process_group()
+        if watching:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        with contextlib.suppress(RuntimeError):  # after a peer stopped, nothing is left to tear down in step
+            dist.destroy_process_group()
 
 
 def backend_for(device: "torch.device") -> str:

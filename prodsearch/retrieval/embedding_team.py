@@ -32,6 +32,7 @@ from prodsearch.errors import ProdsearchError
 from prodsearch.failpoints import crash_point
 from prodsearch.retrieval.distributed import EMBEDDING_TIMEOUT, World, local_device, process_group, world_from_env
 from prodsearch.retrieval.embedding import EmbedFiles, FileEmbeddings, FilesDone, embed_files
+from prodsearch.retrieval.run_end import collective, has_ended
 from prodsearch.retrieval.runtime import Encoder
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ def run_as_team(work: Callable[["EmbeddingTeam | None"], R], world: World | None
             team.clear()
             return result
         finally:
-            team.stop()
+            if not has_ended():  # else the others are gone or going, and cannot be told
+                team.stop()
 
 
 def embeds_as_team(function: Callable[..., R]) -> Callable[..., R | None]:
@@ -82,7 +84,8 @@ def _broadcast(message: Any = None) -> Any:
     import torch.distributed as dist
 
     box = [message]
-    dist.broadcast_object_list(box, src=0)
+    with collective(world_from_env()):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -90,7 +93,8 @@ def _gather(status: str | None) -> list[str | None]:
     import torch.distributed as dist
 
     statuses: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(statuses, status)
+    with collective(world_from_env()):
+        dist.all_gather_object(statuses, status)
     return statuses
 
 
@@ -151,11 +155,13 @@ class EmbeddingTeam:
 
 def serve(world: World) -> None:
     """The other ranks: embed the share of each chunk rank 0 hands out, until it says stop."""
-    encoder, broken = None, None
+    encoder, broken, chunks = None, None, 0
     while True:
         kind, body = _broadcast()
         if kind == "stop":
             return
+        chunks += kind == "chunk"
+        crash_point(f"rank-{world.rank}-chunk-{chunks}")
         if kind == "encoder":
             try:
                 encoder, broken = encoder_replica(body, world), None

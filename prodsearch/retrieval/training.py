@@ -359,6 +359,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None,
         if "optimizer" not in payload:
             raise TrainingError(f"{resume} holds a finished model, not a run to resume: resume from last.pt")
         config = TrainConfig.from_dict({**payload["config"], "device": config.device, "workers": config.workers})
+    elif config.idle_lr_steps() and world_from_env().is_main:  # a resumed run keeps the schedule it started with
+        log.warning("%s", config.idle_lr_steps())
     check_trainable(config)
     world = world_from_env()
     with process_group(world, backend_for(local_device(config.device, world))):
