@@ -239,4 +239,6 @@ def own_lines(stderr: str) -> list[str]:
     (ChildFailedError, with its report) left out."""
     assert stderr.count("Traceback") == stderr.count("ChildFailedError(") == 1, stderr[-3000:]  # torchrun's alone
     before = stderr.split("Traceback (most recent call last):")[0]
+    # torchrun's banner where OMP_NUM_THREADS is not set (as in CI), and its log lines
+    before = re.sub(r"^\n?\*+\nSetting OMP_NUM_THREADS [^\n]*\n\*+\n", "", before)
     return [line for line in before.splitlines() if not re.match(r"[WEI]\d{4} ", line)]
