@@ -10,7 +10,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -54,3 +54,12 @@ def listed(names: list[str], shown: int = 5) -> str:
     """A few names of a folder's entries for a message, and how many more there are."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def folder_names(folder: Path, error: Callable[[str], Exception]) -> list[str]:
+    """The sorted names in ``folder``; one that cannot be read raises ``error(why)``, whose caller
+    says which option to change (the index folder and the report folder both check names this way)."""
+    try:
+        return sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        raise error(f"cannot read the folder {folder} ({exc.strerror or exc})") from None

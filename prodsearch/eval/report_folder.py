@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from prodsearch.catalog.files import foreign_names, listed
+from prodsearch.catalog.files import folder_names, foreign_names, listed
 from prodsearch.errors import ProdsearchError
 from prodsearch.indexer.catalog_db import can_write
 
@@ -83,8 +83,4 @@ def report_error(out: Path, exc: OSError) -> ReportDirError:
 
 
 def _names(folder: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in folder.iterdir())
-    except OSError as exc:
-        raise ReportDirError(f"cannot read the folder {folder} ({exc.strerror or exc}); give a new folder for "
-                             "--report") from None
+    return folder_names(folder, lambda why: ReportDirError(f"{why}; give a new folder for --report"))

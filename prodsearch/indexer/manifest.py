@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prodsearch import __version__
-from prodsearch.catalog.files import foreign_names, listed, write_atomically
+from prodsearch.catalog.files import folder_names, foreign_names, listed, write_atomically
 from prodsearch.errors import IndexDirError, ModelMismatchError
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.indexer.vector_store import MilvusTarget
@@ -213,8 +213,4 @@ def _has_own_format(path: Path) -> bool:
 
 
 def _entries(folder: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in folder.iterdir())
-    except OSError as exc:
-        raise IndexDirError(f"cannot read the folder {folder} ({exc.strerror or exc}); choose a folder you can read "
-                            "and write for --index") from None
+    return folder_names(folder, lambda why: IndexDirError(f"{why}; choose a folder you can read and write for --index"))
