@@ -30,7 +30,7 @@ RUNTIME_CHOICES = ("auto", "onnx", "torch")
 
 CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
 METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
-AUGMENTATIONS = ("standard", "customer")  # train --augment (prodsearch.retrieval.augment)
+AUGMENTATIONS = ("standard", "customer", "degrade")  # train --augment (prodsearch.retrieval.augment, .degrade)
 # index --views: the photo, its centre crop and its four corner crops (prodsearch.retrieval.views).
 MAX_VIEWS = 6
 # index --vector-store, and a Milvus collection's defaults (prodsearch.indexer.vector_store).

@@ -14,6 +14,7 @@ from torchvision import transforms
 
 from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.augment import CustomerPhoto
+from prodsearch.retrieval.degrade import Degrade
 from prodsearch.retrieval.images import ImageLoadError, load_image
 from prodsearch.retrieval.sampling import seeded
 
@@ -67,13 +68,17 @@ def photo_augmentation(size: int, augment: str = "standard", flip: bool = True,
                        crop: int | None = None) -> transforms.Compose:
     """PIL in, PIL out: ``standard`` resizes the short side to ``size``, then crops at random
     (``crop``), flips and jitters the colours, as for ImageNet; ``customer`` renders a customer's
-    phone photo of it (:class:`CustomerPhoto`, ``size`` square), then crops."""
+    phone photo of it (:class:`CustomerPhoto`, ``size`` square), then crops; ``degrade`` is
+    ``standard`` with half the photos first made small and blurry (:class:`Degrade`: the condition
+    of far shelf photos and video crops)."""
     cropping = [transforms.RandomCrop(crop)] if crop else []
     if augment == "customer":
         return transforms.Compose([CustomerPhoto(size, flip), *cropping])
-    if augment != "standard":
-        raise ValueError(f"unknown augmentation {augment!r}; one of standard, customer")
-    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), *cropping,
+    if augment not in ("standard", "degrade"):
+        raise ValueError(f"unknown augmentation {augment!r}; one of standard, customer, degrade")
+    degrading = [transforms.RandomApply([Degrade()], p=0.5)] if augment == "degrade" else []
+    return transforms.Compose([*degrading, transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               *cropping,
                                *([transforms.RandomHorizontalFlip()] if flip else []),
                                transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
 
