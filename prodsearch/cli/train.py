@@ -178,5 +178,9 @@ def format_train_result(result: TrainResult) -> str:
         lines.append(result.comparison.summary())
     elif result.uncompared:
         lines.append(f"Not compared with the untrained model: {result.uncompared}")
-    lines.append(f"Use it: prodsearch index CATALOG --index DIR --model {result.model_path}")
+    if result.comparison is not None and not result.comparison.better:
+        lines.append(f"Training did not help: index untrained, prodsearch index CATALOG --index DIR (this model "
+                     f"anyway: --model {result.model_path})")
+    else:
+        lines.append(f"Use it: prodsearch index CATALOG --index DIR --model {result.model_path}")
     return "\n".join(lines)

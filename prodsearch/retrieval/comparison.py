@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("val", "held-out")
 # What to do with a model that is not better: where train says so, and where index --model does.
 TRAIN_ADVICE = ("its model is written, but the shop is better served untrained: index without --model "
-                "(prodsearch index CATALOG --index DIR), or train again with another --recipe (e.g. whole-224) or "
-                "with --val customer photos of the trained SKUs")
+                "(prodsearch index CATALOG --index DIR), or train again with another --recipe or with "
+                "--val customer photos of the trained SKUs")
 INDEX_ADVICE = "the index is built as asked; leave out --model for the untrained embedder's answers"
 _BLOCK = 1024  # queries scored at a time: bounds the similarity matrix's memory
 
