@@ -94,8 +94,17 @@ def test_hold_out_writes_degraded_copies_and_a_resumed_run_holds_out_the_same(tm
     assert (again.sources, again.skus, again_kept) == (held.sources, held.skus, kept)
     assert [q.resolve() for q in again.queries] == [q.resolve() for q in held.queries]
     assert hold_out(items, tmp_path / "run", seed=99, resumed=False, write=False)[1].sources != held.sources
+    # The other processes of a torchrun run (they do not write) hold out what rank 0 does.
+    rank1_kept, rank1 = hold_out(items, tmp_path / "run", seed=0, resumed=False, write=False)
+    assert (rank1_kept, rank1.sources, rank1.queries) == (kept, held.sources, held.queries)
+    assert hold_out(items, tmp_path / "rank1", seed=0, resumed=False, write=False)[1].sources == held.sources
+    assert not (tmp_path / "rank1").exists()
     # A run resumed from before held-out photos existed keeps training on every photo.
     assert hold_out(items, tmp_path / "older", seed=0, resumed=True, write=True) == (items, None)
+    # A new run in that folder that can hold out nothing leaves no earlier list for its resumption.
+    singles = [it for it in items if it.path.stem.endswith("_0")]
+    assert hold_out(singles, tmp_path / "run", seed=0, resumed=False, write=True) == (singles, None)
+    assert not (tmp_path / "run" / HELD_OUT_CSV).exists()
 
 
 def test_a_tie_is_not_better_and_the_warning_gives_both_numbers():

@@ -78,6 +78,8 @@ def hold_out(items: list[Item], out: str | os.PathLike, seed: int, *, resumed: b
             for source, query in zip(held.sources, held.queries):
                 degraded_copy(source, query, _copy_seed(source, seed))
             write_held_out(path, held)
+        elif write:  # an earlier run's list in the same folder must not be read when this one resumes
+            path.unlink(missing_ok=True)
     if not held:
         return items, None
     sources = set(held.sources)
