@@ -25,7 +25,8 @@ class TrainConfig:
 
     train: str = field(metadata={"help": "Labelled training photos (catalog formats)."})
     out: str = field(metadata={"help": "Folder the run writes: checkpoints, model.pt, config.json, history.json."})
-    val: str | None = setting(None, "Validation photos (catalog formats), for monitoring.")
+    val: str | None = setting(None, "Validation photos (catalog formats), for monitoring and for comparing the "
+                                    "trained model with the untrained one (without them: photos held out of TRAIN).")
     model: str = setting(DEFAULT_MODEL, "Backbone to start from (ImageNet weights).")
     embed_dim: int = setting(512, "Size of the embedding the head projects to.")
     img_size: int = setting(224, "Training crop and evaluation centre crop (paper: 448).")

@@ -112,7 +112,10 @@ def epoch_dict(record: EpochRecord) -> dict[str, Any]:
 
 
 def train_result_dict(result: TrainResult, elapsed: float) -> dict[str, Any]:
-    """``train --json``; ``elapsed`` is the command's wall time (the result does not keep one)."""
+    """``train --json``; ``elapsed`` is the command's wall time (the result does not keep one);
+    ``comparison`` is what ``OUT/comparison.json`` holds."""
+    from prodsearch.retrieval.comparison import comparison_dict
+
     return {
         "out": str(result.out),
         "model_path": str(result.model_path),
@@ -120,6 +123,7 @@ def train_result_dict(result: TrainResult, elapsed: float) -> dict[str, Any]:
         "skus": len(result.classes),
         "classes": list(result.classes),
         "history": [epoch_dict(r) for r in result.history],
+        "comparison": comparison_dict(result.comparison, result.uncompared),
         "seconds": seconds(elapsed),
     }
 

@@ -112,8 +112,10 @@ def train(train_set, recipe, resume, quiet, as_json, **settings):
     ArcFace (or another classification loss) plus a pair-based metric loss, Adam with weight decay,
     and the Products-10K tricks as switches: --img-size 448 --resize 512, --balanced-epochs,
     --accuracy-epochs. Writes OUT/model.pt, which index, query and eval take as --model. --recipe
-    (default auto) sets the defaults for what TRAIN holds: a catalog alone (a few photos per SKU)
-    is not trained on, since that makes shelf photos worse; the command says what to index instead.
+    (default auto) sets the defaults for what TRAIN holds: one catalog photo per SKU is not trained
+    on, since that makes shelf photos worse; the command says what to index instead. After training
+    the model is compared with the untrained one on --val photos (else on photos held out of TRAIN,
+    degraded as customer photos): both numbers are shown, with a warning when training did not help.
 
     \b
     Example (the recipe for what it is given):
@@ -153,7 +155,7 @@ def train(train_set, recipe, resume, quiet, as_json, **settings):
 def pick_recipe(name: str, train_set: str, device: str) -> Recipe | None:
     """The recipe asked for, or for ``auto`` the one for this training set and device; a catalog
     alone is refused with the command that serves it better (:class:`CatalogOnlyError`)."""
-    if name in ("none", "customer-photos", "gpu"):
+    if name != "auto":
         return choose_recipe(name, 0.0, False)
     from prodsearch.catalog.listing import read_listing
     from prodsearch.retrieval.device import resolve_device
@@ -172,5 +174,13 @@ def format_train_result(result: TrainResult) -> str:
         lines.append(f"  {r.stage:<8} epoch {r.epoch:>3}  loss {r.loss:.4f}  {r.images_per_second:7.1f} img/s{val}")
     if result.best_path:
         lines.append(f"Best validation epoch saved as {result.best_path}")
-    lines.append(f"Use it: prodsearch index CATALOG --index DIR --model {result.model_path}")
+    if result.comparison is not None:
+        lines.append(result.comparison.summary())
+    elif result.uncompared:
+        lines.append(f"Not compared with the untrained model: {result.uncompared}")
+    if result.comparison is not None and not result.comparison.better:
+        lines.append(f"Training did not help: index untrained, prodsearch index CATALOG --index DIR (this model "
+                     f"anyway: --model {result.model_path})")
+    else:
+        lines.append(f"Use it: prodsearch index CATALOG --index DIR --model {result.model_path}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from prodsearch.indexer.vector_store import MilvusTarget, milvus_target
 from prodsearch.indexer.vectors import index_type_name, write_vector_index
 from prodsearch.indexer.writer import IndexWriter
 from prodsearch.choices import CHUNK_PHOTOS, DEFAULT_MODEL
+from prodsearch.retrieval.comparison import INDEX_ADVICE, stored_comparison
 from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
 from prodsearch.retrieval.embedding_team import EmbeddingTeam, embedder_in, embeds_as_team
@@ -132,6 +133,7 @@ def build_index(
     options = {"runtime": runtime, "device": device, "precision": precision}
     encoder = (encoder_for(existing, index_dir, model=model, check=False, **options) if existing
                else create_encoder(model or DEFAULT_MODEL, calibration=[it.path for it in listing.items], **options))
+    warn_if_not_better(model)
     # a bad type fails before embedding
     store = existing.milvus if existing is not None else milvus
     if store is not None:
@@ -172,6 +174,16 @@ def build_index(
                          scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
+
+
+def warn_if_not_better(model: ModelSource | None) -> None:
+    """A trained checkpoint that its training found worse than the untrained embedder it started
+    from is indexed as asked, with a warning (both numbers); other models, and checkpoints that
+    hold no comparison (written before train compared), pass in silence."""
+    comparison = stored_comparison(model)
+    warning = comparison.not_better(f"the model {model}", INDEX_ADVICE) if comparison is not None else None
+    if warning:
+        log.warning("%s", warning)
 
 
 def _existing_index(index_dir: Path) -> tuple[Manifest | None, bool]:

@@ -4,7 +4,9 @@ Stages, in order: ``main`` (the full training set), ``balanced`` (at most 5 imag
 ``accuracy`` (the accuracy loss on the balanced subset). Every epoch writes ``last.pt`` (weights,
 losses, optimizer: what ``resume`` needs); each stage's end writes ``model-<stage>.pt``; the end
 writes ``model.pt``, the trained embedder that ``prodsearch index --model`` takes, and
-``config.json`` / ``history.json`` beside it.
+``config.json`` / ``history.json`` beside it. Before it, the model is compared with the untrained
+embedder the run started from (:mod:`.comparison`), on the ``--val`` photos or, without them, on
+photos held out of training (:mod:`.heldout`); ``model.pt`` and ``comparison.json`` keep the result.
 
 Under torchrun the same run trains in N processes with DistributedDataParallel (NCCL between
 GPUs, gloo between CPUs): ``--batch-size`` stays the global batch, each process embeds its share of
@@ -32,11 +34,13 @@ from torch.utils.data import DataLoader
 from prodsearch.catalog.listing import read_listing
 from prodsearch.failpoints import crash_point
 from prodsearch.retrieval.checkpoint import load_checkpoint, save_checkpoint
+from prodsearch.retrieval.comparison import TRAIN_ADVICE, Comparison, compare, comparison_dict
 from prodsearch.retrieval.distributed import World, all_sum, backend_for, local_device, process_group, world_from_env
 from prodsearch.retrieval.embedder import Embedder, parse_model_name
 from prodsearch.retrieval.factory import create_embedder, is_checkpoint_path
 from prodsearch.retrieval.embedding import embed_files
 from prodsearch.retrieval.feature_cache import cache_features
+from prodsearch.retrieval.heldout import MIN_PHOTOS_TO_HOLD_OUT, HeldOut, hold_out
 from prodsearch.retrieval.losses import LossParts, RetrievalLoss, create_classification_loss, create_metric_loss
 from prodsearch.retrieval.preprocess import decode_min_side
 from prodsearch.retrieval.sampling import EpochBatches
@@ -78,6 +82,8 @@ class TrainResult:
     classes: list[str]
     history: list[EpochRecord] = field(default_factory=list)
     best_path: Path | None = None
+    comparison: Comparison | None = None  # the trained model against the untrained one it started from
+    uncompared: str | None = None  # why there is no comparison, where there is none
 
 
 def seed_everything(seed: int) -> None:
@@ -112,12 +118,17 @@ class Trainer:
     """One training run's state: data, embedder, losses, frozen parts, cached features, history.
     :func:`train` drives it stage by stage and epoch by epoch."""
 
-    def __init__(self, config: TrainConfig, progress: EpochDone | None, world: World = World()):
+    def __init__(self, config: TrainConfig, progress: EpochDone | None, world: World = World(),
+                 resumed: bool = False):
         self.config, self.world = config, world
         self.progress = progress if world.is_main else None
         self.device = local_device(config.device, world)
         seed_everything(config.seed)
-        self.data = LabelledSet.from_items(read_listing(config.train).items)
+        items = read_listing(config.train).items
+        self.held_out: HeldOut | None = None
+        if not config.val:  # the photos the trained model is compared on, kept out of training
+            items, self.held_out = hold_out(items, config.out, config.seed, resumed=resumed, write=world.is_main)
+        self.data = LabelledSet.from_items(items)
         if len(self.data.classes) < 2:
             raise TrainingError(f"{config.train} has {len(self.data.classes)} SKU; training needs at least 2")
         self.val = LabelledSet.from_items(read_listing(config.val).items, self.data.classes) if config.val else None
@@ -306,12 +317,37 @@ class Trainer:
         correct, count = all_sum([float((predicted == labels).sum()), len(labels)], self.world)
         return correct / count if count else None
 
-    def save(self, path: Path, stage: int, epoch: int, optimizer: torch.optim.Optimizer | None) -> Path:
+    def compare(self) -> tuple[Comparison | None, str | None]:
+        """(the trained model against the untrained one it started from, None) on the ``--val``
+        photos or the held-out ones, the training photos as the catalog; (None, why) where there
+        are no photos to compare on."""
+        queries: list[str] | list[Path]
+        if self.val is not None:
+            queries, labels, source = self.val.paths, self.val.labels, "val"
+            if not len(queries):
+                return None, (f"no photo of {self.config.val} is of a SKU of the training set, so the trained model "
+                              "was not compared with the untrained one: pass --val photos of the trained SKUs")
+        elif self.held_out is not None:
+            index = {sku: i for i, sku in enumerate(self.data.classes)}
+            kept = [(q, index[s]) for q, s in zip(self.held_out.queries, self.held_out.skus) if s in index]
+            queries, labels, source = [q for q, _ in kept], np.array([k for _, k in kept], dtype=np.int64), "held-out"
+        else:
+            return None, (f"no SKU of {self.config.train} has {MIN_PHOTOS_TO_HOLD_OUT} or more photos to hold one out, "
+                          "so the trained model was not compared with the untrained one: pass --val PHOTOS "
+                          "(customer photos of the trained SKUs) to compare them")
+        comparison = compare(self.embedder, self.config.model, self.data.paths, self.data.labels, queries, labels,
+                             source, device=str(self.device), num_workers=self.config.workers)
+        return comparison, None
+
+    def save(self, path: Path, stage: int, epoch: int, optimizer: torch.optim.Optimizer | None,
+             comparison: Comparison | None = None) -> Path:
         """Write a checkpoint (rank 0 only: the processes hold the same weights); return its path."""
         if not self.world.is_main:
             return path
         extra = {"classes": self.data.classes, "config": self.config.to_dict(),
                  "history": [asdict(r) for r in self.history], "stage": stage, "epoch": epoch}
+        if comparison is not None:
+            extra["comparison"] = comparison.to_dict()
         if optimizer is not None:
             extra |= {"optimizer": optimizer.state_dict(), "loss_state": self.loss.state_dict()}
         return save_checkpoint(path, self.embedder, **extra)
@@ -372,7 +408,7 @@ def _train(config: TrainConfig, payload: dict | None, progress: EpochDone | None
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    trainer = Trainer(config, progress, world)
+    trainer = Trainer(config, progress, world, resumed=payload is not None)
     start_stage, start_epoch, optimizer_state = trainer.restore(payload) if payload else (0, 0, None)
     best_path = out / "best.pt" if payload and (out / "best.pt").is_file() else None
     for stage, epochs in enumerate(config.stage_epochs()):
@@ -397,7 +433,14 @@ def _train(config: TrainConfig, payload: dict | None, progress: EpochDone | None
                 best_path = trainer.save(out / "best.pt", stage, epoch, None)
         trainer.save(out / f"model-{STAGES[stage]}.pt", stage, epochs - 1, None)  # each stage's result, for ablations
     final_stage = max((s for s, e in enumerate(config.stage_epochs()) if e), default=0)
-    model_path = trainer.save(out / "model.pt", final_stage, config.stage_epochs()[final_stage] - 1, None)
+    comparison, uncompared = trainer.compare() if world.is_main else (None, None)  # the others' work is done
+    model_path = trainer.save(out / "model.pt", final_stage, config.stage_epochs()[final_stage] - 1, None,
+                              comparison)
     if world.is_main:
         (out / "history.json").write_text(json.dumps([asdict(r) for r in trainer.history], indent=2) + "\n")
-    return TrainResult(out, model_path, trainer.data.classes, trainer.history, best_path)
+        (out / "comparison.json").write_text(json.dumps(comparison_dict(comparison, uncompared), indent=2) + "\n")
+        if comparison is not None and not comparison.better:
+            log.warning("%s", comparison.not_better("the trained model", TRAIN_ADVICE))
+        elif uncompared:
+            log.info("%s", uncompared)
+    return TrainResult(out, model_path, trainer.data.classes, trainer.history, best_path, comparison, uncompared)
