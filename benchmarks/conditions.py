@@ -84,6 +84,11 @@ class Photos:
         queries = every.val if split == "val" else every.test
         self.queries = {False: queries, True: _degraded(queries, out / "degraded" / split)}
         self.odd_skus = {it.sku for it in read_listing(odd.catalog_a).items}
+        # What a shop has without labelling anything: customer photos (the train split's, unlabelled).
+        unlabelled = [it for it in read_listing(every.catalog_b).items if "Iconic" not in it.path.name][::5]
+        plain = write_catalog_csv(folder / "unlabelled.csv", [{"image": str(it.path), "sku": it.sku}
+                                                             for it in unlabelled], columns=())
+        self.unlabelled = {False: plain, True: _degraded(plain, out / "degraded" / "unlabelled")}
 
 
 def _few(catalog_b: Path, path: Path) -> Path:
@@ -119,7 +124,7 @@ class Row:
     train: dict[str, Any] | None = None
     sets: tuple[str, ...] = ("iconic", "all", "even", "few")
     why_not: str = ""  # why the training sets left out are left out
-    encoder_options: dict[str, Any] = field(default_factory=dict)
+    embed_options: dict[str, Any] = field(default_factory=dict)  # for embed_files, e.g. upsample_crops
 
 
 # Training the backbone runs at about 4-10 photos/s on 2 shared cores: 10 epochs of the 2,721 photos
@@ -133,13 +138,35 @@ ROWS = {r.name: r for r in (
     Row("lite0@288", model=f"{LITE0}@288"),
     Row("views 6", views=6),
     Row("lite0+lite2@448", model=f"{LITE0}+tf_efficientnet_lite2@448"),
+    Row("views 6, small photos not cropped", views=6, embed_options={"upsample_crops": False}),
+    Row("CroW pooling", model=_crow),
+    Row("AdaBN on unlabelled customer photos", model=_adabn),
     Row("whole-224", train={}, sets=("iconic", "few"), why_not=SLOW),
     Row("heads only", train=dict(freeze_backbone=True, epochs=30, lr_steps=(20,), accumulate=1)),
+    Row("heads only + 4 degraded views", train={"freeze_backbone": True, "epochs": 30, "lr_steps": (20,),
+                                                "accumulate": 1, "augment": "degrade", "views": 4}),
     Row("customer-photos", train=dict(frozen_stages=4, img_size=448, resize=512, epochs=10, lr_steps=(7,)),
         sets=("iconic",), why_not=SLOW),
+    Row("whole-224 + degrade augmentation", train={"augment": "degrade"}, sets=("few",), why_not=SLOW),
     Row("whole-224 + customer augmentation", train=dict(augment="customer", hflip=False), sets=("few",),
         why_not=SLOW),
 )}
+
+
+def _crow(c: Condition, bench: "Bench") -> Any:
+    from prodsearch.retrieval.factory import create_embedder
+
+    return create_encoder(create_embedder(LITE0, pooling="crow"), runtime="onnx", precision="fp32")
+
+
+def _adabn(c: Condition, bench: "Bench") -> Any:
+    """lite0 with BatchNorm statistics re-estimated on unlabelled customer photos of the query
+    condition (small ones for the small conditions)."""
+    from prodsearch.retrieval.adabn import adapt_batchnorm
+    from prodsearch.retrieval.factory import create_embedder
+
+    photos = [str(it.path) for it in read_listing(bench.photos.unlabelled[c.small]).items]
+    return create_encoder(adapt_batchnorm(create_embedder(LITE0), photos), runtime="onnx", precision="fp32")
 
 
 class Bench:
@@ -149,13 +176,14 @@ class Bench:
         self.photos, self.out, self.device, self.encoders = photos, out, device, {}
         self.train_minutes: dict[str, float] = {}
 
-    def vectors(self, tag: str, make: Callable[[], Any], manifest: Path, views: int) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, tag: str, make: Callable[[], Any], manifest: Path, views: int,
+                **options: Any) -> tuple[np.ndarray, np.ndarray]:
         items = read_listing(manifest).items
         path = self.out / "embeddings" / tag / f"{manifest.stem}-v{views}.npy"
         if not path.is_file():
             if tag not in self.encoders:
                 self.encoders = {tag: make()}  # one model in memory at a time
-            done = embed_files(self.encoders[tag], [it.path for it in items], views=views)
+            done = embed_files(self.encoders[tag], [it.path for it in items], views=views, **options)
             if len(done.positions) != len(items):
                 raise SystemExit(f"{len(items) - len(done.positions)} photos of {manifest} could not be read")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +196,8 @@ class Bench:
             calibration = [str(it.path) for it in read_listing(self.photos.catalogs[c.catalog]).items]
             tag = row.name if row.precision == "fp32" else f"{row.name}-{c.catalog}"
             if callable(row.model):
-                return tag, lambda: row.model(c, self)
+                maker = row.model
+                return f"{tag}-{'small' if c.small else 'plain'}", lambda: maker(c, self)
             return tag, lambda: create_encoder(row.model, runtime="onnx", precision=row.precision,
                                                calibration=calibration if row.precision == "int8" else ())
         if c.train not in row.sets:
@@ -189,8 +218,9 @@ class Bench:
             if made is None:
                 continue
             tag, make = made
-            catalog, catalog_skus = self.vectors(tag, make, self.photos.catalogs[c.catalog], row.views)
-            queries, truth = self.vectors(tag, make, self.photos.queries[c.small], row.views)
+            catalog, catalog_skus = self.vectors(tag, make, self.photos.catalogs[c.catalog], row.views,
+                                                 **row.embed_options)
+            queries, truth = self.vectors(tag, make, self.photos.queries[c.small], row.views, **row.embed_options)
             if c.queries == "odd":
                 keep = np.isin(truth, list(self.photos.odd_skus))
                 queries, truth = queries[keep], truth[keep]
