@@ -50,9 +50,11 @@ class TrainConfig:
     finetune_lr_scale: float = setting(0.1, "Finetune stages run at the base learning rates times this.")
     frozen_stages: int = setting(0, "Do not train the stem and the first N backbone stages (cheaper on CPU).")
     freeze_backbone: bool = setting(False, "Cache backbone features once, train only the heads.")
-    augment: str = setting("standard", "Training augmentation: standard (random crop, flip, colour jitter) or "
+    augment: str = setting("standard", "Training augmentation: standard (random crop, flip, colour jitter), "
                                        "customer (each photo rendered as a customer's phone photo: shelf, tilt, "
-                                       "hand or price tag, blur, low resolution, JPEG).")
+                                       "hand or price tag, blur, low resolution, JPEG) or degrade (standard, with "
+                                       "half the photos first made small and blurry as a far shelf photo or a "
+                                       "video crop: short side 96-128 px, blur, JPEG 50-70).")
     hflip: bool = setting(True, "Random horizontal flips (mirrored text never appears on a real package).")
     views: int = setting(1, "With --freeze-backbone: augmented views of each photo whose features are cached "
                             "beside the photo's own (1: the photo only); each draw picks one.")
