@@ -30,7 +30,7 @@ RUNTIME_CHOICES = ("auto", "onnx", "torch")
 
 CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
 METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
-AUGMENTATIONS = ("standard", "customer", "degrade")  # train --augment (prodsearch.retrieval.train_data)
+AUGMENTATIONS = ("standard", "customer", "degrade")  # train --augment (prodsearch.retrieval.augment, .degrade)
 # Global pooling of the feature map: the backbone's average, or weighted by its own activations
 # (prodsearch.retrieval.pooling). "avg" is every existing index's.
 POOLINGS = ("avg", "crow", "scda")

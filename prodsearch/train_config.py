@@ -52,9 +52,9 @@ class TrainConfig:
     freeze_backbone: bool = setting(False, "Cache backbone features once, train only the heads.")
     augment: str = setting("standard", "Training augmentation: standard (random crop, flip, colour jitter), "
                                        "customer (each photo rendered as a customer's phone photo: shelf, tilt, "
-                                       "hand or price tag, blur, low resolution, JPEG) or degrade (standard, with "
-                                       "half the photos first made small and blurry as a far shelf photo or a "
-                                       "video crop: short side 96-128 px, blur, JPEG 50-70).")
+                                       "hand or price tag, blur, low resolution, JPEG) or degrade (standard, half "
+                                       "the photos first made small and blurry, as far shelf photos and video "
+                                       "crops are).")
     hflip: bool = setting(True, "Random horizontal flips (mirrored text never appears on a real package).")
     views: int = setting(1, "With --freeze-backbone: augmented views of each photo whose features are cached "
                             "beside the photo's own (1: the photo only); each draw picks one.")

@@ -36,3 +36,28 @@ def test_the_augmentation_draws_from_python_random(real_photos):
     first = np.asarray(Degrade()(img))
     random.seed(3)
     assert np.array_equal(first, np.asarray(Degrade()(img)))
+
+
+def test_train_augment_degrade_makes_about_half_the_photos_small_first(real_photos):
+    import random
+
+    import torch
+    from torchvision import transforms
+
+    from prodsearch.retrieval.train_data import photo_augmentation
+
+    # Without the colour jitter (the last step), the standard path always gives the same photo.
+    degrading = transforms.Compose(photo_augmentation(256, "degrade", flip=False).transforms[:-1])
+    plain = transforms.Compose(photo_augmentation(256, "standard", flip=False).transforms[:-1])
+    img = load_image(real_photos[3])
+    random.seed(0)
+    torch.manual_seed(0)
+
+    def detail(x):  # mean absolute difference between neighbouring pixels
+        return float(np.abs(np.diff(np.asarray(x, dtype=np.float32), axis=1)).mean())
+
+    sharp = detail(plain(img))
+    outputs = [degrading(img) for _ in range(40)]
+    assert all(o.size == plain(img).size for o in outputs)  # back at the training size
+    changed = [detail(o) for o in outputs if abs(detail(o) - sharp) > 1e-6]
+    assert 8 <= len(changed) <= 32 and max(changed) < 0.9 * sharp  # about half, each with less detail

@@ -1,5 +1,5 @@
-"""``--augment degrade``: the standard augmentation, half the photos first made small and blurry;
-reproducible from the draw's seed, as every training augmentation is."""
+"""``--augment degrade`` (the standard augmentation, half the photos first made small and blurry)
+draws reproducibly from the draw's seed, as every training augmentation does, and trains."""
 
 from __future__ import annotations
 
@@ -20,34 +20,27 @@ DRAWS = 20
 
 
 def checkerboard() -> Image.Image:
-    """Fine detail (6 px squares) that the standard resize keeps and a small blurry copy loses."""
+    """A photo with fine detail (6 px squares), which degrading changes visibly."""
     y, x = np.mgrid[:600, :800]
     return Image.fromarray(((x // 6 + y // 6) % 2 * 255).astype(np.uint8)).convert("RGB")
 
 
-def sharpness(img: Image.Image) -> float:
-    return float(np.abs(np.diff(np.asarray(img.convert("L"), dtype=np.float32), axis=1)).mean())
-
-
-def drawn(augment: str, seeds: range) -> list[Image.Image]:
+def drawn(augment: str, seeds: range) -> list[bytes]:
     transform, img = photo_augmentation(256, augment, crop=224), checkerboard()
     out = []
     for seed in seeds:
         with seeded(seed):
-            out.append(transform(img))
+            out.append(transform(img).tobytes())
     return out
 
 
-def test_degrade_is_reproducible_and_degrades_about_half_the_draws():
-    first, again = drawn("degrade", range(DRAWS)), drawn("degrade", range(DRAWS))
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(first, again))
-    assert all(img.size == (224, 224) for img in first)  # resized back up and cropped as standard
-    assert len({img.tobytes() for img in first}) == DRAWS
-    standard = [sharpness(img) for img in drawn("standard", range(DRAWS))]
-    degraded = [sharpness(img) for img in first]
-    assert min(standard) > 20  # the standard augmentation keeps the detail
-    blurred = sum(s < 20 for s in degraded)
-    assert 4 <= blurred <= DRAWS - 4, degraded  # p = 0.5: the rest keep it
+def test_degrade_draws_reproducibly_from_the_draw_seed():
+    """Training's draws are seeded per (photo, draw) (:func:`seeded`): the same seeds give the same
+    photos, and every seed its own (about half of them degraded: tests/test_degrade.py)."""
+    first = drawn("degrade", range(DRAWS))
+    assert first == drawn("degrade", range(DRAWS))
+    assert len(set(first)) == DRAWS
+    assert first != drawn("standard", range(DRAWS))
 
 
 def test_degrade_is_a_train_option():

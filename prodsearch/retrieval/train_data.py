@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from prodsearch.choices import AUGMENTATIONS
 from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.augment import CustomerPhoto
 from prodsearch.retrieval.degrade import Degrade
@@ -21,7 +20,6 @@ from prodsearch.retrieval.sampling import seeded
 
 # Below this many files, starting worker processes costs more than it saves.
 MIN_FILES_FOR_WORKERS = 32
-DEGRADED_SHARE = 0.5  # of the photos --augment degrade makes small and blurry; the rest as standard
 
 
 def decode_worker_init(_worker_id: int) -> None:
@@ -71,16 +69,16 @@ def photo_augmentation(size: int, augment: str = "standard", flip: bool = True,
     """PIL in, PIL out: ``standard`` resizes the short side to ``size``, then crops at random
     (``crop``), flips and jitters the colours, as for ImageNet; ``customer`` renders a customer's
     phone photo of it (:class:`CustomerPhoto`, ``size`` square), then crops; ``degrade`` is
-    ``standard`` where half the photos are first made small and blurry (:class:`Degrade`: the
-    condition of video-crop queries), which its resize then enlarges back."""
+    ``standard`` with half the photos first made small and blurry (:class:`Degrade`: the condition
+    of far shelf photos and video crops)."""
     cropping = [transforms.RandomCrop(crop)] if crop else []
     if augment == "customer":
         return transforms.Compose([CustomerPhoto(size, flip), *cropping])
     if augment not in ("standard", "degrade"):
-        raise ValueError(f"unknown augmentation {augment!r}; one of {', '.join(AUGMENTATIONS)}")
-    degrading = [transforms.RandomApply([Degrade()], p=DEGRADED_SHARE)] if augment == "degrade" else []
-    return transforms.Compose([*degrading,
-                               transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), *cropping,
+        raise ValueError(f"unknown augmentation {augment!r}; one of standard, customer, degrade")
+    degrading = [transforms.RandomApply([Degrade()], p=0.5)] if augment == "degrade" else []
+    return transforms.Compose([*degrading, transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               *cropping,
                                *([transforms.RandomHorizontalFlip()] if flip else []),
                                transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
 
