@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from prodsearch.choices import POOLINGS
-from prodsearch.errors import UnknownModelError
+from prodsearch.errors import ModelMismatchError, UnknownModelError
+from prodsearch.indexer import ProductIndex, build_index
+from prodsearch.indexer.manifest import read_manifest
 from prodsearch.retrieval import EmbedderConfig, create_embedder, create_encoder
 from prodsearch.retrieval.checkpoint import load_embedder, save_checkpoint
 from prodsearch.retrieval.pooling import EPS, WEIGHTED_POOLINGS, crow_pool, scda_pool
@@ -129,3 +131,19 @@ def test_a_checkpoint_keeps_its_pooling(tmp_path):
     assert create_embedder(path).config.pooling == "crow"
     with pytest.raises(UnknownModelError, match="keeps the pooling"):
         create_embedder(path, pooling="scda")
+
+
+def test_an_index_built_with_crow_records_it_and_queries_with_it(folder_catalog, tmp_path):
+    """The manifest keeps the pooling: the stored ONNX model and a torch rebuild from the manifest
+    answer alike, and the same backbone with average pooling is refused as another model."""
+    idx = tmp_path / "idx"
+    build_index(folder_catalog, idx, model=create_embedder(SMALL_MODEL, pooling="crow"), precision="fp32",
+                num_workers=0)
+    assert read_manifest(idx).model.pooling == "crow"
+    photo = min(folder_catalog.glob("sku-2/*.jpg"))
+    onnx_top = ProductIndex.open(idx, precision="fp32").query([photo], top_k=1)[0].matches[0]
+    torch_top = ProductIndex.open(idx, runtime="torch").query([photo], top_k=1)[0].matches[0]
+    assert onnx_top.sku == torch_top.sku == "sku-2"
+    assert onnx_top.score == pytest.approx(torch_top.score, abs=1e-3)
+    with pytest.raises(ModelMismatchError, match="pooling"):
+        ProductIndex.open(idx, model=SMALL_MODEL)
