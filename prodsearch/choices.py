@@ -31,6 +31,10 @@ RUNTIME_CHOICES = ("auto", "onnx", "torch")
 CLASSIFICATION_LOSSES = ("arcface", "subcenter_arcface", "cosface", "normalized_softmax", "softmax", "none")
 METRIC_LOSSES = ("multisimilarity", "triplet", "contrastive", "none")
 AUGMENTATIONS = ("standard", "customer", "degrade")  # train --augment (prodsearch.retrieval.augment, .degrade)
+# Global pooling of the feature map: the backbone's average, or weighted by its own activations
+# (prodsearch.retrieval.pooling). "avg" is every existing index's.
+POOLINGS = ("avg", "crow", "scda")
+DEFAULT_POOLING = "avg"
 # index --views: the photo, its centre crop and its four corner crops (prodsearch.retrieval.views).
 MAX_VIEWS = 6
 # index --vector-store, and a Milvus collection's defaults (prodsearch.indexer.vector_store).

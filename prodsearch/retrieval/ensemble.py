@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prodsearch.choices import DEFAULT_POOLING
 from prodsearch.errors import UnknownModelError
 from prodsearch.retrieval.config import ConfiguredModel, EmbedderConfig
 from prodsearch.retrieval.embedder import ENSEMBLE_SEPARATOR, SIZE_SEPARATOR, Embedder, build_embedder
@@ -80,14 +81,14 @@ def ensemble_name(members: Sequence[Embedder]) -> str:
 
 def build_ensemble(members: Sequence[tuple[str, int | None]], *, pretrained: bool = True,
                    embed_dim: int | None = None, img_size: int | None = None,
-                   crop_pct: float | None = None) -> EnsembleEmbedder:
+                   crop_pct: float | None = None, pooling: str = DEFAULT_POOLING) -> EnsembleEmbedder:
     """The ensemble of ``members`` (timm architecture, input size or ``None`` for its own), as
     :func:`~prodsearch.retrieval.embedder.parse_model_name` gives them. Its preprocessing is its
     largest member's; ``img_size``, if given, must be that member's size (a manifest passes it)."""
     if embed_dim is not None:
         raise EnsembleError(f"{ENSEMBLE_SEPARATOR.join(n for n, _ in members)} is an ensemble of ImageNet backbones "
                             "and has no embedding head to train: train one backbone, or use the ensemble as it is")
-    embedders = [build_embedder(name, pretrained=pretrained, img_size=size) for name, size in members]
+    embedders = [build_embedder(name, pretrained=pretrained, img_size=size, pooling=pooling) for name, size in members]
     name = ensemble_name(embedders)
     for key in ("mean", "std"):
         values = {m.config.name: tuple(m.data_config[key]) for m in embedders}
@@ -104,6 +105,6 @@ def build_ensemble(members: Sequence[tuple[str, int | None]], *, pretrained: boo
     if crop_pct is not None:
         data_config["crop_pct"] = crop_pct
     config = EmbedderConfig(name, " + ".join(m.config.weights for m in embedders),
-                            sum(m.embed_dim for m in embedders), data_config)
+                            sum(m.embed_dim for m in embedders), data_config, pooling=pooling)
     log.info("built the ensemble %s (%d dimensions, %d px input)", name, config.embed_dim, size)
     return EnsembleEmbedder(embedders, config).eval()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from prodsearch.choices import DEFAULT_MODEL
+from prodsearch.choices import DEFAULT_MODEL, DEFAULT_POOLING
+from prodsearch.errors import UnknownModelError
 from prodsearch.retrieval.checkpoint import load_embedder
 from prodsearch.retrieval.embedder import Embedder, build_embedder, parse_model_name
 from prodsearch.retrieval.ensemble import EnsembleEmbedder, build_ensemble
@@ -26,15 +27,20 @@ def create_embedder(
     embed_dim: int | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
+    pooling: str = DEFAULT_POOLING,
 ) -> Embedder | EnsembleEmbedder:
     """An embedder by model name (see :func:`~prodsearch.retrieval.embedder.build_embedder` for the
-    options; ``NAME@SIZE`` for its input size, ``A+B@SIZE`` for an ensemble), or the trained one a
-    checkpoint file holds."""
+    options; ``NAME@SIZE`` for its input size, ``A+B@SIZE`` for an ensemble, ``pooling="crow"`` for
+    object-focused pooling), or the trained one a checkpoint file holds (with its own pooling)."""
     if is_checkpoint_path(name):
-        return load_embedder(name)
+        embedder = load_embedder(name)
+        if pooling not in (DEFAULT_POOLING, embedder.config.pooling):
+            raise UnknownModelError(f"the checkpoint {name} pools with {embedder.config.pooling!r}, not {pooling!r}: "
+                                    "a checkpoint keeps the pooling it was made with")
+        return embedder
     members = parse_model_name(os.fspath(name))
     if len(members) > 1:
         return build_ensemble(members, pretrained=pretrained, embed_dim=embed_dim, img_size=img_size,
-                              crop_pct=crop_pct)
+                              crop_pct=crop_pct, pooling=pooling)
     return build_embedder(os.fspath(name), pretrained=pretrained, embed_dim=embed_dim, img_size=img_size,
-                          crop_pct=crop_pct)
+                          crop_pct=crop_pct, pooling=pooling)

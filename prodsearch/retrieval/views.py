@@ -5,6 +5,12 @@ An index built with ``views`` > 1 embeds every photo, catalog and query alike, a
 views' embeddings (:func:`view_inputs` before the model, :func:`fuse_views` after it): still one
 vector per photo, the model run ``views`` times. On Grocery Store (iconic catalog, shelf photos,
 ImageNet lite0) 6 views on both sides lift top-1 from 0.385 to 0.476.
+
+A crop of a small photo (a 107 x 128 px video crop: its crops are 75 x 90 px) is enlarged to the
+model's input, blurring what was already blurred. ``upsample_crops=False`` never does that: where a
+crop would be smaller than the model's input, every view is the whole photo instead (still ``n``
+views, so fusing and the count of model inputs are unchanged). The default keeps the crops, so
+existing indexes keep their vectors.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ def check_views(n: int) -> None:
         raise ValueError(f"views must be a whole number from 1 to {MAX_VIEWS}, not {n!r}")
 
 
-def crop_views(img: Image.Image, n: int) -> list[Image.Image]:
+def crop_views(img: Image.Image, n: int, min_crop: tuple[int, int] | None = None) -> list[Image.Image]:
     """The first ``n`` views of ``img``: itself, the centre crop, then the four corner crops.
     ``img`` must be upright (:func:`~prodsearch.retrieval.images.load_image` turns it so): a corner
-    crop of a sideways photo would be another corner of the product."""
+    crop of a sideways photo would be another corner of the product. With ``min_crop`` (width,
+    height), a photo whose crops would be narrower or lower than that is all ``n`` of its views."""
     check_views(n)
+    if min_crop is not None and n > 1 and crops_smaller(img.size, min_crop):
+        return [img] * n
     w, h = img.size
     cw, ch = round(w * CROP), round(h * CROP)
     views = [img]
@@ -43,10 +52,18 @@ def crop_views(img: Image.Image, n: int) -> list[Image.Image]:
     return views
 
 
-def view_inputs(img: Image.Image, n: int, preprocess: Preprocess) -> np.ndarray:
+def view_inputs(img: Image.Image, n: int, preprocess: Preprocess, upsample_crops: bool = True) -> np.ndarray:
     """The model inputs of the first ``n`` views of the upright RGB ``img``, ``(n, 3, H, W)``
-    float32; with ``n == 1`` exactly the photo's own input."""
-    return np.stack([preprocess(view) for view in crop_views(img, n)])
+    float32; with ``n == 1`` exactly the photo's own input. ``upsample_crops=False``: where a crop
+    would be smaller than the model's input (and enlarged), each view is the whole photo."""
+    min_crop = None if upsample_crops else (preprocess.width, preprocess.height)
+    return np.stack([preprocess(view) for view in crop_views(img, n, min_crop)])
+
+
+def crops_smaller(size: tuple[int, int], min_crop: tuple[int, int]) -> bool:
+    """Whether the crops of a photo of ``size`` (width, height) are narrower or lower than
+    ``min_crop``: the model's input, which the resize would enlarge them to."""
+    return round(size[0] * CROP) < min_crop[0] or round(size[1] * CROP) < min_crop[1]
 
 
 def fuse_views(vectors: np.ndarray, n: int) -> np.ndarray:
