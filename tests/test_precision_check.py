@@ -226,13 +226,17 @@ def test_add_keeps_the_choice_and_a_rebuild_measures_again(refused, kept, lookal
     assert precisions(rebuilt) == ["fp32"] and stored_match(rebuilt, "fp32") > 0.999
 
 
-def test_int8_asked_for_by_name_is_obeyed_and_warned(fast_int8, lookalikes, embedder, tmp_path, caplog):
+def test_int8_asked_for_by_name_is_obeyed_and_warned(lookalikes, tmp_path, caplog):
+    """``index --precision int8``: int8 as asked, the measurement in the report and the manifest."""
     with caplog.at_level(logging.WARNING, logger="prodsearch"):
-        build_index(lookalikes, tmp_path / "idx", model=embedder, precision="int8", num_workers=0)
+        result = CliRunner().invoke(cli, ["index", str(lookalikes), "--index", str(tmp_path / "idx"), "--precision",
+                                          "int8", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
     check = read_manifest(tmp_path / "idx").precision_check
     assert (check.chosen, check.asked) == ("int8", "int8") and not check.within_limit
+    assert json.loads(result.stdout)["precision_check"] == check.to_dict()
     assert "--precision auto would embed in fp32" in caplog.text
-    assert precisions(tmp_path / "idx") == ["fp32", "int8"]
+    assert precisions(tmp_path / "idx") == ["fp32", "int8"] and stored_match(tmp_path / "idx", "int8") > 0.999
 
 
 def test_tune_measures_on_its_own_photos(kept, distinct, lookalikes):
@@ -266,6 +270,15 @@ def test_the_manifest_keeps_the_check_and_an_old_one_still_reads(tmp_path):
     (tmp_path / "idx" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(IndexDirError, match=r"damaged \(precision_check: counts above the 500 photos measured"):
         read_manifest(tmp_path / "idx")
+
+
+def test_the_index_report_says_what_was_measured(refused):
+    from prodsearch.cli.commands import format_build_report
+    from prodsearch.indexer.build import BuildReport
+
+    check = read_manifest(refused).precision_check
+    text = format_build_report(BuildReport(refused, 16, 48, precision_check=check))
+    assert f"  int8: refused, it changed {check.changed / check.photos:.1%} of top-1 answers" in text
 
 
 def test_info_shows_the_measurement(refused, kept, tmp_path):

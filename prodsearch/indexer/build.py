@@ -27,7 +27,7 @@ from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
                                          model_differences, read_manifest, write_manifest)
 from prodsearch.indexer.models import encoder_for, keep_model
-from prodsearch.indexer.precision_check import Measured, measure_int8, reusing, sample_spread
+from prodsearch.indexer.precision_check import Measured, PrecisionCheck, measure_int8, reusing, sample_spread
 from prodsearch.indexer.publish import (check_can_create, publish_new, publish_replacing, remove_stale_staging,
                                        staging_dir)
 from prodsearch.catalog.listing import Skipped, read_listing
@@ -61,6 +61,7 @@ class BuildReport:
     embed_seconds: float = 0.0
     views: int = 1  # views each photo was embedded as (the index's setting)
     resumed: int = 0  # photos an interrupted build of the same index had committed: not embedded again
+    precision_check: PrecisionCheck | None = None  # whether int8 kept the answers, where this build measured it
 
     @property
     def images_per_second(self) -> float:
@@ -165,7 +166,7 @@ def build_index(
                            batch_size=batch_size, num_workers=num_workers, progress=progress)
         report = BuildReport(index_dir, built.skus, built.images, scanned.duplicates, scanned.shared_across_skus,
                              scanned.skipped + built.skipped, time.perf_counter() - start, built.embed_seconds, views,
-                             built.resumed)
+                             built.resumed, manifest.precision_check)
         log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
         return report
     embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
@@ -184,7 +185,8 @@ def build_index(
                    else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
     _replace(writer, products, embedded, factory, measured)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
-                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views)
+                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views,
+                         precision_check=None if measured is None else measured.check)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
 
