@@ -114,7 +114,7 @@ class PrecisionCheck:
     def describe(self) -> str:
         """One line for ``info`` and the index log."""
         if not self.photos:
-            return f"refused, not measured (fewer than 2 readable {self.source}): {self.chosen}"
+            return f"not measured (fewer than 2 readable {self.source}): {self.chosen}"
         share = f"{self.changed / self.photos:.1%}"
         measured = f"on {self.photos} {self.source} (limit {self.limit:.1%})"
         if self.chosen == "fp32":
