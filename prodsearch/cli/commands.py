@@ -111,6 +111,8 @@ def format_build_report(report: BuildReport) -> str:
     lines += skipped_lines(report.skipped)
     if report.resumed:
         lines.append(f"  resumed: {report.resumed} photos committed by the interrupted build were not embedded again")
+    if report.precision_check is not None:
+        lines.append(f"  int8: {report.precision_check.describe()}")
     views = f", {report.views} views each" if report.views > 1 else ""
     lines.append(f"  speed: {report.images_per_second:.1f} images/s{views} "
                  f"({report.embed_seconds:.1f}s embedding, {report.seconds:.1f}s total)")

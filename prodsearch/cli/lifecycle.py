@@ -204,6 +204,16 @@ def format_rejection(rule: dict | None) -> str:
     return line
 
 
+def format_precision_check(check: dict | None) -> str:
+    """Whether int8 kept the shop's answers when the index was built, and what it embeds with."""
+    from prodsearch.indexer.precision_check import PrecisionCheck
+
+    if check is None:
+        return ("not measured (built with --precision fp32, where auto takes fp32: a CPU without VNNI or AMX, or "
+                "before prodsearch measured it)")
+    return PrecisionCheck.from_dict(check).describe()
+
+
 def format_views(views: int) -> str:
     """What ``index --views`` set, for people: the views and what they cost."""
     if views == 1:
@@ -222,6 +232,7 @@ def format_info(info: IndexInfo) -> str:
         f"views:      {format_views(info.views)}",
         "onnx:       " + (", ".join(f"{name} ({state})" for name, state in info.onnx_models.items())
                           or "none stored (exported from torch by the first command that needs it)"),
+        f"int8:       {format_precision_check(info.precision_check)}",
         f"vectors:    {info.vectors} in {info.index_type} (generation {info.generation}, "
         f"{info.pending_changes} changes since the snapshot)" if not info.held_by else
         f"vectors:    not read: Milvus Lite is held by {info.held_by} (generation {info.generation})",

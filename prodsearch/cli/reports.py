@@ -61,6 +61,7 @@ def build_report_dict(report: BuildReport) -> dict[str, Any]:
         "images_per_second": speed(report.images_per_second),
         "views": report.views,
         "resumed": report.resumed,
+        "precision_check": None if report.precision_check is None else report.precision_check.to_dict(),
     }
 
 

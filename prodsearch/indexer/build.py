@@ -7,6 +7,7 @@ in one transaction: readers see the old catalog until the new one is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from prodsearch.indexer.lock import WriterLock
 from prodsearch.indexer.manifest import (Manifest, NewerFormatError, check_replaceable, check_target, is_index_dir,
                                          model_differences, read_manifest, write_manifest)
 from prodsearch.indexer.models import encoder_for, keep_model
+from prodsearch.indexer.precision_check import Measured, PrecisionCheck, measure_int8, reusing, sample_spread
 from prodsearch.indexer.publish import (check_can_create, publish_new, publish_replacing, remove_stale_staging,
                                        staging_dir)
 from prodsearch.catalog.listing import Skipped, read_listing
@@ -41,6 +43,7 @@ from prodsearch.retrieval.config import EmbedderConfig
 from prodsearch.retrieval.embedding import FilesDone
 from prodsearch.retrieval.embedding_team import EmbeddingTeam, embedder_in, embeds_as_team
 from prodsearch.retrieval.encoders import ModelSource, create_encoder
+from prodsearch.retrieval.onnx_files import remove_models
 from prodsearch.retrieval.runtime import Encoder
 from prodsearch.retrieval.views import check_views
 
@@ -59,6 +62,7 @@ class BuildReport:
     embed_seconds: float = 0.0
     views: int = 1  # views each photo was embedded as (the index's setting)
     resumed: int = 0  # photos an interrupted build of the same index had committed: not embedded again
+    precision_check: PrecisionCheck | None = None  # whether int8 kept the answers, where this build measured it
 
     @property
     def images_per_second(self) -> float:
@@ -108,6 +112,13 @@ def build_index(
     ``resume`` is false. A rebuild in place replaces every row in one transaction (readers see the
     old catalog until the new one is whole), so its memory grows with the catalog.
 
+    Where ``precision`` ``auto`` would embed in int8 (a CPU with VNNI or AMX), int8 is measured
+    first on up to ``SAMPLE_PHOTOS`` of the catalog's photos (:mod:`.precision_check`): it is taken
+    only where it changes at most ``MAX_INT8_CHANGED`` of fp32's top-1 answers, else the index is
+    embedded in fp32 and keeps no int8 model; ``int8`` asked for by name is measured and obeyed. The
+    manifest records the measurement (``info`` shows it); a rebuild measures again, ``add`` and
+    ``update`` keep the choice.
+
     Under torchrun every process embeds its share of each chunk (``team``, given by
     :func:`embeds_as_team`); rank 0 returns the report, the others None.
     """
@@ -131,8 +142,10 @@ def build_index(
         check_can_create(index_dir)
     listing = read_listing(catalog)
     options = {"runtime": runtime, "device": device, "precision": precision}
-    encoder = (encoder_for(existing, index_dir, model=model, check=False, **options) if existing
-               else create_encoder(model or DEFAULT_MODEL, calibration=[it.path for it in listing.items], **options))
+    photos = [it.path for it in listing.items]
+    encoder = (encoder_for(existing, index_dir, model=model, check=False, calibration=photos, **options) if existing
+               else create_encoder(model or DEFAULT_MODEL, calibration=photos, **options))
+    del photos
     warn_if_not_better(model)
     # a bad type fails before embedding
     store = existing.milvus if existing is not None else milvus
@@ -144,20 +157,23 @@ def build_index(
         _check_same_model(index_dir, existing.model, encoder.config)
         _check_same_index_type(index_dir, existing.index_factory, index_type)
     scanned = scan(listing)
+    encoder, measured = _checked_precision(encoder, precision, scanned, views, num_workers)
     if writer is None:
-        manifest = Manifest(encoder.config, "", str(listing.source), views=views, milvus=milvus)
+        manifest = Manifest(encoder.config, "", str(listing.source), views=views, milvus=milvus,
+                            precision_check=None if measured is None else measured.check)
         files = len(listing.items)
         del listing  # a million listed photos hold about 1 GB; the scan keeps what the build needs
         built = _build_new(scanned, index_dir, manifest, encoder, index_type, replace=unreadable, catalog=catalog,
-                           files=files, chunk_size=chunk_size, resume=resume, team=team, batch_size=batch_size,
-                           num_workers=num_workers, progress=progress)
+                           files=files, chunk_size=chunk_size, resume=resume, team=team, measured=measured,
+                           batch_size=batch_size, num_workers=num_workers, progress=progress)
         report = BuildReport(index_dir, built.skus, built.images, scanned.duplicates, scanned.shared_across_skus,
                              scanned.skipped + built.skipped, time.perf_counter() - start, built.embed_seconds, views,
-                             built.resumed)
+                             built.resumed, manifest.precision_check)
         log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
         return report
     embedded = embed_new(encoder, scanned, list(scanned.files), batch_size=batch_size, num_workers=num_workers,
-                         progress=progress, views=views, embed_with=embedder_in(team, index_dir / EMBEDDING_DIR))
+                         progress=progress, views=views,
+                         embed_with=reusing(measured, embedder_in(team, index_dir / EMBEDDING_DIR)))
     skipped = scanned.skipped + embedded.skipped
     if not embedded.images:
         raise nothing_readable(catalog, len(listing.items), skipped)
@@ -169,9 +185,10 @@ def build_index(
     else:
         factory = (index_type if index_type != "auto"
                    else resize_index_type(existing.index_requested, existing.index_factory, len(embedded.images), dim))
-    _replace(writer, products, embedded, factory)
+    _replace(writer, products, embedded, factory, measured)
     report = BuildReport(index_dir, len(products), len(embedded.images), scanned.duplicates,
-                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views)
+                         scanned.shared_across_skus, skipped, time.perf_counter() - start, embedded.seconds, views,
+                         precision_check=None if measured is None else measured.check)
     log.info("indexed %d images of %d SKUs into %s", report.images, report.skus, index_dir)
     return report
 
@@ -184,6 +201,21 @@ def warn_if_not_better(model: ModelSource | None) -> None:
     warning = comparison.not_better(f"the model {model}", INDEX_ADVICE) if comparison is not None else None
     if warning:
         log.warning("%s", warning)
+
+
+def _checked_precision(encoder: Encoder, precision: str, scanned: Scan, views: int,
+                       num_workers: int | None) -> tuple[Encoder, Measured | None]:
+    """The encoder to embed the catalog with, and the int8 check where one was made: an int8 model
+    made here beside its fp32 one (``auto`` on a CPU that runs int8 fast, or int8 asked for) is
+    measured on photos spread over the catalog, and ``auto`` falls back to fp32 where it fails."""
+    fp32 = getattr(encoder, "fp32", None)
+    if encoder.precision != "int8" or fp32 is None or precision not in ("auto", "int8"):
+        return encoder, None
+    keys = list(scanned.files)
+    sample = [keys[i] for i in sample_spread(len(keys))]
+    measured = measure_int8(fp32, encoder, [scanned.files[key].path for key in sample], [sku for sku, _ in sample],
+                            asked=precision, views=views, num_workers=num_workers)
+    return (encoder if measured.check.chosen == "int8" else fp32), measured
 
 
 def _existing_index(index_dir: Path) -> tuple[Manifest | None, bool]:
@@ -265,27 +297,36 @@ def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderCo
             "or remove the folder or choose another --index")
 
 
-def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, factory: str) -> None:
+def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, factory: str,
+             measured: Measured | None) -> None:
     """Every row replaced in one transaction, then the vector index built afresh as ``factory``
-    (trained on the new vectors: an IVF index keeps no centroids of a catalog that is gone)."""
+    (trained on the new vectors: an IVF index keeps no centroids of a catalog that is gone), and
+    the int8 check measured again recorded (an int8 model it refused removed)."""
     with writer:
         old_ids = [row["id"] for row in writer.db.image_rows()]
+        if measured is not None:
+            writer.manifest = dataclasses.replace(writer.manifest, precision_check=measured.check)
         writer.commit(products=products, images=embedded.images, vectors=embedded.vectors, remove=old_ids,
                       rebuild_as=factory)
+        if measured is not None:
+            write_manifest(writer.index_dir, writer.manifest)
+            if measured.check.chosen == "fp32":
+                remove_models(writer.index_dir, "int8")
     log.info("rebuilt the index at %s in place as %s", writer.index_dir, factory)
 
 
 def _build_new(scanned: Scan, index_dir: Path, manifest: Manifest, encoder: Encoder, index_type: str, *,
                replace: bool, catalog, files: int, chunk_size: int, resume: bool, team: EmbeddingTeam | None,
-               **embed) -> Chunked:
+               measured: Measured | None = None, **embed) -> Chunked:
     """A new index folder, embedded in chunks into a partial build (resumed if one was stopped),
-    finished and renamed into place (``replace``: in place of an unreadable one)."""
+    finished and renamed into place (``replace``: in place of an unreadable one); the photos the
+    int8 check embedded (``measured``) are not embedded again."""
     staged = partial_dir(index_dir, manifest, index_type)
     remove_stale_staging(index_dir)  # what a killed build of the older kind or a replacing publish left
     open_partial(index_dir, staged, resume)
     with WriterLock(staged, "index"):
         built = embed_in_chunks(scanned, staged, encoder, views=manifest.views, chunk_size=chunk_size,
-                                embed_with=embedder_in(team, staged / EMBEDDING_DIR), **embed)
+                                embed_with=reusing(measured, embedder_in(team, staged / EMBEDDING_DIR)), **embed)
         scanned.files.clear()  # spent: the vector index is built from the database, without the listing beside it
         scanned.info.clear()
         try:
@@ -316,8 +357,8 @@ def finish_staged(staged: Path, db: CatalogDB, manifest: Manifest, index_type: s
         with db.transaction():
             db.mark_snapshot(1)
         type_name = index_type_name(index)
-    write_manifest(staged, Manifest(manifest.model, type_name, manifest.catalog_source, index_factory=factory,
-                                    index_requested=index_type, views=manifest.views, milvus=manifest.milvus))
+    write_manifest(staged, dataclasses.replace(manifest, index_type=type_name, index_factory=factory,
+                                               index_requested=index_type))
     if encoder is not None:
         keep_model(staged, encoder)
     crash_point("build-staged")

@@ -14,6 +14,7 @@ from prodsearch.indexer import leftovers
 from prodsearch.indexer.catalog_db import CatalogDB, stored_dtype
 from prodsearch.indexer.lock import HOLDER_FILE, LOCK_FILE
 from prodsearch.indexer.manifest import Manifest, read_manifest
+from prodsearch.indexer.models import refused_int8
 from prodsearch.indexer.rejection import REJECTION_SETTING
 from prodsearch.indexer.store import CATALOG_DB, load_vectors, snapshot_path
 from prodsearch.indexer.vector_store import LITE_FILE
@@ -49,6 +50,7 @@ class IndexInfo:
     vector_store: str = "faiss"  # or the Milvus collection the vectors are searched in
     held_by: str = ""  # the process that holds a Milvus Lite store: its vectors were not read ("vectors": None)
     leftovers: dict[str, int] = field(default_factory=dict)  # what the next write removes (Leftovers.to_dict)
+    precision_check: dict | None = None  # whether int8 kept the shop's answers (PrecisionCheck.to_dict()); None: not measured
 
     @property
     def size_bytes(self) -> int:
@@ -62,13 +64,13 @@ class IndexInfo:
         return {**asdict(self), "size_bytes": self.size_bytes, "consistent": self.consistent}
 
 
-def auto_runtime(onnx_models: dict[str, str]) -> str:
+def auto_runtime(onnx_models: dict[str, str], manifest: Manifest) -> str:
     """What ``--runtime auto --precision auto`` runs this index on, on this machine: int8 only where
-    the rule picks it and the index holds a sound int8 model."""
+    the rule picks it, the index did not refuse it (:func:`refused_int8`) and it holds a sound int8 model."""
     runtime, device = resolve_runtime()
     precision = auto_precision(runtime, device)
-    if runtime == "onnx" and precision == "int8" and not any(
-            name.startswith("model-int8-") and state == "ok" for name, state in onnx_models.items()):
+    if runtime == "onnx" and precision == "int8" and (refused_int8(manifest) or not any(
+            name.startswith("model-int8-") and state == "ok" for name, state in onnx_models.items())):
         precision = "fp32"
     return f"{runtime} {precision} on {device}"
 
@@ -121,8 +123,9 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      state.snapshot, pending, files, problems, manifest.index_factory, per_image,
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
-                     onnx_models, auto_runtime(onnx_models), rejection, manifest.views,
-                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict())
+                     onnx_models, auto_runtime(onnx_models, manifest), rejection, manifest.views,
+                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict(),
+                     None if manifest.precision_check is None else manifest.precision_check.to_dict())
 
 
 def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 from prodsearch import __version__
 from prodsearch.catalog.files import folder_names, foreign_names, listed, write_atomically
 from prodsearch.errors import IndexDirError, ModelMismatchError
+from prodsearch.indexer.precision_check import PrecisionCheck
 from prodsearch.indexer.store import CATALOG_DB
 from prodsearch.indexer.vector_store import MilvusTarget
 from prodsearch.retrieval.config import EmbedderConfig
@@ -55,6 +56,9 @@ class Manifest:
     index_requested: str = ""  # what --index-type asked for ("auto" or a factory): a rebuild resizes by it
     views: int = 1  # every photo, catalog and query, embedded as the mean of this many fixed views
     milvus: MilvusTarget | None = None  # where the vectors are searched; None: FAISS snapshots in the folder
+    # whether int8 kept this shop's answers, measured when it was built; None: not measured (fp32 asked
+    # for, a CPU where auto takes fp32, or built before the check): auto then runs int8 where it is stored
+    precision_check: PrecisionCheck | None = None
 
     @property
     def store(self) -> str:
@@ -73,6 +77,7 @@ class Manifest:
                              "requested": self.index_requested or self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
             "vector_store": {"kind": "faiss"} if self.milvus is None else self.milvus.to_dict(),
+            **({} if self.precision_check is None else {"precision_check": self.precision_check.to_dict()}),
         }
 
     @classmethod
@@ -87,6 +92,7 @@ class Manifest:
             index_requested=d["vector_index"].get("requested") or d["vector_index"].get("factory", "auto"),
             views=d.get("embedding", {}).get("views", 1),  # indexes from before views: the photo alone
             milvus=MilvusTarget.from_dict(store) if (store := d.get("vector_store", {})).get("kind") == "milvus" else None,
+            precision_check=PrecisionCheck.from_dict(d["precision_check"]) if d.get("precision_check") else None,
         )
 
 

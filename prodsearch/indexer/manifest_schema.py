@@ -66,6 +66,30 @@ class VectorStoreSection(_Schema):
     collection: Annotated[str, Field(min_length=1)] = "prodsearch_images"
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class PrecisionCheckSection(_Schema):
+    """Whether int8 kept the shop's top-1 answers (absent where it was not measured)."""
+
+    photos: Count
+    changed: Count
+    agreement: Share
+    limit: Share
+    chosen: Literal["fp32", "int8"]
+    asked: Literal["auto", "int8"] = "auto"
+    source: str = "catalog photos"
+    fp32_right: Count = 0
+    int8_right: Count = 0
+
+    @model_validator(mode="after")
+    def _within_photos(self) -> PrecisionCheckSection:
+        if max(self.changed, self.fp32_right, self.int8_right) > self.photos:
+            raise ValueError(f"counts above the {self.photos} photos measured")
+        return self
+
+
 class ManifestSchema(_Schema):
     format: Literal["prodsearch-index"]
     format_version: int
@@ -77,6 +101,7 @@ class ManifestSchema(_Schema):
     vector_index: VectorIndexSection
     catalog: CatalogSection
     vector_store: VectorStoreSection = Field(default_factory=VectorStoreSection)
+    precision_check: PrecisionCheckSection | None = None
 
     @model_validator(mode="after")
     def _same_width(self) -> "ManifestSchema":

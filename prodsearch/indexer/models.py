@@ -11,6 +11,7 @@ import logging
 import os
 from contextlib import closing
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prodsearch.errors import IndexDirError, ReadOnlyIndexError
@@ -45,19 +46,23 @@ def embedder_for(manifest: Manifest, index_dir: Path) -> "Embedder":
 
 
 def encoder_for(manifest: Manifest, index_dir: Path, *, model: ModelSource | None = None, runtime: str = "auto",
-                device: str = "auto", precision: str = "auto", check: bool = True) -> Encoder:
+                device: str = "auto", precision: str = "auto", check: bool = True,
+                calibration: Sequence[str | os.PathLike] = ()) -> Encoder:
     """The encoder for an index: ``model`` (a name, a path, an :class:`Embedder` or an encoder) if
     given, else the manifest's model; ``check`` refuses one that is not the index's model.
 
     On the ONNX runtime the folder's stored export of that model is used (without importing
     torch); where it has none (or a damaged one), the model is exported from torch and the export
-    kept in the folder for the next command."""
+    kept in the folder for the next command. ``auto`` runs int8 only where the manifest does not
+    record that int8 was refused (:mod:`.precision_check`). ``calibration`` (a rebuild's catalog
+    photos): where int8 would run, an int8 model (the stored one, else quantized on them) with its
+    fp32 model beside it, so that the rebuild measures again whether int8 keeps the answers."""
     runtime, device = resolve_runtime(runtime, device, precision)
     if runtime == "torch" or is_encoder(model):
         source = embedder_for(manifest, index_dir) if model is None else model
         encoder = create_encoder(source, runtime=runtime, device=device, precision=precision)
     else:
-        encoder = _onnx_for(manifest, index_dir, model, precision, check)
+        encoder = _onnx_for(manifest, index_dir, model, precision, check, calibration)
     if check:
         check_model(manifest, encoder.config, index_dir)
     _keep(index_dir, manifest, encoder)
@@ -66,10 +71,10 @@ def encoder_for(manifest: Manifest, index_dir: Path, *, model: ModelSource | Non
 
 
 def _onnx_for(manifest: Manifest, index_dir: Path, model: ModelSource | None, precision: str,
-              check: bool) -> "OnnxEncoder":
+              check: bool, calibration: Sequence[str | os.PathLike] = ()) -> "OnnxEncoder":
     """The folder's stored model in the precision asked for, else one made for it: exported from
-    torch, or quantized to int8 on the index's own photos (only when int8 is asked for by name:
-    ``auto`` takes int8 where the folder holds it)."""
+    torch, or quantized to int8 on the index's own photos (only when int8 is asked for by name, or
+    on ``calibration``: ``auto`` takes int8 where the folder holds it and the index did not refuse it)."""
     if model is None:
         config, made = manifest.model, lambda: onnx_from_torch(embedder_for(manifest, index_dir))
     elif is_onnx_path(model):
@@ -81,6 +86,11 @@ def _onnx_for(manifest: Manifest, index_dir: Path, model: ModelSource | None, pr
             check_model(manifest, embedder.config, index_dir)
         config, made = embedder.config, lambda: onnx_from_torch(embedder)
     if wants_int8(precision, can_calibrate=True):
+        if calibration:
+            return _int8_beside_fp32(index_dir, config, made, calibration, required=precision == "int8")
+        if precision == "auto" and manifest.precision_check is not None and refused_int8(manifest):
+            log.info("int8 was refused when %s was built (%s)", index_dir, manifest.precision_check.describe())
+            return load_stored(index_dir, config) or made()
         stored = load_stored(index_dir, config, "int8")
         if stored is not None:
             return stored
@@ -90,6 +100,22 @@ def _onnx_for(manifest: Manifest, index_dir: Path, model: ModelSource | None, pr
         log.info("%s holds no int8 model: embedding in fp32 (to make one: prodsearch export --index %s "
                  "--precision int8)", index_dir, index_dir)
     return load_stored(index_dir, config) or made()
+
+
+def refused_int8(manifest: Manifest) -> bool:
+    """Whether the index measured int8 on its photos and embeds in fp32 instead: auto keeps to that."""
+    return manifest.precision_check is not None and manifest.precision_check.chosen == "fp32"
+
+
+def _int8_beside_fp32(index_dir: Path, config, made, photos: Sequence[str | os.PathLike],
+                      required: bool) -> OnnxEncoder:
+    """The folder's int8 model (else one quantized on ``photos``) with its fp32 model in ``fp32``."""
+    fp32 = load_stored(index_dir, config, keep_bytes=True) or made()
+    int8 = load_stored(index_dir, config, "int8")
+    if int8 is None:
+        return as_int8(fp32, photos, required=required)
+    int8.fp32 = fp32
+    return int8
 
 
 def _catalog_photos(index_dir: Path) -> list[str]:

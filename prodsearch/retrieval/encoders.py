@@ -45,7 +45,9 @@ def create_encoder(model: ModelSource = DEFAULT_MODEL, *, runtime: str = "auto",
     An ONNX encoder made from a torch model is exported in memory and keeps the exported bytes in
     ``model_bytes``, so that an index can store them. int8 (``precision="int8"``, or ``auto`` where
     :func:`~prodsearch.retrieval.runtime.auto_precision` picks it) is calibrated on the photos of
-    ``calibration``, the catalog's own; ``auto`` without them stays fp32.
+    ``calibration``, the catalog's own, and keeps its fp32 model in ``fp32``: ``index`` measures on
+    the catalog whether int8 keeps its answers and falls back to that fp32 model where it does not.
+    ``auto`` without calibration photos stays fp32.
     """
     if is_encoder(model):
         return model
@@ -64,8 +66,10 @@ def create_encoder(model: ModelSource = DEFAULT_MODEL, *, runtime: str = "auto",
 
 
 def wants_int8(precision: str, can_calibrate: bool) -> bool:
-    """Whether the ONNX runtime should run int8: asked for (``can_calibrate`` or not: the caller
-    then says why it cannot), or ``auto`` where it is faster and calibration photos are at hand."""
+    """Whether the ONNX runtime should make or take int8: asked for (``can_calibrate`` or not: the
+    caller then says why it cannot), or ``auto`` where it is faster and calibration photos are at
+    hand. For ``auto`` this is a candidate, not the answer: an index measures whether int8 keeps
+    its shop's answers before it embeds with it (:mod:`prodsearch.indexer.precision_check`)."""
     if precision == "int8":
         return True
     return precision == "auto" and can_calibrate and auto_precision("onnx", "cpu") == "int8"

@@ -98,6 +98,17 @@ def stored_models(folder: Path, config: EmbedderConfig) -> dict[str, str]:
     return found
 
 
+def remove_models(folder: Path, precision: str) -> None:
+    """Remove the folder's models of ``precision`` (a file that cannot be removed stays, and is logged)."""
+    for path in _candidates(folder, precision):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s (%s)", path, exc.strerror or exc)
+        else:
+            log.info("removed %s", path)
+
+
 def save_model(folder: Path, data: bytes, precision: str) -> Path | None:
     """Write ``data`` into ``folder`` atomically, replacing the folder's other models of that
     precision (a caller saves only when none of them served); ``None`` (and a log line) where the

@@ -74,10 +74,13 @@ INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def auto_precision(runtime: str, device: str) -> str:
-    """What ``--precision auto`` runs: on torch, bf16 where the hardware computes it natively (see
-    :func:`~prodsearch.retrieval.device.inference_dtype`); on ONNX Runtime, int8 on CPUs with 8-bit
-    dot products (VNNI, AMX: 2x the fp32 model, BENCHMARKS.md), fp32 elsewhere, where int8 has not
-    been measured faster. An index without an int8 model answers in fp32 either way."""
+    """What ``--precision auto`` would run, by the hardware alone: on torch, bf16 where the hardware
+    computes it natively (see :func:`~prodsearch.retrieval.device.inference_dtype`); on ONNX Runtime,
+    int8 on CPUs with 8-bit dot products (VNNI, AMX: 2x the fp32 model, BENCHMARKS.md), fp32
+    elsewhere, where int8 has not been measured faster. int8 is then only a candidate: an index
+    measures on its shop's photos whether int8 keeps fp32's answers and embeds in fp32 where it
+    does not (:mod:`prodsearch.indexer.precision_check`); an index without an int8 model, or one
+    that refused int8, answers in fp32."""
     if runtime == "onnx":
         return "int8" if has_int8_dot_product() else "fp32"
     import torch
