@@ -60,7 +60,7 @@ def adapt_batchnorm(embedder: Embedder, photos: Sequence[str | os.PathLike], bat
     target = resolve_device(device)
     adapted.to(target)
     # Shuffled (seeded): a batch's variance leaves out how batches differ, and photos listed SKU by
-    # SKU would give batches of one product each, variances far too small (top-1 0.389 -> 0.10).
+    # SKU would give batches of one product each, variances too small.
     paths = [photos[i] for i in np.random.default_rng(SHUFFLE_SEED).permutation(len(photos))]
     seen = 0
     with torch.no_grad():
