@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,8 @@ from prodsearch.retrieval.embedding import preprocessed
 
 log = logging.getLogger(__name__)
 
+SHUFFLE_SEED = 0  # the order photos are batched in: fixed, so the same photos give the same model
+
 
 class AdaptationError(ProdsearchError):
     """Nothing to adapt on: no readable photo, or a model without BatchNorm layers to adapt."""
@@ -39,8 +42,8 @@ class AdaptationError(ProdsearchError):
 def adapt_batchnorm(embedder: Embedder, photos: Sequence[str | os.PathLike], batch_size: int = 32, *,
                     device: str = "cpu", num_workers: int = 1) -> Embedder:
     """A copy of ``embedder`` whose backbone BatchNorm running statistics are the cumulative
-    average over ``photos`` in batches of ``batch_size`` (each batch counts alike, a short last one
-    too), preprocessed as an index embeds them; in eval mode, every other weight as it was, and
+    average over ``photos`` in seeded random batches of ``batch_size`` (each batch counts alike, a
+    short last one too), preprocessed as an index embeds them; in eval mode, every other weight as it was, and
     ``embedder`` itself untouched. Unreadable photos are left out; none readable is an error."""
     if not isinstance(embedder, Embedder):
         raise AdaptationError(f"AdaBN adapts one backbone, not a {type(embedder).__name__}: adapt each member "
@@ -56,7 +59,10 @@ def adapt_batchnorm(embedder: Embedder, photos: Sequence[str | os.PathLike], bat
         layer.train()  # only the BatchNorm layers: dropout and drop-path stay off
     target = resolve_device(device)
     adapted.to(target)
-    seen, paths = 0, list(photos)
+    # Shuffled (seeded): a batch's variance leaves out how batches differ, and photos listed SKU by
+    # SKU would give batches of one product each, variances too small.
+    paths = [photos[i] for i in np.random.default_rng(SHUFFLE_SEED).permutation(len(photos))]
+    seen = 0
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
             inputs = preprocessed(paths[start:start + batch_size], embedder.config.data_config, num_workers)
