@@ -49,6 +49,7 @@ class IndexInfo:
     vector_store: str = "faiss"  # or the Milvus collection the vectors are searched in
     held_by: str = ""  # the process that holds a Milvus Lite store: its vectors were not read ("vectors": None)
     leftovers: dict[str, int] = field(default_factory=dict)  # what the next write removes (Leftovers.to_dict)
+    tuning: dict | None = None  # what 'prodsearch tune' chose the settings on (the manifest's); None: not tuned
 
     @property
     def size_bytes(self) -> int:
@@ -122,7 +123,8 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      sum((n or 0) * c for n, c in sizes.items()) / max(1, counts["vectors"]),
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
                      onnx_models, auto_runtime(onnx_models), rejection, manifest.views,
-                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict())
+                     "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict(),
+                     tuning=manifest.tuning)
 
 
 def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:

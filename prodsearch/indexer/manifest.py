@@ -30,6 +30,7 @@ from prodsearch.retrieval.onnx_files import MODEL_FILE_PATTERN
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+TUNE_DIR = "tune"  # 'prodsearch tune' keeps its measurements and training runs here, inside the index folder
 FORMAT = "prodsearch-index"
 FORMAT_VERSION = 2  # 2: catalog.db holds the vectors; FAISS snapshots are derived from it
 STORE_FORMAT_VERSION = 3  # 3: the vectors are searched in a Milvus collection (older prodsearch cannot)
@@ -55,6 +56,7 @@ class Manifest:
     index_requested: str = ""  # what --index-type asked for ("auto" or a factory): a rebuild resizes by it
     views: int = 1  # every photo, catalog and query, embedded as the mean of this many fixed views
     milvus: MilvusTarget | None = None  # where the vectors are searched; None: FAISS snapshots in the folder
+    tuning: dict[str, Any] | None = None  # what 'prodsearch tune' chose these settings on (absent: not tuned)
 
     @property
     def store(self) -> str:
@@ -73,7 +75,7 @@ class Manifest:
                              "requested": self.index_requested or self.index_factory, "metric": "inner_product"},
             "catalog": {"source": self.catalog_source},
             "vector_store": {"kind": "faiss"} if self.milvus is None else self.milvus.to_dict(),
-        }
+        } | ({} if self.tuning is None else {"tuning": self.tuning})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
@@ -87,6 +89,7 @@ class Manifest:
             index_requested=d["vector_index"].get("requested") or d["vector_index"].get("factory", "auto"),
             views=d.get("embedding", {}).get("views", 1),  # indexes from before views: the photo alone
             milvus=MilvusTarget.from_dict(store) if (store := d.get("vector_store", {})).get("kind") == "milvus" else None,
+            tuning=d.get("tuning"),
         )
 
 
@@ -176,9 +179,9 @@ def is_index_dir(path: Path) -> bool:
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
 # files, FAISS snapshots or the Milvus Lite folder, the writer lock and who holds it, temporary files
-# a crashed writer left, and the server's folders of uploaded photos and thumbnails.
+# a crashed writer left, the server's folders of uploaded photos and thumbnails, and what tune measured.
 INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|milvus\.db|"
-                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails)$")
+                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails|{TUNE_DIR})$")
 
 
 def check_target(index_dir: Path) -> None:
@@ -187,7 +190,7 @@ def check_target(index_dir: Path) -> None:
         return
     if not index_dir.is_dir():
         raise IndexDirError(f"{index_dir} exists and is not a folder; choose a new or empty folder for --index")
-    entries = _entries(index_dir)
+    entries = [name for name in _entries(index_dir) if name != TUNE_DIR]  # a tune run before its index is built
     if entries and not is_index_dir(index_dir):
         raise IndexDirError(f"{index_dir} exists and is not a prodsearch index (it holds {listed(entries)}); "
                             "choose a new or empty folder for --index")

@@ -66,6 +66,30 @@ class VectorStoreSection(_Schema):
     collection: Annotated[str, Field(min_length=1)] = "prodsearch_images"
 
 
+class TunedCandidate(_Schema):
+    """One setting ``prodsearch tune`` measured: its index options and its scores on the shop's photos
+    (None where it was not scored: ``skipped`` says why)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    options: str
+    top1: Optional[float] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    top5: Optional[float] = None
+    minutes: Optional[float] = None
+    skipped: Optional[str] = None
+
+
+class TuningSection(_Schema):
+    """What ``prodsearch tune`` chose the index's settings on (absent: not tuned)."""
+
+    chosen: Annotated[str, Field(min_length=1)]
+    photos: Annotated[int, Field(ge=0)]
+    rule: str
+    reason: str = ""
+    candidates: list[TunedCandidate]
+
+
 class ManifestSchema(_Schema):
     format: Literal["prodsearch-index"]
     format_version: int
@@ -77,6 +101,7 @@ class ManifestSchema(_Schema):
     vector_index: VectorIndexSection
     catalog: CatalogSection
     vector_store: VectorStoreSection = Field(default_factory=VectorStoreSection)
+    tuning: Optional[TuningSection] = None
 
     @model_validator(mode="after")
     def _same_width(self) -> "ManifestSchema":
