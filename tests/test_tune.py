@@ -192,7 +192,7 @@ def test_tune_trains_within_the_budget_only(tmp_path):
                                    train_snapshots_per_sku=5)
     tiny = {"epochs": 1, "lr_steps": (), "img_size": 64, "resize": 72, "batch_size": 8, "accumulate": 1,
             "m_per_class": 2, "embed_dim": 32, "workers": 0}
-    common = dict(candidates=["plain", "whole-224"], train_settings=tiny, num_workers=0)
+    common = {"candidates": ["plain", "whole-224"], "train_settings": tiny, "num_workers": 0}
     index_dir = tmp_path / "idx"
     # 24 photos in batches of 8: the budget is checked after the 3rd batch, the last one
     short = tuning.tune(shop.train_csv, shop.queries_dir, index_dir, budget_minutes=1e-6, **common)

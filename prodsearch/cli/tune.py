@@ -7,8 +7,19 @@ from typing import TYPE_CHECKING
 import click
 
 from prodsearch.choices import TUNE_BUDGET_MINUTES, TUNE_CANDIDATES
-from prodsearch.cli.app import (Progress, batch_option, cli, device_option, echo_json, index_option, json_option,
-                                quiet_option, shows_progress, wait_option, workers_option)
+from prodsearch.cli.app import (
+    Progress,
+    batch_option,
+    cli,
+    device_option,
+    echo_json,
+    index_option,
+    json_option,
+    quiet_option,
+    shows_progress,
+    wait_option,
+    workers_option,
+)
 from prodsearch.cli.commands import format_build_report
 from prodsearch.cli.reports import build_report_dict
 

@@ -21,9 +21,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,12 @@ from prodsearch.catalog.files import write_atomically
 from prodsearch.catalog.listing import Item, Listing, read_listing
 from prodsearch.choices import DEFAULT_MODEL, TUNE_BUDGET_MINUTES
 from prodsearch.errors import ProdsearchError
-from prodsearch.indexer.manifest import TUNE_DIR, check_target, read_manifest, write_manifest
+from prodsearch.indexer.manifest import (
+    TUNE_DIR,
+    check_target,
+    read_manifest,
+    write_manifest,
+)
 from prodsearch.retrieval.embedding import FilesDone, embed_files
 from prodsearch.train_config import TrainConfig
 
@@ -447,9 +453,9 @@ def report_of(results: list[Scored], photos: Listing, catalog: Listing, unreadab
     if not scored:
         reasons = "; ".join(f"{r.candidate.name}: {r.skipped}" for r in results)
         raise TuneError(f"no candidate could be scored ({reasons}); choose others with --candidates")
-    choice = choose(np.stack([r.top1 for r in scored]))
+    choice = choose(np.stack([r.top1 for r in scored if r.top1 is not None]))
     chosen, best = scored[choice.chosen], scored[choice.best]
-    top1 = lambda r: float(r.top1.mean())  # noqa: E731
+    top1 = lambda r: float(np.mean(r.top1))
     if choice.chosen == choice.best:
         others = [r for r in scored if r is not best]
         reason = "best top-1" + (f" ({top1(best):.3f}; next {max(top1(r) for r in others):.3f})" if others else "")

@@ -72,12 +72,12 @@ class TunedCandidate(_Schema):
 
     name: Annotated[str, Field(min_length=1)]
     options: str
-    top1: Optional[float] = None
-    low: Optional[float] = None
-    high: Optional[float] = None
-    top5: Optional[float] = None
-    minutes: Optional[float] = None
-    skipped: Optional[str] = None
+    top1: float | None = None
+    low: float | None = None
+    high: float | None = None
+    top5: float | None = None
+    minutes: float | None = None
+    skipped: str | None = None
 
 
 class TuningSection(_Schema):
@@ -101,7 +101,7 @@ class ManifestSchema(_Schema):
     vector_index: VectorIndexSection
     catalog: CatalogSection
     vector_store: VectorStoreSection = Field(default_factory=VectorStoreSection)
-    tuning: Optional[TuningSection] = None
+    tuning: TuningSection | None = None
 
     @model_validator(mode="after")
     def _same_width(self) -> "ManifestSchema":
