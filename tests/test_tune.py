@@ -153,10 +153,9 @@ def test_tune_chooses_builds_and_records(shop, tmp_path):
     info = invoke("info", "--index", index_dir)
     assert info.exit_code == 0, info.output
     line = next(line for line in info.output.splitlines() if line.startswith("tuning:"))
-    assert f"{data['chosen']} (top-1 {chosen['top1']:.3f}, 95% {chosen['low']:.3f}-{chosen['high']:.3f}" in line
-    assert "on 12 photos" in line
-    if data["chosen"] != "plain":
-        assert f"plain --model tf_efficientnet_lite0 --precision fp32: {by_name['plain']['top1']:.3f}" in line
+    assert line.startswith(f"tuning:     {data['chosen']} ({chosen['options']}): top-1 {chosen['top1']:.3f} "
+                           f"(95% {chosen['low']:.3f}-{chosen['high']:.3f}) on 12 photos")
+    assert line.endswith("" if data["chosen"] == "plain" else f"; plain {by_name['plain']['top1']:.3f}")
     assert json.loads(invoke("info", "--index", index_dir, "--json").output)["tuning"] == manifest.tuning
 
     # the text table, from the cache: nothing is embedded again but the index's rebuild
@@ -210,3 +209,36 @@ def test_tune_trains_within_the_budget_only(tmp_path):
     again = tuning.tune(shop.train_csv, shop.queries_dir, index_dir, budget_minutes=30, **common)
     assert [r.cached for r in again.results] == [True, True]
     assert np.array_equal({r.candidate.name: r for r in again.results}["whole-224"].top1, whole.top1)
+
+
+def test_the_reason_names_the_rule_at_work():
+    from pathlib import Path
+
+    from prodsearch.catalog.listing import Item, Listing
+
+    photos = Listing(Path("p"), "folder", [Item(Path(f"{i}.jpg"), f"s{i % 5}") for i in range(10)])
+    catalog = Listing(Path("c"), "folder", [Item(Path(f"c{i}.jpg"), f"s{i}") for i in range(5)])
+
+    def scored(name, top1):
+        return tuning.Scored(tuning.Candidate(name, name), np.array(top1, bool), np.ones(10, bool))
+
+    close = tuning.report_of([scored("plain", [1] * 5 + [0] * 5), scored("size160", [1] * 6 + [0] * 4)], photos,
+                             catalog, {})
+    assert close.chosen.candidate.name == "plain"
+    assert close.reason == "within one standard error (0.100) of size160 (0.600) and simpler"
+    clear = tuning.report_of([scored("plain", [1] * 2 + [0] * 8), scored("views6", [1] * 8 + [0] * 2),
+                              scored("int8", [1] * 8 + [0] * 2)], photos, catalog, {})
+    assert clear.chosen.candidate.name == "views6"
+    assert clear.reason == ("best top-1 (0.800); the simpler plain (0.200) is more than one standard error (0.163) "
+                            "below; tied with int8, which is less simple")
+    assert clear.warnings == []
+    few = Listing(Path("p"), "folder", photos.items[:4])
+    alone = tuning.report_of([tuning.Scored(tuning.Candidate("plain", "plain"), np.array([1, 1, 0, 1], bool),
+                                            np.ones(4, bool)), tuning.Scored(tuning.Candidate("int8", "x"),
+                                                                             skipped="int8 cannot run here")],
+                             few, catalog, {})
+    assert alone.reason == "best top-1 (0.750) and the simplest candidate"
+    assert alone.warnings[0].startswith("only 4 photos: too few to tell")
+    assert alone.tuning()["candidates"][1] == {"name": "int8", "options": "--model x --precision fp32", "top1": None,
+                                                "low": None, "high": None, "top5": None, "minutes": 0.0,
+                                                "skipped": "int8 cannot run here"}

@@ -205,18 +205,16 @@ def format_rejection(rule: dict | None) -> str:
 
 
 def format_tuning(tuning: dict | None) -> str:
-    """What ``prodsearch tune`` chose and on what evidence, in one line; the table is in ``--json``."""
+    """What ``prodsearch tune`` chose, on how many photos, against the plain setting, in one line;
+    the whole table is in ``--json``."""
     if tuning is None:
         return "none (prodsearch tune CATALOG --val PHOTOS --index DIR chooses the settings on the shop's photos)"
     scored = {c["name"]: c for c in tuning["candidates"] if c.get("top1") is not None}
     chosen, plain = scored.get(tuning["chosen"]), scored.get("plain")
-    line = f"{tuning['chosen']}"
+    line = f"{tuning['chosen']} ({tuning.get('options', '')})"
     if chosen is not None:
-        line += (f" (top-1 {chosen['top1']:.3f}, 95% {chosen['low']:.3f}-{chosen['high']:.3f}, "
-                 f"on {tuning['photos']} photos)")
-    if plain is not None and tuning["chosen"] != "plain":
-        line += f"; plain {plain['options']}: {plain['top1']:.3f}"
-    return line + (f"; {tuning['reason']}" if tuning.get("reason") else "")
+        line += f": top-1 {chosen['top1']:.3f} (95% {chosen['low']:.3f}-{chosen['high']:.3f}) on {tuning['photos']} photos"
+    return line + (f"; plain {plain['top1']:.3f}" if plain is not None and tuning["chosen"] != "plain" else "")
 
 
 def format_views(views: int) -> str:

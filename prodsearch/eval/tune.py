@@ -453,12 +453,12 @@ def report_of(results: list[Scored], photos: Listing, catalog: Listing, unreadab
     if not scored:
         reasons = "; ".join(f"{r.candidate.name}: {r.skipped}" for r in results)
         raise TuneError(f"no candidate could be scored ({reasons}); choose others with --candidates")
-    choice = choose(np.stack([r.top1 for r in scored if r.top1 is not None]))
+    hits = np.stack([r.top1 for r in scored if r.top1 is not None])
+    choice = choose(hits)
     chosen, best = scored[choice.chosen], scored[choice.best]
     top1 = lambda r: float(np.mean(r.top1))
     if choice.chosen == choice.best:
-        others = [r for r in scored if r is not best]
-        reason = "best top-1" + (f" ({top1(best):.3f}; next {max(top1(r) for r in others):.3f})" if others else "")
+        reason = _why_best([r.candidate.name for r in scored], hits, choice)
     else:
         reason = (f"within one standard error ({choice.se[choice.chosen]:.3f}) of {best.candidate.name} "
                   f"({top1(best):.3f}) and simpler")
@@ -472,6 +472,23 @@ def report_of(results: list[Scored], photos: Listing, catalog: Listing, unreadab
     for line in warnings:
         log.warning("%s", line)
     return TuneReport(results, chosen, best, reason, n, len(photos.skus), len(catalog.items), unreadable, warnings)
+
+
+def _why_best(names: list[str], hits: np.ndarray, choice: Choice) -> str:
+    """Why the best top-1 won: every simpler candidate is more than one standard error below it
+    (the closest one named), and which less simple ones tie with it."""
+    top1 = hits.mean(axis=1).tolist()
+    best = choice.best
+    reason = f"best top-1 ({top1[best]:.3f})"
+    if best > 0:
+        runner = max(range(best), key=lambda i: (top1[i], -i))
+        reason += (f"; the simpler {names[runner]} ({top1[runner]:.3f}) is more than one standard "
+                   f"error ({choice.se[runner]:.3f}) below")
+    else:
+        reason += " and the simplest candidate"
+    tied = [name for i, name in enumerate(names) if i > best and top1[i] == top1[best]]
+    return reason + (f"; tied with {', '.join(tied)}, which {'is' if len(tied) == 1 else 'are'} less simple"
+                     if tied else "")
 
 
 def record_tuning(index_dir: str | os.PathLike, report: TuneReport, *, wait: float = 0.0) -> None:
