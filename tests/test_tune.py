@@ -242,3 +242,22 @@ def test_the_reason_names_the_rule_at_work():
     assert alone.tuning()["candidates"][1] == {"name": "int8", "options": "--model x --precision fp32", "top1": None,
                                                 "low": None, "high": None, "top5": None, "minutes": 0.0,
                                                 "skipped": "int8 cannot run here"}
+
+
+def test_index_builds_into_a_folder_tune_measured_in_and_keeps_that(tmp_path, embedder, folder_catalog):
+    from prodsearch.errors import IndexDirError
+    from prodsearch.indexer import build_index
+
+    index_dir = tmp_path / "idx"
+    (index_dir / "tune").mkdir(parents=True)
+    (index_dir / "tune" / "plain-x.json").write_text("{}")
+    build_index(folder_catalog, index_dir, model=embedder, num_workers=0)
+    assert (index_dir / "tune" / "plain-x.json").read_text() == "{}" and read_manifest(index_dir).tuning is None
+    (index_dir / "manifest.json").write_text("{damaged")  # replaced whole by the next build: tune/ moves with it
+    build_index(folder_catalog, index_dir, model=embedder, num_workers=0)
+    assert (index_dir / "tune" / "plain-x.json").is_file()
+    other = tmp_path / "other"
+    (other / "tune").mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(IndexDirError, match="is not a prodsearch index"):
+        build_index(folder_catalog, other, model=embedder, num_workers=0)

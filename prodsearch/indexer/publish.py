@@ -83,9 +83,12 @@ def glob_escape(name: str) -> str:
 
 def publish_replacing(staged: Path, index_dir: Path) -> None:
     """Put a complete staged index in place of an unreadable one (older format, damaged): the old
-    folder is renamed aside first, then deleted, so a crash leaves one of the two whole."""
+    folder is renamed aside first, then deleted, so a crash leaves one of the two whole. Its
+    ``tune/`` folder moves into the new index."""
     aside = index_dir.parent / f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(index_dir, aside)
+    if (aside / TUNE_DIR).is_dir() and not (aside / TUNE_DIR).is_symlink():  # what tune measured stays
+        os.rename(aside / TUNE_DIR, staged / TUNE_DIR)
     publish_new(staged, index_dir)
     shutil.rmtree(aside, ignore_errors=True)
 
