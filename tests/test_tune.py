@@ -115,7 +115,7 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_tune_chooses_builds_and_records(shop, tmp_path):
+def test_tune_chooses_builds_and_records(shop, tmp_path, monkeypatch):
     from prodsearch.retrieval.encoders import create_encoder
 
     index_dir = tmp_path / "idx"
@@ -158,17 +158,28 @@ def test_tune_chooses_builds_and_records(shop, tmp_path):
     assert line.endswith("" if data["chosen"] == "plain" else f"; plain {by_name['plain']['top1']:.3f}")
     assert json.loads(invoke("info", "--index", index_dir, "--json").output)["tuning"] == manifest.tuning
 
-    # the text table, from the cache: nothing is embedded again but the index's rebuild
+    # the text table, from the cache: nothing is embedded again but the index's rebuild; at a
+    # terminal, a line per candidate on stderr (none with --json or -q)
+    monkeypatch.setattr("prodsearch.cli.app.stderr_is_terminal", lambda: True)
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    lines = again.output.splitlines()
+    told = [line for line in again.stderr.splitlines() if line.startswith("tune: ")]
+    assert told[:3] == [f"tune: {name}: measured by an earlier run, reused ({path.name})" for name, path in
+                        zip(("plain", "size160", "int8"), [next((index_dir / "tune").glob(f"{n}-*.json"))
+                                                          for n in ("plain", "size160", "int8")])]
+    assert told[3] == f"tune: building the index with {data['chosen']}: {chosen['options']}"
+    lines = again.stdout.splitlines()
     assert lines[0] == "Tuned on 12 photos of 6 SKUs (catalog: 6 photos)"
     marked = [line for line in lines if line.startswith("* ")]
     assert len(marked) == 1 and marked[0].split()[1] == data["chosen"]
     assert f"  {by_name['plain']['top1']:.3f}  " in next(line for line in lines if line[2:].startswith("plain "))
     assert lines[5].startswith(f"Chosen: {data['chosen']}: ")
     assert "Indexed 6 images of 6 SKUs" in again.output
-    rerun = json.loads(invoke(*args, "--json").output)
+    quiet = invoke(*args, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout.splitlines()[:6] == lines[:6]
+    rerun_result = invoke(*args, "--json")
+    assert rerun_result.stderr == ""
+    rerun = json.loads(rerun_result.stdout)
     assert rerun["cached"] == ["plain", "size160", "int8"] and rerun["candidates"] == data["candidates"]
 
 
