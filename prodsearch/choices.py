@@ -46,3 +46,7 @@ MILVUS_COLLECTION = "prodsearch_images"
 CHUNK_PHOTOS = 50_000
 # calibrate: a rule that rejects more of the shop's own photos is stored only with --force (prodsearch.eval.calibrate).
 MAX_KNOWN_REJECTED = 0.5
+# tune --candidates, simplest first (prodsearch.eval.tune defines what each stands for): input sizes,
+# views, the ensemble, int8 of the best fp32 one, then training recipes within --budget minutes.
+TUNE_CANDIDATES = ("plain", "size160", "size192", "size288", "views6", "ensemble", "int8", "whole-224")
+TUNE_BUDGET_MINUTES = 30.0

@@ -24,12 +24,12 @@ from prodsearch.train_config import TrainConfig
 
 from conftest import fake_grocery_store, write_folder_catalog
 
-PROGRESS_COMMANDS = ("index", "add", "update", "eval", "calibrate", "train", "demo", "import", "stats")
+PROGRESS_COMMANDS = ("index", "add", "update", "eval", "calibrate", "train", "tune", "demo", "import", "stats")
 REQUIRED = {"index": ["c", "--index", "i"], "add": ["c", "--index", "i"], "update": ["c", "--index", "i"],
             "eval": ["q", "--index", "i"], "calibrate": ["q", "--index", "i"], "train": ["t", "--out", "o"], "stats": ["c", "--out", "o"], "demo": [],
-            "import": ["grocery-store", "s", "--out", "o.csv"]}  # the least each command parses
+            "import": ["grocery-store", "s", "--out", "o.csv"], "tune": ["c", "--val", "p", "--index", "i"]}  # the least each command parses
 JSON_COMMANDS = ("index", "add", "update", "remove", "import", "stats", "train", "demo", "query", "eval", "calibrate",
-                 "info")
+                 "info", "tune")
 
 
 def invoke(*args):

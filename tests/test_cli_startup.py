@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "timm", "torchvision", "faiss", "matplotlib", "pytorch_metric_learning", "pymongo", "bson")
-COMMANDS = ("index", "query", "eval", "train", "add", "update", "remove", "info", "import", "stats", "demo")
+COMMANDS = ("index", "query", "eval", "train", "tune", "add", "update", "remove", "info", "import", "stats", "demo")
 
 PROBE = """
 import json, sys

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from prodsearch.cli import calibrate, commands, demo, export, importer, lifecycle, serve, stats, train  # noqa: F401  (registers the commands)
+from prodsearch.cli import calibrate, commands, demo, export, importer, lifecycle, serve, stats, train, tune  # noqa: F401  (registers the commands)
 from prodsearch.cli.app import cli, speaks_for_run
 
 HELPER_EXIT_DELAY_SECONDS = 1.0

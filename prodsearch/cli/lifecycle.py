@@ -214,6 +214,19 @@ def format_precision_check(check: dict | None) -> str:
     return PrecisionCheck.from_dict(check).describe()
 
 
+def format_tuning(tuning: dict | None) -> str:
+    """What ``prodsearch tune`` chose, on how many photos, against the plain setting, in one line;
+    the whole table is in ``--json``."""
+    if tuning is None:
+        return "none (prodsearch tune CATALOG --val PHOTOS --index DIR chooses the settings on the shop's photos)"
+    scored = {c["name"]: c for c in tuning["candidates"] if c.get("top1") is not None}
+    chosen, plain = scored.get(tuning["chosen"]), scored.get("plain")
+    line = f"{tuning['chosen']} ({tuning.get('options', '')})"
+    if chosen is not None:
+        line += f": top-1 {chosen['top1']:.3f} (95% {chosen['low']:.3f}-{chosen['high']:.3f}) on {tuning['photos']} photos"
+    return line + (f"; plain {plain['top1']:.3f}" if plain is not None and tuning["chosen"] != "plain" else "")
+
+
 def format_views(views: int) -> str:
     """What ``index --views`` set, for people: the views and what they cost."""
     if views == 1:
@@ -243,6 +256,7 @@ def format_info(info: IndexInfo) -> str:
         f"stored:     {human_size(round(info.stored_bytes_per_image))} per image "
         f"({info.stored_dtype or 'no vectors'} in catalog.db)",
         f"rejection:  {format_rejection(info.rejection)}",
+        f"tuning:     {format_tuning(info.tuning)}",
         f"catalog:    {info.skus} SKUs, {info.images} images",
         f"disk:       {human_size(info.size_bytes)} ({', '.join(f'{k} {human_size(v)}' for k, v in info.files.items())})",
         f"leftovers:  {describe_leftovers(info.leftovers)}"

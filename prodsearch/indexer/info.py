@@ -51,6 +51,7 @@ class IndexInfo:
     held_by: str = ""  # the process that holds a Milvus Lite store: its vectors were not read ("vectors": None)
     leftovers: dict[str, int] = field(default_factory=dict)  # what the next write removes (Leftovers.to_dict)
     precision_check: dict | None = None  # whether int8 kept the shop's answers (PrecisionCheck.to_dict()); None: not measured
+    tuning: dict | None = None  # what 'prodsearch tune' chose the settings on (the manifest's); None: not tuned
 
     @property
     def size_bytes(self) -> int:
@@ -125,7 +126,8 @@ def index_info(index_dir: str | os.PathLike) -> IndexInfo:
                      "+".join(sorted({d.name for d in dtypes.values() if d is not None})),
                      onnx_models, auto_runtime(onnx_models, manifest), rejection, manifest.views,
                      "faiss" if manifest.milvus is None else str(manifest.milvus), held_by, left.to_dict(),
-                     None if manifest.precision_check is None else manifest.precision_check.to_dict())
+                     None if manifest.precision_check is None else manifest.precision_check.to_dict(),
+                     tuning=manifest.tuning)
 
 
 def _snapshot_ids(index_dir: Path, db: CatalogDB, manifest: Manifest, problems: list[str]) -> np.ndarray:

@@ -31,6 +31,7 @@ from prodsearch.retrieval.onnx_files import MODEL_FILE_PATTERN
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+TUNE_DIR = "tune"  # 'prodsearch tune' keeps its measurements and training runs here, inside the index folder
 FORMAT = "prodsearch-index"
 FORMAT_VERSION = 2  # 2: catalog.db holds the vectors; FAISS snapshots are derived from it
 STORE_FORMAT_VERSION = 3  # 3: the vectors are searched in a Milvus collection (older prodsearch cannot)
@@ -59,6 +60,7 @@ class Manifest:
     # whether int8 kept this shop's answers, measured when it was built; None: not measured (fp32 asked
     # for, a CPU where auto takes fp32, or built before the check): auto then runs int8 where it is stored
     precision_check: PrecisionCheck | None = None
+    tuning: dict[str, Any] | None = None  # what 'prodsearch tune' chose these settings on (absent: not tuned)
 
     @property
     def store(self) -> str:
@@ -78,7 +80,7 @@ class Manifest:
             "catalog": {"source": self.catalog_source},
             "vector_store": {"kind": "faiss"} if self.milvus is None else self.milvus.to_dict(),
             **({} if self.precision_check is None else {"precision_check": self.precision_check.to_dict()}),
-        }
+        } | ({} if self.tuning is None else {"tuning": self.tuning})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
@@ -93,6 +95,7 @@ class Manifest:
             views=d.get("embedding", {}).get("views", 1),  # indexes from before views: the photo alone
             milvus=MilvusTarget.from_dict(store) if (store := d.get("vector_store", {})).get("kind") == "milvus" else None,
             precision_check=PrecisionCheck.from_dict(d["precision_check"]) if d.get("precision_check") else None,
+            tuning=d.get("tuning"),
         )
 
 
@@ -182,9 +185,9 @@ def is_index_dir(path: Path) -> bool:
 
 # What a prodsearch index folder may hold: its manifest, the catalog database with SQLite's side
 # files, FAISS snapshots or the Milvus Lite folder, the writer lock and who holds it, temporary files
-# a crashed writer left, and the server's folders of uploaded photos and thumbnails.
+# a crashed writer left, the server's folders of uploaded photos and thumbnails, and what tune measured.
 INDEX_FILE = re.compile(r"^(manifest\.json|catalog\.db(-wal|-shm|-journal)?|vectors-\d{8}\.faiss|milvus\.db|"
-                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails)$")
+                        rf"{MODEL_FILE_PATTERN}|\.lock|\.writer|.*\.tmp-.*|uploads|thumbnails|{TUNE_DIR})$")
 
 
 def check_target(index_dir: Path) -> None:
@@ -193,7 +196,7 @@ def check_target(index_dir: Path) -> None:
         return
     if not index_dir.is_dir():
         raise IndexDirError(f"{index_dir} exists and is not a folder; choose a new or empty folder for --index")
-    entries = _entries(index_dir)
+    entries = [name for name in _entries(index_dir) if name != TUNE_DIR]  # a tune run before its index is built
     if entries and not is_index_dir(index_dir):
         raise IndexDirError(f"{index_dir} exists and is not a prodsearch index (it holds {listed(entries)}); "
                             "choose a new or empty folder for --index")

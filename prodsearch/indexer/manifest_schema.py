@@ -90,6 +90,30 @@ class PrecisionCheckSection(_Schema):
         return self
 
 
+class TunedCandidate(_Schema):
+    """One setting ``prodsearch tune`` measured: its index options and its scores on the shop's photos
+    (None where it was not scored: ``skipped`` says why)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    options: str
+    top1: float | None = None
+    low: float | None = None
+    high: float | None = None
+    top5: float | None = None
+    minutes: float | None = None
+    skipped: str | None = None
+
+
+class TuningSection(_Schema):
+    """What ``prodsearch tune`` chose the index's settings on (absent: not tuned)."""
+
+    chosen: Annotated[str, Field(min_length=1)]
+    photos: Annotated[int, Field(ge=0)]
+    rule: str
+    reason: str = ""
+    candidates: list[TunedCandidate]
+
+
 class ManifestSchema(_Schema):
     format: Literal["prodsearch-index"]
     format_version: int
@@ -102,6 +126,7 @@ class ManifestSchema(_Schema):
     catalog: CatalogSection
     vector_store: VectorStoreSection = Field(default_factory=VectorStoreSection)
     precision_check: PrecisionCheckSection | None = None
+    tuning: TuningSection | None = None
 
     @model_validator(mode="after")
     def _same_width(self) -> "ManifestSchema":

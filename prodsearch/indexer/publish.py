@@ -18,6 +18,7 @@ from pathlib import Path
 from prodsearch.errors import IndexDirError
 from prodsearch.indexer.catalog_db import can_write
 from prodsearch.indexer.lock import lock_is_held
+from prodsearch.indexer.manifest import TUNE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,21 @@ def glob_escape(name: str) -> str:
 
 def publish_replacing(staged: Path, index_dir: Path) -> None:
     """Put a complete staged index in place of an unreadable one (older format, damaged): the old
-    folder is renamed aside first, then deleted, so a crash leaves one of the two whole."""
+    folder is renamed aside first, then deleted, so a crash leaves one of the two whole. Its
+    ``tune/`` folder moves into the new index."""
     aside = index_dir.parent / f".{index_dir.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(index_dir, aside)
+    if (aside / TUNE_DIR).is_dir() and not (aside / TUNE_DIR).is_symlink():  # what tune measured stays
+        os.rename(aside / TUNE_DIR, staged / TUNE_DIR)
     publish_new(staged, index_dir)
     shutil.rmtree(aside, ignore_errors=True)
 
 
 def publish_new(staged: Path, index_dir: Path) -> None:
     """Move a complete staged index to ``index_dir``, which must not hold anything yet: one
-    atomic rename, so the folder appears whole or not at all."""
+    atomic rename, so the folder appears whole or not at all. What ``prodsearch tune`` measured
+    there before the index existed (its only content) moves into the new index first."""
+    _carry_tuning(index_dir, staged)
     try:
         os.rename(staged, index_dir)  # replaces an empty folder; fails on a non-empty one
     except OSError as exc:
@@ -99,3 +105,17 @@ def publish_new(staged: Path, index_dir: Path) -> None:
             raise IndexDirError(f"{index_dir} was created by another process meanwhile; choose another --index") from None
         raise IndexDirError(f"cannot move the new index into place at {index_dir} ({exc.strerror or exc}); "
                             "choose a folder you can write for --index") from None
+
+
+def _carry_tuning(index_dir: Path, staged: Path) -> None:
+    """Move ``index_dir/tune`` into ``staged`` when it is all ``index_dir`` holds, and remove the
+    then empty folder, so that the rename can put the new index in its place."""
+    tune = index_dir / TUNE_DIR
+    try:
+        if not tune.is_dir() or tune.is_symlink() or os.listdir(index_dir) != [TUNE_DIR]:
+            return
+        os.rename(tune, staged / TUNE_DIR)
+        os.rmdir(index_dir)
+    except OSError as exc:
+        raise IndexDirError(f"cannot move {tune} into the new index ({exc.strerror or exc}); choose a folder you can "
+                            "write for --index") from None
