@@ -326,7 +326,10 @@ class Tuner:
     def trained(self, name: str) -> Scored:
         """A training recipe's model, trained (or reused, or resumed) within the budget, then scored."""
         out = self.cache / f"train-{name}"
-        config = TrainConfig(train=str(self.catalog.source), out=str(out), val=None, device=self.device,
+        # The shop's photos are its --val: train reports its comparison with the untrained model on them,
+        # and holds none of the catalog out for it.
+        config = TrainConfig(train=str(self.catalog.source), out=str(out), val=str(self.photos.source),
+                             device=self.device,
                              **(TRAINED[name] | self.train_settings))
         candidate = Candidate(name, str(out / "model.pt"), trained=True)
         if self.budget_minutes <= 0:
