@@ -128,7 +128,14 @@ def test_onnx_and_int8_compute_what_torch_does(ensemble, batch, tmp_path):
 
     arrays = preprocessed(photos, ensemble.data_config)
     cosine = np.sum(int8.encode(arrays) * fp32.encode(arrays), axis=1)
-    assert cosine.min() > 0.95, cosine
+    from prodsearch.retrieval.runtime import has_int8_dot_product
+
+    # Without VNNI the weights keep 7 bits (reduce_range), which costs these tiny 64/96 px members
+    # on drawn photos more than lite0 at 224 on real ones (test_onnx): mean 0.937, min 0.841,
+    # the same on an AVX2 EPYC and with reduce_range forced on an AVX512-VNNI Xeon; 8 bits with
+    # VNNI: mean 0.986, min 0.972. A wrong graph scores far below either.
+    mean, low = (0.975, 0.95) if has_int8_dot_product() else (0.92, 0.8)
+    assert cosine.mean() >= mean and cosine.min() >= low, cosine
 
 
 # ------------------------------------------------------------------ an index and training
@@ -144,8 +151,12 @@ def test_an_index_built_with_an_ensemble_reopens_and_answers(tmp_path):
     for runtime in ("onnx", "torch"):  # the stored export; the model rebuilt from the manifest's name
         index = ProductIndex.open(tmp_path / "idx", runtime=runtime)
         assert index.encoder.config.name == NAME
-        if runtime == "onnx":  # the index kept the int8 model it was built with where this CPU wants int8
-            assert index.encoder.precision == ("int8" if wants_int8("auto", can_calibrate=True) else "fp32")
+        if runtime == "onnx":  # where this CPU wants int8, the index keeps what its int8 check chose
+            check = manifest.get("precision_check")
+            if wants_int8("auto", can_calibrate=True):
+                assert check is not None and index.encoder.precision == check["chosen"], check
+            else:
+                assert index.encoder.precision == "fp32"
         results = index.query(photos, top_k=2)
         assert [r.matches[0].sku for r in results] == SKUS and min(r.matches[0].score for r in results) > 0.97
     index = ProductIndex.open(tmp_path / "idx", model="lite0@64+lite1@96", runtime="onnx", precision="fp32")

@@ -298,7 +298,7 @@ def _check_same_model(index_dir: Path, built: EmbedderConfig, config: EmbedderCo
 
 
 def _replace(writer: IndexWriter, products: list[dict], embedded: Embedded, factory: str,
-             measured: Measured | None) -> None:
+             measured: Measured | None = None) -> None:
     """Every row replaced in one transaction, then the vector index built afresh as ``factory``
     (trained on the new vectors: an IVF index keeps no centroids of a catalog that is gone), and
     the int8 check measured again recorded (an int8 model it refused removed)."""
