@@ -1,5 +1,6 @@
 """Training recipes: the bare `prodsearch train` picks one from what it is given."""
 
+import dataclasses
 import json
 
 from click.testing import CliRunner
@@ -26,7 +27,7 @@ def test_auto_refuses_one_photo_per_sku_and_trains_the_whole_network_from_two():
     assert CATALOG_ONLY_MAX_PHOTOS == 1
     assert choose_recipe("auto", 1, cuda=False).name == "catalog-only"
     for median in (2, 4, 5.5, 40):
-        assert choose_recipe("auto", median, cuda=False).name == "whole-224"
+        assert choose_recipe("auto", median, cuda=False).name == "whole-224-degrade"
         assert choose_recipe("auto", median, cuda=True).name == "gpu"
     assert choose_recipe("auto", 1, cuda=True).name == "catalog-only"
     assert choose_recipe("customer-photos", 1, cuda=False).name == "customer-photos"  # still there, when asked for
@@ -38,6 +39,8 @@ def test_whole_224_is_the_plain_defaults_for_ten_epochs():
     plain, whole = TrainConfig(train="t.csv", out="o"), TrainConfig(train="t.csv", out="o",
                                                                     **RECIPES["whole-224"].settings)
     assert whole == plain and (whole.frozen_stages, whole.img_size, whole.epochs) == (0, 224, 10)
+    degrade = TrainConfig(train="t.csv", out="o", **RECIPES["whole-224-degrade"].settings)
+    assert degrade == dataclasses.replace(whole, augment="degrade")
 
 
 def test_every_recipe_is_a_valid_config():
@@ -61,7 +64,7 @@ def test_pick_recipe_reads_the_training_set(tmp_path):
     shop = write_synthetic_dataset(tmp_path / "shop", n_skus=3, snapshots_per_sku=6, size=48)
     with pytest.raises(CatalogOnlyError, match="1 photo"):  # 1 photo per SKU
         pick_recipe("auto", str(shop.catalog_csv), "cpu")
-    assert pick_recipe("auto", str(shop.queries_csv), "cpu").name == "whole-224"  # 6 per SKU
+    assert pick_recipe("auto", str(shop.queries_csv), "cpu").name == "whole-224-degrade"  # 6 per SKU
     assert pick_recipe("customer-photos", str(shop.catalog_csv), "cpu").name == "customer-photos"
     assert pick_recipe("none", str(shop.queries_csv), "cpu") is None
 
@@ -72,7 +75,8 @@ def test_bare_train_on_a_catalog_trains_nothing_and_says_what_to_run(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and "a catalog of one photo per product" in result.output
     assert f"prodsearch index {shop.catalog_csv} --index DIR {CATALOG_ONLY_INDEX}" in result.output
-    assert "--recipe whole-224" in result.output
+    assert f"prodsearch tune {shop.catalog_csv} --val PHOTOS --index DIR" in result.output
+    assert "--recipe whole-224-degrade" in result.output
     assert not (tmp_path / "run").exists()
 
 
