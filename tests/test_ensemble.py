@@ -132,7 +132,7 @@ def test_onnx_and_int8_compute_what_torch_does(ensemble, batch, tmp_path):
 
     # Without VNNI the weights keep 7 bits (reduce_range), which costs these tiny 64/96 px members
     # on drawn photos more than lite0 at 224 on real ones (test_onnx): mean 0.937, min 0.841,
-    # the same on an AVX2 EPYC and with reduce_range forced on an AVX512-VNNI Xeon; 8 bits with
+    # the same on an AVX2 EPYC and with reduce_range forced on an AVX512-VNNI EPYC; 8 bits with
     # VNNI: mean 0.986, min 0.972. A wrong graph scores far below either.
     mean, low = (0.975, 0.95) if has_int8_dot_product() else (0.92, 0.8)
     assert cosine.mean() >= mean and cosine.min() >= low, cosine

@@ -6,9 +6,10 @@ out of development (issue 28: 120 SKUs, about 5.6 web catalog photos each, queri
 in-store video) the recipe chosen on Grocery Store alone, ``customer-photos`` (448 px, 4 stages
 frozen), gave top-1 0.224 where the untrained embedder gave 0.318, while the whole network trained
 at 224 px (``whole-224``, the plain defaults) gave 0.422. So on a CPU ``auto`` trains the whole
-network at 224 px, with the degrade augmentation (``whole-224-degrade``), wherever the SKUs have several photos (median), and on CUDA runs the Products-10K
-``gpu`` recipe. Only a catalog of one photo per SKU is not trained on (Grocery Store's catalog-only
-protocol: every training on one iconic photo per SKU made shelf photos worse), and the command says
+network at 224 px with the degrade augmentation (``whole-224-degrade``) wherever the SKUs have
+several photos (median), and on CUDA runs the Products-10K ``gpu`` recipe. Only a catalog of one
+photo per SKU is not trained on (Grocery Store's catalog-only protocol: every training on one
+iconic photo per SKU made shelf photos worse), and the command says
 what to index instead. ``customer-photos`` stays an explicit choice. Whatever runs, ``train``
 compares its model with the untrained one and says when it is not better
 (:mod:`prodsearch.retrieval.comparison`). A recipe only sets defaults: options given on the command
@@ -53,15 +54,15 @@ class Recipe:
     trains: bool = True
 
 
+_WHOLE_224 = dict(frozen_stages=0, img_size=224, resize=256, epochs=10, lr_steps=(7,), batch_size=32, accumulate=2)
 RECIPES = {r.name: r for r in (
     Recipe("catalog-only", f"one catalog photo per SKU (median {CATALOG_ONLY_MAX_PHOTOS} or less): no training, "
            f"index them with {CATALOG_ONLY_INDEX}", {}, trains=False),
     Recipe("whole-224", "catalog photos or customer photos on a CPU: the whole network at 224 px, 10 epochs",
-           dict(frozen_stages=0, img_size=224, resize=256, epochs=10, lr_steps=(7,), batch_size=32, accumulate=2)),
+           _WHOLE_224),
     Recipe("whole-224-degrade", "several photos per SKU on a CPU: whole-224 with half the training photos made "
            "small and blurry (--augment degrade), as far shelf photos and video crops are",
-           dict(frozen_stages=0, img_size=224, resize=256, epochs=10, lr_steps=(7,), batch_size=32, accumulate=2,
-                augment="degrade")),
+           {**_WHOLE_224, "augment": "degrade"}),
     Recipe("customer-photos", "catalog and customer photos, CPU: the upper backbone fine-tuned at 448 px",
            dict(frozen_stages=4, img_size=448, resize=512, epochs=10, lr_steps=(7,), batch_size=32, accumulate=2)),
     Recipe("gpu", "a CUDA GPU: the Products-10K recipe, whole network at 448 px with the balanced-subset and "
